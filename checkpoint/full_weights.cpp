@@ -1,0 +1,61 @@
+#include "checkpoint/full_weights.h"
+
+#include <set>
+
+#include "kernels/ops.h"
+
+namespace glmrt {
+
+namespace {
+bool ignored_name(const std::string& name) {
+  const std::string suffix = ".attention.rotary_emb.inv_freq";
+  return name.size() > suffix.size() &&
+         name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+}  // namespace
+
+void load_full_weights(const SafetensorsReader& file, GlmParams& params) {
+  std::vector<std::string> problems;
+  std::set<std::string> expected;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const ParamSpec& spec = params.specs()[i];
+    expected.insert(spec.name);
+    const SafetensorsEntry* e = file.find(spec.name);
+    if (!e) {
+      problems.push_back("missing tensor " + spec.name + " (expected shape " +
+                         shape_str(spec.shape) + ")");
+    } else if (e->shape != spec.shape) {
+      problems.push_back("tensor " + spec.name + " has shape " + shape_str(e->shape) +
+                         ", the config needs " + shape_str(spec.shape));
+    } else if (!is_floating(e->dtype)) {
+      problems.push_back("tensor " + spec.name + " has dtype " + std::string(dtype_name(e->dtype)) +
+                         ", expected a floating type");
+    }
+  }
+  for (const SafetensorsEntry& e : file.entries())
+    if (!expected.count(e.name) && !ignored_name(e.name))
+      problems.push_back("unexpected tensor " + e.name + " " + shape_str(e.shape) +
+                         " (not a parameter of this config)");
+  if (!problems.empty()) {
+    std::string msg = file.path() + ": weights do not match the model config:";
+    const size_t shown = std::min<size_t>(problems.size(), 8);
+    for (size_t i = 0; i < shown; ++i) msg += "\n  " + problems[i];
+    if (problems.size() > shown)
+      msg += "\n  ... and " + std::to_string(problems.size() - shown) + " more";
+    throw CheckpointError(msg);
+  }
+  for (size_t i = 0; i < params.size(); ++i) {
+    Tensor& dst = params.tensor(i);
+    Tensor src = file.tensor(params.specs()[i].name);
+    if (src.dtype() != dst.dtype()) src = src.to(dst.dtype());
+    dst.copy_from(src);
+  }
+}
+
+NamedTensors named_tensors(const GlmParams& params) {
+  NamedTensors out;
+  for (size_t i = 0; i < params.size(); ++i) out.emplace_back(params.specs()[i].name, params.tensor(i));
+  return out;
+}
+
+}  // namespace glmrt

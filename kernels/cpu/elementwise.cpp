@@ -1,0 +1,27 @@
+#include "kernels/cpu/cpu_common.h"
+
+namespace glmrt::cpu {
+
+void scale_add(float alpha, const Tensor& a, const Tensor& b, Tensor& out) {
+  GLMRT_CHECK(a.numel() == b.numel() && a.numel() == out.numel(), "scale_add: ", a.str(), ", ",
+              b.str(), " -> ", out.str());
+  check_dtype(b, a.dtype(), "scale_add b");
+  check_dtype(out, a.dtype(), "scale_add out");
+  dispatch_float(a.dtype(), "scale_add", [&](auto zero) {
+    using T = decltype(zero);
+    const T* pa = a.data_as<T>();
+    const T* pb = b.data_as<T>();
+    T* po = out.data_as<T>();
+    const T al = static_cast<T>(alpha);
+    const int64_t n = a.numel();
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; ++i) po[i] = al * pa[i] + pb[i];
+  });
+}
+
+void convert(const Tensor& src, Tensor& dst) {
+  GLMRT_CHECK(src.numel() == dst.numel(), "convert: ", src.str(), " -> ", dst.str());
+  convert_host(src.dtype(), src.data(), dst.dtype(), dst.data(), src.numel());
+}
+
+}  // namespace glmrt::cpu

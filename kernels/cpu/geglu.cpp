@@ -1,0 +1,31 @@
+#include <cmath>
+
+#include "kernels/cpu/cpu_common.h"
+
+namespace glmrt::cpu {
+
+void geglu_forward(const Tensor& u, Tensor& out) {
+  const int64_t n = u.rows(), two_f = u.cols(), f = two_f / 2;
+  GLMRT_CHECK(two_f % 2 == 0, "geglu_forward: odd input width ", u.str());
+  GLMRT_CHECK(out.rows() == n && out.cols() == f, "geglu_forward: output ", out.str(), " for ",
+              u.str());
+  check_dtype(out, u.dtype(), "geglu_forward out");
+  dispatch_float(u.dtype(), "geglu_forward", [&](auto zero) {
+    using T = decltype(zero);
+    const T* pu = u.data_as<T>();
+    T* po = out.data_as<T>();
+    const T inv_sqrt2 = static_cast<T>(0.70710678118654752440);
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < n; ++r) {
+      const T* x1 = pu + r * two_f;
+      const T* x2 = x1 + f;
+      T* o = po + r * f;
+      for (int64_t i = 0; i < f; ++i) {
+        const T z = x2[i];
+        o[i] = x1[i] * (T(0.5) * z * (T(1) + std::erf(z * inv_sqrt2)));
+      }
+    }
+  });
+}
+
+}  // namespace glmrt::cpu

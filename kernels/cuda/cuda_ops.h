@@ -1,0 +1,22 @@
+// The CUDA backend as seen from host C++ (no CUDA headers needed to include this).
+#pragma once
+
+#include <cstddef>
+
+#include "kernels/tensor.h"
+
+namespace glmrt::cuda {
+#include "kernels/op_signatures.inc"
+
+// Number of visible GPUs; 0 when there is no driver or no device (never throws).
+int device_count();
+void set_device(int index);
+void* device_malloc(size_t bytes, int device);
+void device_free(void* ptr);
+// Copies between host and device memory (either side may be a device pointer).
+void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
+void zero_bytes(void* ptr, size_t bytes, int device);
+// Waits for all work on the current device; throws a CUDA error that names what failed.
+void synchronize();
+
+}  // namespace glmrt::cuda

@@ -1,0 +1,101 @@
+// Dispatch of every op to the backend that holds its tensors.
+#include "kernels/ops.h"
+
+#ifdef GLMRT_WITH_CUDA
+#include "kernels/cuda/cuda_ops.h"
+#endif
+
+namespace glmrt {
+
+bool cuda_built() {
+#ifdef GLMRT_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+int cuda_device_count() {
+#ifdef GLMRT_WITH_CUDA
+  return cuda::device_count();
+#else
+  return 0;
+#endif
+}
+
+namespace {
+// The device every tensor of a call lives on; throws when they disagree.
+Device common_device(std::initializer_list<const Tensor*> tensors, const char* op) {
+  const Tensor* first = nullptr;
+  for (const Tensor* t : tensors) {
+    if (!t || !t->defined()) continue;
+    if (!first) first = t;
+    else GLMRT_CHECK(t->device() == first->device(), op, ": tensors on ", first->device().str(),
+                     " and ", t->device().str());
+  }
+  GLMRT_CHECK(first != nullptr, op, ": no tensor given");
+  return first->device();
+}
+}  // namespace
+
+#ifdef GLMRT_WITH_CUDA
+#define GLMRT_DISPATCH(op, tensors, ...)                                   \
+  do {                                                                     \
+    if (common_device(tensors, #op).is_cpu()) return cpu::op(__VA_ARGS__); \
+    return cuda::op(__VA_ARGS__);                                          \
+  } while (0)
+#else
+#define GLMRT_DISPATCH(op, tensors, ...)                                                  \
+  do {                                                                                    \
+    if (common_device(tensors, #op).is_cpu()) return cpu::op(__VA_ARGS__);                \
+    throw Error(#op ": a CUDA tensor was given to a glmrt built without the CUDA backend"); \
+  } while (0)
+#endif
+#define GLMRT_TENSORS(...) (std::initializer_list<const Tensor*>{__VA_ARGS__})
+
+void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha,
+          float beta) {
+  GLMRT_DISPATCH(gemm, GLMRT_TENSORS(&a, &b, &c), a, trans_a, b, trans_b, c, alpha, beta);
+}
+
+void linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
+  GLMRT_DISPATCH(linear_forward, GLMRT_TENSORS(&x, &w, bias, &y), x, w, bias, y);
+}
+
+void layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps,
+                       Tensor& y, Tensor* mean, Tensor* rstd) {
+  GLMRT_DISPATCH(layernorm_forward, GLMRT_TENSORS(&x, &weight, &bias, &y, mean, rstd), x, weight,
+                 bias, eps, y, mean, rstd);
+}
+
+void geglu_forward(const Tensor& u, Tensor& out) {
+  GLMRT_DISPATCH(geglu_forward, GLMRT_TENSORS(&u, &out), u, out);
+}
+
+void rope_forward(Tensor& qkv, const Tensor& position_ids, const Tensor& cos, const Tensor& sin,
+                  int64_t num_heads, int64_t head_dim) {
+  GLMRT_DISPATCH(rope_forward, GLMRT_TENSORS(&qkv, &position_ids, &cos, &sin), qkv, position_ids,
+                 cos, sin, num_heads, head_dim);
+}
+
+void attention_forward(const Tensor& qkv, const Tensor& mask_spans, int64_t batch,
+                       int64_t num_heads, int64_t head_dim, float query_scale_coeff,
+                       Tensor& context, Tensor* lse) {
+  GLMRT_DISPATCH(attention_forward, GLMRT_TENSORS(&qkv, &mask_spans, &context, lse), qkv,
+                 mask_spans, batch, num_heads, head_dim, query_scale_coeff, context, lse);
+}
+
+void embedding_forward(const Tensor& ids, const Tensor& table, int64_t vocab_start, Tensor& out) {
+  GLMRT_DISPATCH(embedding_forward, GLMRT_TENSORS(&ids, &table, &out), ids, table, vocab_start,
+                 out);
+}
+
+void scale_add(float alpha, const Tensor& a, const Tensor& b, Tensor& out) {
+  GLMRT_DISPATCH(scale_add, GLMRT_TENSORS(&a, &b, &out), alpha, a, b, out);
+}
+
+void convert(const Tensor& src, Tensor& dst) {
+  GLMRT_DISPATCH(convert, GLMRT_TENSORS(&src, &dst), src, dst);
+}
+
+}  // namespace glmrt

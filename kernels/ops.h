@@ -1,0 +1,18 @@
+// Every op, dispatched on the device of its tensors to kernels/cpu or kernels/cuda.
+// Signatures and semantics: kernels/op_signatures.inc.
+#pragma once
+
+#include "kernels/tensor.h"
+
+namespace glmrt {
+#include "kernels/op_signatures.inc"
+
+namespace cpu {
+#include "kernels/op_signatures.inc"
+}  // namespace cpu
+
+// Whether this build has the CUDA backend, and how many GPUs the process sees (0 without).
+bool cuda_built();
+int cuda_device_count();
+
+}  // namespace glmrt

@@ -1,0 +1,15 @@
+// The glmrt subcommands. Each takes its own arguments (after the subcommand name) and returns
+// the process exit code; errors are thrown as glmrt::Error and reported by main().
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace glmrt {
+
+using Args = std::vector<std::string>;
+
+int run_forward(const Args& args);
+int run_init(const Args& args);
+
+}  // namespace glmrt

@@ -1,0 +1,40 @@
+// glmrt forward: logits of a batch from a full weight file.
+#include <iostream>
+
+#include "checkpoint/full_weights.h"
+#include "checkpoint/safetensors.h"
+#include "launcher/options.h"
+#include "launcher/run_config.h"
+#include "model/glm_model.h"
+
+namespace glmrt {
+
+int run_forward(const Args& args) {
+  po::options_description desc("glmrt forward");
+  desc.add_options()
+    ("config", po::value<std::string>()->required(), "model config (YAML)")
+    ("weights", po::value<std::string>()->required(), "full (TP=1) weights, safetensors")
+    ("input", po::value<std::string>()->required(),
+     "batch JSON: {tokens, position_ids, sep, segment_lengths?}")
+    ("output", po::value<std::string>()->required(), "output safetensors: F32 `logits` [b, s, V]");
+  add_compute_options(desc);
+  po::variables_map vm;
+  if (!parse_options("forward", desc, args, vm)) return 0;
+  const ComputeOptions compute = compute_options(vm);
+
+  // Read and validate everything before computing: a bad input never leaves an output file.
+  const RunConfig rc = load_run_config(vm["config"].as<std::string>());
+  const std::string input = vm["input"].as<std::string>();
+  const Batch batch = build_batch(read_batch_json_file(input), rc.model, input);
+  SafetensorsReader weights(vm["weights"].as<std::string>());
+  GlmParams params = GlmParams::allocate(rc.model, compute.dtype, compute.device);
+  load_full_weights(weights, params);
+
+  GlmModel model(rc.model, std::move(params));
+  Tensor logits = model.forward(batch).to(Device::cpu());
+  if (logits.dtype() != DType::F32) logits = logits.to(DType::F32);
+  write_safetensors(vm["output"].as<std::string>(), {{"logits", logits}});
+  return 0;
+}
+
+}  // namespace glmrt

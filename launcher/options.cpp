@@ -1,0 +1,63 @@
+#include "launcher/options.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <iostream>
+
+#include "kernels/ops.h"
+
+namespace glmrt {
+
+bool parse_options(const std::string& command, po::options_description& desc, const Args& args,
+                   po::variables_map& vm) {
+  desc.add_options()("help,h", "print this help");
+  po::store(po::command_line_parser(args).options(desc).run(), vm);
+  if (vm.count("help")) {
+    std::cout << "usage: glmrt " << command << " [options]\n" << desc << "\n";
+    return false;
+  }
+  po::notify(vm);
+  return true;
+}
+
+void add_compute_options(po::options_description& desc) {
+  desc.add_options()
+    ("device", po::value<std::string>()->default_value("cpu"), "cpu or cuda")
+    ("dtype", po::value<std::string>()->default_value("f32"),
+     "compute dtype: f32 (cpu, cuda), f64 (cpu), f16 or bf16 (cuda)")
+    ("threads", po::value<int>(), "CPU threads for BLAS and OpenMP (default: the environment's)");
+}
+
+ComputeOptions compute_options(const po::variables_map& vm) {
+  ComputeOptions o;
+  const std::string dev = vm["device"].as<std::string>();
+  if (dev == "cpu") {
+    o.device = Device::cpu();
+  } else if (dev == "cuda") {
+    if (!cuda_built()) throw ConfigError("--device cuda: this glmrt was built without CUDA");
+    if (cuda_device_count() == 0) throw ConfigError("--device cuda: no CUDA device is visible");
+    o.device = Device::cuda(0);
+  } else {
+    throw ConfigError("--device: expected cpu or cuda, got '" + dev + "'");
+  }
+  const std::string dt = vm["dtype"].as<std::string>();
+  if (dt == "f32") o.dtype = DType::F32;
+  else if (dt == "f64") o.dtype = DType::F64;
+  else if (dt == "f16") o.dtype = DType::F16;
+  else if (dt == "bf16") o.dtype = DType::BF16;
+  else throw ConfigError("--dtype: expected f32, f64, f16 or bf16, got '" + dt + "'");
+  if (o.device.is_cpu() && o.dtype != DType::F32 && o.dtype != DType::F64)
+    throw ConfigError("--dtype " + dt + ": the CPU backend computes in f32 or f64");
+  if (o.device.is_cuda() && o.dtype == DType::F64)
+    throw ConfigError("--dtype f64: the CUDA backend computes in f32, f16 or bf16");
+  if (vm.count("threads")) {
+    const int t = vm["threads"].as<int>();
+    if (t < 1) throw ConfigError("--threads: must be at least 1, got " + std::to_string(t));
+    openblas_set_num_threads(t);
+    omp_set_num_threads(t);
+  }
+  return o;
+}
+
+}  // namespace glmrt

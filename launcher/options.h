@@ -1,0 +1,28 @@
+// Boost.Program_options helpers shared by the subcommands.
+#pragma once
+
+#include <boost/program_options.hpp>
+#include <string>
+
+#include "kernels/tensor.h"
+#include "launcher/commands.h"
+
+namespace glmrt {
+
+namespace po = boost::program_options;
+
+// Parses `args` against `desc`; prints help and returns false for --help. Positional arguments and
+// unknown options are errors. Every option marked required() must be present.
+bool parse_options(const std::string& command, po::options_description& desc, const Args& args,
+                   po::variables_map& vm);
+
+// Adds --device, --dtype and --threads to `desc`.
+void add_compute_options(po::options_description& desc);
+struct ComputeOptions {
+  Device device;
+  DType dtype;
+};
+// Reads and validates the compute options; sets the CPU thread count when --threads is given.
+ComputeOptions compute_options(const po::variables_map& vm);
+
+}  // namespace glmrt

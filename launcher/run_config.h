@@ -1,0 +1,18 @@
+// The whole YAML config of a run. Sections: `model` (required), `tokens`. Unknown sections and
+// keys are errors that name their key path.
+#pragma once
+
+#include <string>
+
+#include "model/glm_config.h"
+
+namespace glmrt {
+
+struct RunConfig {
+  std::string source;  // the file it was read from
+  GlmConfig model;
+};
+
+RunConfig load_run_config(const std::string& path);
+
+}  // namespace glmrt

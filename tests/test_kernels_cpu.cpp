@@ -1,0 +1,248 @@
+// Every CPU op against a straightforward loop implementation, in F32 and F64.
+#include <cmath>
+
+#include "kernels/ops.h"
+#include "model/rope_tables.h"
+#include "tests/test_util.h"
+
+namespace glmrt {
+namespace {
+
+using testing::max_rel_diff;
+using testing::random_tensor;
+
+class CpuOps : public ::testing::TestWithParam<DType> {
+ protected:
+  DType dt() const { return GetParam(); }
+  double tol() const { return dt() == DType::F64 ? 1e-12 : 2e-6; }
+};
+
+TEST_P(CpuOps, GemmAllTransposesWithAlphaBeta) {
+  const int64_t m = 7, n = 5, k = 9;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      Tensor a = random_tensor(ta ? Shape{k, m} : Shape{m, k}, 1, dt());
+      Tensor b = random_tensor(tb ? Shape{n, k} : Shape{k, n}, 2, dt());
+      Tensor c = random_tensor({m, n}, 3, dt());
+      Tensor ref = Tensor::empty({m, n}, DType::F64);
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j) {
+          double s = 0;
+          for (int64_t l = 0; l < k; ++l)
+            s += a.item(ta ? l * m + i : i * k + l) * b.item(tb ? j * k + l : l * n + j);
+          ref.data_as<double>()[i * n + j] = 0.5 * s + 2.0 * c.item(i * n + j);
+        }
+      gemm(a, ta, b, tb, c, 0.5f, 2.0f);
+      EXPECT_LT(max_rel_diff(c, ref), tol()) << "trans_a=" << ta << " trans_b=" << tb;
+    }
+}
+
+TEST_P(CpuOps, GemmBetaZeroIgnoresNanInOutput) {
+  Tensor a = random_tensor({4, 3}, 4, dt()), b = random_tensor({3, 2}, 5, dt());
+  Tensor c = Tensor::from_floats(std::vector<float>(8, NAN), {4, 2}, dt());
+  gemm(a, false, b, false, c, 1.0f, 0.0f);
+  for (int64_t i = 0; i < c.numel(); ++i) EXPECT_FALSE(std::isnan(c.item(i)));
+}
+
+TEST_P(CpuOps, LinearWithBias) {
+  const int64_t n = 6, k = 8, m = 5;
+  Tensor x = random_tensor({2, 3, k}, 6, dt()), w = random_tensor({m, k}, 7, dt());
+  Tensor bias = random_tensor({m}, 8, dt()), y = Tensor::empty({2, 3, m}, dt());
+  linear_forward(x, w, &bias, y);
+  Tensor ref = Tensor::empty({n, m}, DType::F64);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < m; ++j) {
+      double s = bias.item(j);
+      for (int64_t l = 0; l < k; ++l) s += x.item(i * k + l) * w.item(j * k + l);
+      ref.data_as<double>()[i * m + j] = s;
+    }
+  EXPECT_LT(max_rel_diff(y, ref), tol());
+}
+
+TEST_P(CpuOps, LayerNormAndStatistics) {
+  const int64_t rows = 5, h = 33;
+  Tensor x = random_tensor({rows, h}, 9, dt(), 3.0), w = random_tensor({h}, 10, dt());
+  Tensor b = random_tensor({h}, 11, dt()), y = Tensor::empty({rows, h}, dt());
+  Tensor mean = Tensor::empty({rows}, dt()), rstd = Tensor::empty({rows}, dt());
+  const float eps = 1e-5f;
+  layernorm_forward(x, w, b, eps, y, &mean, &rstd);
+  Tensor ref = Tensor::empty({rows, h}, DType::F64);
+  for (int64_t r = 0; r < rows; ++r) {
+    double mu = 0, var = 0;
+    for (int64_t i = 0; i < h; ++i) mu += x.item(r * h + i) / h;
+    for (int64_t i = 0; i < h; ++i) var += std::pow(x.item(r * h + i) - mu, 2) / h;
+    const double rs = 1 / std::sqrt(var + static_cast<double>(eps));
+    EXPECT_NEAR(mean.item(r), mu, 1e-5);
+    EXPECT_NEAR(rstd.item(r), rs, 1e-5 * rs);
+    for (int64_t i = 0; i < h; ++i)
+      ref.data_as<double>()[r * h + i] = (x.item(r * h + i) - mu) * rs * w.item(i) + b.item(i);
+  }
+  EXPECT_LT(max_rel_diff(y, ref), tol());
+}
+
+TEST_P(CpuOps, GegluUsesExactErfGeluOnTheSecondHalf) {
+  const int64_t n = 4, f = 6;
+  Tensor u = random_tensor({n, 2 * f}, 12, dt(), 2.0), out = Tensor::empty({n, f}, dt());
+  geglu_forward(u, out);
+  Tensor ref = Tensor::empty({n, f}, DType::F64);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t i = 0; i < f; ++i) {
+      const double x1 = u.item(r * 2 * f + i), x2 = u.item(r * 2 * f + f + i);
+      ref.data_as<double>()[r * f + i] = x1 * 0.5 * x2 * (1 + std::erf(x2 / std::sqrt(2.0)));
+    }
+  EXPECT_LT(max_rel_diff(out, ref), tol());
+}
+
+TEST_P(CpuOps, RopeRotatesHalvesOfQueryAndKeyOnly) {
+  const int64_t n = 5, heads = 2, d = 8, half = d / 2;
+  RopeTables tab = build_rope_tables(d, 64, 10000, false);
+  Tensor qkv = random_tensor({n, heads * 3 * d}, 13, dt());
+  Tensor orig = qkv.clone();
+  Tensor pos = Tensor::from_ints({0, 7, 3, 63, 7}, {n});
+  rope_forward(qkv, pos, tab.cos, tab.sin, heads, d);
+  Tensor ref = orig.to(DType::F64);
+  double* r = ref.data_as<double>();
+  for (int64_t t = 0; t < n; ++t) {
+    const int32_t p = pos.data_as<int32_t>()[t];
+    for (int64_t h = 0; h < heads; ++h)
+      for (int which = 0; which < 2; ++which) {
+        const int64_t base = t * heads * 3 * d + (3 * h + which) * d;
+        for (int64_t i = 0; i < half; ++i) {
+          const double theta = p * std::pow(10000.0, -2.0 * i / d);
+          const double a = orig.item(base + i), b = orig.item(base + i + half);
+          r[base + i] = a * std::cos(theta) - b * std::sin(theta);
+          r[base + i + half] = b * std::cos(theta) + a * std::sin(theta);
+        }
+      }
+  }
+  EXPECT_LT(max_rel_diff(qkv, ref), dt() == DType::F64 ? 1e-7 : 2e-6);  // fp32 tables
+}
+
+// Dense reference: every (query, key) pair checked against the rule, softmax over visible keys.
+Tensor attention_reference(const Tensor& qkv, const Tensor& spans, int64_t batch, int64_t heads,
+                           int64_t d, Tensor* lse_ref) {
+  const int64_t n = qkv.rows(), seq = n / batch, ld = heads * 3 * d;
+  Tensor out = Tensor::zeros({n, heads * d}, DType::F64);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t i = 0; i < seq; ++i) {
+        const int32_t* sp = spans.data_as<int32_t>() + (b * seq + i) * 3;
+        std::vector<double> w(seq, 0.0);
+        double mx = -INFINITY;
+        for (int64_t j = 0; j < seq; ++j) {
+          if (!(sp[0] <= j && j < sp[2] && (j < sp[1] || j <= i))) continue;
+          double s = 0;
+          for (int64_t l = 0; l < d; ++l)
+            s += qkv.item((b * seq + i) * ld + 3 * h * d + l) *
+                 qkv.item((b * seq + j) * ld + 3 * h * d + d + l);
+          w[j] = s / std::sqrt(static_cast<double>(d));
+          mx = std::max(mx, w[j]);
+        }
+        double z = 0;
+        for (int64_t j = 0; j < seq; ++j) {
+          const bool vis = sp[0] <= j && j < sp[2] && (j < sp[1] || j <= i);
+          w[j] = vis ? std::exp(w[j] - mx) : 0.0;
+          z += w[j];
+        }
+        if (lse_ref) lse_ref->data_as<double>()[(b * heads + h) * seq + i] = mx + std::log(z);
+        for (int64_t l = 0; l < d; ++l) {
+          double acc = 0;
+          for (int64_t j = 0; j < seq; ++j)
+            acc += w[j] / z * qkv.item((b * seq + j) * ld + 3 * h * d + 2 * d + l);
+          out.data_as<double>()[(b * seq + i) * heads * d + h * d + l] = acc;
+        }
+      }
+  return out;
+}
+
+Tensor make_spans(const std::vector<std::vector<std::pair<int, int>>>& rows, int64_t seq) {
+  std::vector<int32_t> v;
+  for (const auto& segs : rows) {
+    int start = 0;
+    for (auto [len, sep] : segs) {
+      for (int t = 0; t < len; ++t) v.insert(v.end(), {start, start + sep, start + len});
+      start += len;
+    }
+    EXPECT_EQ(start, seq);
+  }
+  return Tensor::from_ints(v, {static_cast<int64_t>(v.size() / 3), 3});
+}
+
+TEST_P(CpuOps, AttentionWithSegmentsAndSeps) {
+  const int64_t batch = 3, seq = 12, heads = 2, d = 8;
+  // Row 0: causal; row 1: prefix of 5 then causal; row 2: three packed segments, including a
+  // fully bidirectional one (sep = len).
+  Tensor spans = make_spans({{{12, 0}}, {{12, 5}}, {{4, 2}, {3, 3}, {5, 1}}}, seq);
+  Tensor qkv = random_tensor({batch * seq, heads * 3 * d}, 14, dt(), 1.5);
+  Tensor ctx = Tensor::empty({batch * seq, heads * d}, dt());
+  Tensor lse = Tensor::empty({batch * heads * seq}, dt());
+  attention_forward(qkv, spans, batch, heads, d, 1.0f, ctx, &lse);
+  Tensor lse_ref = Tensor::empty({batch * heads * seq}, DType::F64);
+  Tensor ref = attention_reference(qkv, spans, batch, heads, d, &lse_ref);
+  EXPECT_LT(max_rel_diff(ctx, ref), tol());
+  EXPECT_LT(max_rel_diff(lse, lse_ref), tol());
+}
+
+TEST_P(CpuOps, AttentionSegmentsDoNotSeeEachOther) {
+  const int64_t seq = 8, heads = 1, d = 4;
+  Tensor spans = make_spans({{{3, 3}, {5, 2}}}, seq);
+  Tensor qkv = random_tensor({seq, 3 * d}, 15, dt());
+  Tensor ctx1 = Tensor::empty({seq, d}, dt()), ctx2 = Tensor::empty({seq, d}, dt());
+  attention_forward(qkv, spans, 1, heads, d, 1.0f, ctx1, nullptr);
+  // Changing the second segment's tokens leaves the first segment's outputs unchanged.
+  Tensor qkv2 = qkv.clone();
+  Tensor noise = random_tensor({5, 3 * d}, 16, dt());
+  qkv2.slice_rows(3, 8).copy_from(noise);
+  attention_forward(qkv2, spans, 1, heads, d, 1.0f, ctx2, nullptr);
+  for (int64_t i = 0; i < 3 * d; ++i) EXPECT_EQ(ctx1.item(i), ctx2.item(i));
+}
+
+TEST_P(CpuOps, EmbeddingGathersRowsOfItsVocabularyShard) {
+  Tensor table = random_tensor({6, 4}, 17, dt());
+  Tensor ids = Tensor::from_ints({0, 5, 9, 12, 7}, {5});
+  Tensor out = Tensor::empty({5, 4}, dt());
+  embedding_forward(ids, table, 5, out);  // shard holds ids [5, 11)
+  const int expected_row[] = {-1, 0, 4, -1, 2};
+  for (int t = 0; t < 5; ++t)
+    for (int i = 0; i < 4; ++i)
+      EXPECT_EQ(out.item(t * 4 + i), expected_row[t] < 0 ? 0.0 : table.item(expected_row[t] * 4 + i));
+}
+
+TEST_P(CpuOps, ScaleAddInPlace) {
+  Tensor a = random_tensor({3, 5}, 18, dt()), b = random_tensor({3, 5}, 19, dt());
+  Tensor ref = b.to(DType::F64);
+  for (int64_t i = 0; i < 15; ++i) ref.data_as<double>()[i] = 2.5 * a.item(i) + b.item(i);
+  scale_add(2.5f, a, b, b);
+  EXPECT_LT(max_rel_diff(b, ref), tol());
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, CpuOps, ::testing::Values(DType::F32, DType::F64),
+                         [](const auto& info) { return std::string(dtype_name(info.param)); });
+
+TEST(Half, RoundTripAndRoundingToNearestEven) {
+  for (float f : {0.0f, 1.0f, -2.5f, 65504.0f, 6.1035156e-05f, 5.9604645e-08f, 0.1f})
+    EXPECT_EQ(round_to_f16(round_to_f16(f)), round_to_f16(f));
+  EXPECT_EQ(f16_to_float(float_to_f16(1.0f)), 1.0f);
+  EXPECT_EQ(float_to_f16(1.0f + 1.0f / 2048).bits, float_to_f16(1.0f).bits);  // tie to even
+  EXPECT_EQ(float_to_f16(1.0f + 3.0f / 2048).bits, float_to_f16(1.0f).bits + 2);
+  EXPECT_TRUE(std::isinf(f16_to_float(float_to_f16(70000.0f))));
+  EXPECT_EQ(f16_to_float(float_to_f16(5.9604645e-08f)), 5.9604645e-08f);  // smallest subnormal
+  EXPECT_EQ(bf16_to_float(float_to_bf16(1.0f + 1.0f / 256)), 1.0f);         // tie to even
+  EXPECT_EQ(bf16_to_float(float_to_bf16(3.0f)), 3.0f);
+}
+
+TEST(RopeTables, Fp16FaithfulTablesHoldFp16ValuesAndDifferFromExact) {
+  RopeTables f = build_rope_tables(16, 2048, 10000, true);
+  RopeTables e = build_rope_tables(16, 2048, 10000, false);
+  double max_diff = 0;
+  for (int64_t i = 0; i < f.cos.numel(); ++i) {
+    const float c = f.cos.data_as<float>()[i];
+    EXPECT_EQ(round_to_f16(c), c);
+    max_diff = std::max(max_diff, std::abs(static_cast<double>(c) - e.cos.item(i)));
+  }
+  EXPECT_GT(max_diff, 0.1);  // fp16 angles drift by up to ~1 rad at long positions
+  EXPECT_EQ(f.cos.item(0), 1.0);
+}
+
+}  // namespace
+}  // namespace glmrt
