@@ -7,6 +7,7 @@ RunConfig load_run_config(const std::string& path) {
   rc.source = path;
   YAML::Node root = load_yaml_file(path);
   YamlFields top(root, "", path);
+  top.expect_keys({"model", "tokens"});
   if (!top.has("model")) throw ConfigError(path + ": missing required section `model`");
   YamlFields model(top.node("model"), "model", path);
   rc.model = parse_model_section(model, path);

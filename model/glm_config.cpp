@@ -46,6 +46,9 @@ void GlmConfig::validate(const std::string& source) const {
 
 GlmConfig parse_model_section(YamlFields& m, const std::string& source) {
   GlmConfig c;
+  m.expect_keys({"num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "vocab_size",
+                 "max_sequence_length", "layernorm_epsilon", "rotary_base", "rotary_fp16_tables",
+                 "deepnorm_alpha"});
   c.num_layers = m.required<int64_t>("num_layers");
   c.hidden_size = m.required<int64_t>("hidden_size");
   c.num_attention_heads = m.required<int64_t>("num_attention_heads");

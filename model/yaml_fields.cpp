@@ -32,6 +32,13 @@ void YamlFields::finish() const {
   }
 }
 
+void YamlFields::expect_keys(std::initializer_list<const char*> keys) {
+  std::set<std::string> saved = used_;
+  used_.insert(keys.begin(), keys.end());
+  finish();
+  used_ = std::move(saved);
+}
+
 std::string YamlFields::child_path(const std::string& key) const {
   return path_.empty() ? key : path_ + "." + key;
 }

@@ -42,6 +42,9 @@ class YamlFields {
 
   // Throws ConfigError naming the first key that no one asked for.
   void finish() const;
+  // Declares the section's keys up front, so that a misspelt key is reported as unknown before
+  // the key it was meant to be is reported missing.
+  void expect_keys(std::initializer_list<const char*> keys);
 
   std::string where(const std::string& key) const;  // "file.yaml: model.hidden_size"
   std::string child_path(const std::string& key) const;
