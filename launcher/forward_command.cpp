@@ -1,5 +1,8 @@
 // glmrt forward: logits of a batch from a full weight file.
-#include <iostream>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
 
 #include "checkpoint/full_weights.h"
 #include "checkpoint/safetensors.h"
@@ -31,9 +34,24 @@ int run_forward(const Args& args) {
   load_full_weights(weights, params);
 
   GlmModel model(rc.model, std::move(params));
+  const auto start = std::chrono::steady_clock::now();
   Tensor logits = model.forward(batch).to(Device::cpu());
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (logits.dtype() != DType::F32) logits = logits.to(DType::F32);
-  write_safetensors(vm["output"].as<std::string>(), {{"logits", logits}});
+  const std::string output = vm["output"].as<std::string>();
+  write_safetensors(output, {{"logits", logits}});
+
+  double max_abs = 0;
+  const float* p = logits.data_as<float>();
+  for (int64_t i = 0; i < logits.numel(); ++i) max_abs = std::max(max_abs, std::abs(double(p[i])));
+  std::fprintf(stderr,
+               "glmrt forward: %lld rows x %lld tokens on %s (%s): %.1f ms, %.0f tokens/s; "
+               "logits %s max|logit| %.3f -> %s\n",
+               static_cast<long long>(batch.batch), static_cast<long long>(batch.seq),
+               compute.device.str().c_str(), std::string(dtype_name(compute.dtype)).c_str(),
+               seconds * 1e3, double(batch.batch * batch.seq) / seconds,
+               shape_str(logits.shape()).c_str(), max_abs, output.c_str());
   return 0;
 }
 
