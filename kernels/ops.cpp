@@ -80,9 +80,9 @@ void rope_forward(Tensor& qkv, const Tensor& position_ids, const Tensor& cos, co
 
 void attention_forward(const Tensor& qkv, const Tensor& mask_spans, int64_t batch,
                        int64_t num_heads, int64_t head_dim, float query_scale_coeff,
-                       Tensor& context, Tensor* lse) {
+                       const DropoutSpec& dropout, Tensor& context, Tensor* lse) {
   GLMRT_DISPATCH(attention_forward, GLMRT_TENSORS(&qkv, &mask_spans, &context, lse), qkv,
-                 mask_spans, batch, num_heads, head_dim, query_scale_coeff, context, lse);
+                 mask_spans, batch, num_heads, head_dim, query_scale_coeff, dropout, context, lse);
 }
 
 void embedding_forward(const Tensor& ids, const Tensor& table, int64_t vocab_start, Tensor& out) {
@@ -96,6 +96,67 @@ void scale_add(float alpha, const Tensor& a, const Tensor& b, Tensor& out) {
 
 void convert(const Tensor& src, Tensor& dst) {
   GLMRT_DISPATCH(convert, GLMRT_TENSORS(&src, &dst), src, dst);
+}
+
+void dropout_apply(Tensor& x, const DropoutSpec& spec) {
+  GLMRT_DISPATCH(dropout_apply, GLMRT_TENSORS(&x), x, spec);
+}
+
+void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, Tensor* dw,
+                     Tensor* dbias) {
+  GLMRT_DISPATCH(linear_backward, GLMRT_TENSORS(&x, &w, &dy, dx, dw, dbias), x, w, dy, dx, dw,
+                 dbias);
+}
+
+void layernorm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean,
+                        const Tensor& rstd, const Tensor& dy, Tensor& dx, Tensor* dweight,
+                        Tensor* dbias) {
+  GLMRT_DISPATCH(layernorm_backward, GLMRT_TENSORS(&x, &weight, &mean, &rstd, &dy, &dx, dweight, dbias),
+                 x, weight, mean, rstd, dy, dx, dweight, dbias);
+}
+
+void geglu_backward(const Tensor& u, const Tensor& dout, Tensor& du) {
+  GLMRT_DISPATCH(geglu_backward, GLMRT_TENSORS(&u, &dout, &du), u, dout, du);
+}
+
+void rope_backward(Tensor& dqkv, const Tensor& position_ids, const Tensor& cos, const Tensor& sin,
+                   int64_t num_heads, int64_t head_dim) {
+  GLMRT_DISPATCH(rope_backward, GLMRT_TENSORS(&dqkv, &position_ids, &cos, &sin), dqkv,
+                 position_ids, cos, sin, num_heads, head_dim);
+}
+
+void attention_backward(const Tensor& qkv, const Tensor& mask_spans, int64_t batch,
+                        int64_t num_heads, int64_t head_dim, float query_scale_coeff,
+                        const DropoutSpec& dropout, const Tensor& context, const Tensor& lse,
+                        const Tensor& dcontext, Tensor& dqkv) {
+  GLMRT_DISPATCH(attention_backward,
+                 GLMRT_TENSORS(&qkv, &mask_spans, &context, &lse, &dcontext, &dqkv), qkv,
+                 mask_spans, batch, num_heads, head_dim, query_scale_coeff, dropout, context, lse,
+                 dcontext, dqkv);
+}
+
+void embedding_backward(const Tensor& ids, const Tensor& dout, int64_t vocab_start,
+                        Tensor& dtable) {
+  GLMRT_DISPATCH(embedding_backward, GLMRT_TENSORS(&ids, &dout, &dtable), ids, dout, vocab_start,
+                 dtable);
+}
+
+void cross_entropy_max(const Tensor& logits, Tensor& row_max) {
+  GLMRT_DISPATCH(cross_entropy_max, GLMRT_TENSORS(&logits, &row_max), logits, row_max);
+}
+
+void cross_entropy_sums(const Tensor& logits, const Tensor& targets, int64_t vocab_start,
+                        const Tensor& row_max, Tensor& sum_exp, Tensor& target_logit) {
+  GLMRT_DISPATCH(cross_entropy_sums, GLMRT_TENSORS(&logits, &targets, &row_max, &sum_exp, &target_logit),
+                 logits, targets, vocab_start, row_max, sum_exp, target_logit);
+}
+
+void cross_entropy_backward(const Tensor& logits, const Tensor& targets, int64_t vocab_start,
+                            const Tensor& row_max, const Tensor& sum_exp, const Tensor& dloss,
+                            Tensor& dlogits) {
+  GLMRT_DISPATCH(cross_entropy_backward,
+                 GLMRT_TENSORS(&logits, &targets, &row_max, &sum_exp, &dloss, &dlogits), logits,
+                 targets, vocab_start, row_max, sum_exp, dloss, dlogits);
 }
 
 }  // namespace glmrt

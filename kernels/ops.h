@@ -2,6 +2,7 @@
 // Signatures and semantics: kernels/op_signatures.inc.
 #pragma once
 
+#include "kernels/dropout.h"
 #include "kernels/tensor.h"
 
 namespace glmrt {

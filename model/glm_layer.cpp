@@ -35,7 +35,7 @@ void glm_layer_forward(const GlmConfig& c, const LayerParams& p, const RopeTable
   linear_forward(a.ln1_out, p.qkv_weight, &p.qkv_bias, a.qkv);
   rope_forward(a.qkv, batch.position_ids, rope.cos, rope.sin, heads, d);
   attention_forward(a.qkv, batch.mask_spans, batch.batch, heads, d,
-                    static_cast<float>(layer_id + 1), a.context, &a.attn_lse);
+                    static_cast<float>(layer_id + 1), DropoutSpec{}, a.context, &a.attn_lse);
   linear_forward(a.context, p.dense_weight, &p.dense_bias, a.attn_residual);
   scale_add(alpha, a.ln1_out, a.attn_residual, a.attn_residual);  // x' = α·a + Attn(a)
 

@@ -176,7 +176,7 @@ TEST_P(CpuOps, AttentionWithSegmentsAndSeps) {
   Tensor qkv = random_tensor({batch * seq, heads * 3 * d}, 14, dt(), 1.5);
   Tensor ctx = Tensor::empty({batch * seq, heads * d}, dt());
   Tensor lse = Tensor::empty({batch * heads * seq}, dt());
-  attention_forward(qkv, spans, batch, heads, d, 1.0f, ctx, &lse);
+  attention_forward(qkv, spans, batch, heads, d, 1.0f, DropoutSpec{}, ctx, &lse);
   Tensor lse_ref = Tensor::empty({batch * heads * seq}, DType::F64);
   Tensor ref = attention_reference(qkv, spans, batch, heads, d, &lse_ref);
   EXPECT_LT(max_rel_diff(ctx, ref), tol());
@@ -188,12 +188,12 @@ TEST_P(CpuOps, AttentionSegmentsDoNotSeeEachOther) {
   Tensor spans = make_spans({{{3, 3}, {5, 2}}}, seq);
   Tensor qkv = random_tensor({seq, 3 * d}, 15, dt());
   Tensor ctx1 = Tensor::empty({seq, d}, dt()), ctx2 = Tensor::empty({seq, d}, dt());
-  attention_forward(qkv, spans, 1, heads, d, 1.0f, ctx1, nullptr);
+  attention_forward(qkv, spans, 1, heads, d, 1.0f, DropoutSpec{}, ctx1, nullptr);
   // Changing the second segment's tokens leaves the first segment's outputs unchanged.
   Tensor qkv2 = qkv.clone();
   Tensor noise = random_tensor({5, 3 * d}, 16, dt());
   qkv2.slice_rows(3, 8).copy_from(noise);
-  attention_forward(qkv2, spans, 1, heads, d, 1.0f, ctx2, nullptr);
+  attention_forward(qkv2, spans, 1, heads, d, 1.0f, DropoutSpec{}, ctx2, nullptr);
   for (int64_t i = 0; i < 3 * d; ++i) EXPECT_EQ(ctx1.item(i), ctx2.item(i));
 }
 

@@ -25,3 +25,21 @@ void convert(const Tensor& src, Tensor& dst) {
 }
 
 }  // namespace glmrt::cpu
+
+namespace glmrt::cpu {
+
+void dropout_apply(Tensor& x, const DropoutSpec& spec) {
+  if (!spec.enabled()) return;
+  GLMRT_CHECK(spec.p < 1.0f, "dropout_apply: p must be < 1, got ", spec.p);
+  dispatch_float(x.dtype(), "dropout_apply", [&](auto zero) {
+    using T = decltype(zero);
+    T* p = x.data_as<T>();
+    const T scale = T(1) / (T(1) - static_cast<T>(spec.p));
+    const int64_t n = x.numel();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i)
+      p[i] = dropout_keep(spec, spec.offset + static_cast<uint64_t>(i)) ? p[i] * scale : T(0);
+  });
+}
+
+}  // namespace glmrt::cpu

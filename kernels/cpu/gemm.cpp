@@ -56,3 +56,31 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor
 }
 
 }  // namespace glmrt::cpu
+
+namespace glmrt::cpu {
+
+void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, Tensor* dw,
+                     Tensor* dbias) {
+  const int64_t n = x.rows(), m = w.dim(0);
+  GLMRT_CHECK(dy.rows() == n && dy.cols() == m && x.cols() == w.dim(1), "linear_backward: x ",
+              x.str(), ", w ", w.str(), ", dy ", dy.str());
+  if (dx) cpu::gemm(dy, false, w, false, *dx, 1.0f, 0.0f);
+  if (dw) cpu::gemm(dy, true, x, false, *dw, 1.0f, 1.0f);
+  if (dbias) {
+    check_shape(*dbias, {m}, "linear_backward dbias");
+    check_dtype(*dbias, dy.dtype(), "linear_backward dbias");
+    dispatch_float(dy.dtype(), "linear_backward", [&](auto zero) {
+      using T = decltype(zero);
+      const T* pdy = dy.data_as<T>();
+      T* pb = dbias->data_as<T>();
+#pragma omp parallel for schedule(static)
+      for (int64_t j = 0; j < m; ++j) {
+        T s = 0;
+        for (int64_t i = 0; i < n; ++i) s += pdy[i * m + j];
+        pb[j] += s;
+      }
+    });
+  }
+}
+
+}  // namespace glmrt::cpu

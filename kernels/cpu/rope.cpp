@@ -2,8 +2,10 @@
 
 namespace glmrt::cpu {
 
-void rope_forward(Tensor& qkv, const Tensor& position_ids, const Tensor& cos, const Tensor& sin,
-                  int64_t num_heads, int64_t head_dim) {
+namespace {
+// Rotates q and k of every head by +angle (forward) or -angle (backward: the transpose).
+void rope_rotate(Tensor& qkv, const Tensor& position_ids, const Tensor& cos, const Tensor& sin,
+                 int64_t num_heads, int64_t head_dim, bool inverse) {
   const int64_t n = qkv.rows(), half = head_dim / 2;
   GLMRT_CHECK(head_dim % 2 == 0 && qkv.cols() == num_heads * 3 * head_dim, "rope_forward: ",
               qkv.str(), " is not [n, ", num_heads, " heads * 3 * ", head_dim, "]");
@@ -33,13 +35,26 @@ void rope_forward(Tensor& qkv, const Tensor& position_ids, const Tensor& cos, co
           T* x = base + t * qkv.cols() + (3 * h + which) * head_dim;
           for (int64_t i = 0; i < half; ++i) {
             const T a = x[i], b = x[i + half];
-            x[i] = a * T(c[i]) - b * T(s[i]);
-            x[i + half] = b * T(c[i]) + a * T(s[i]);
+            const T sn = inverse ? -T(s[i]) : T(s[i]);
+            x[i] = a * T(c[i]) - b * sn;
+            x[i + half] = b * T(c[i]) + a * sn;
           }
         }
       }
     }
   });
+}
+
+}  // namespace
+
+void rope_forward(Tensor& qkv, const Tensor& position_ids, const Tensor& cos, const Tensor& sin,
+                  int64_t num_heads, int64_t head_dim) {
+  rope_rotate(qkv, position_ids, cos, sin, num_heads, head_dim, false);
+}
+
+void rope_backward(Tensor& dqkv, const Tensor& position_ids, const Tensor& cos, const Tensor& sin,
+                   int64_t num_heads, int64_t head_dim) {
+  rope_rotate(dqkv, position_ids, cos, sin, num_heads, head_dim, true);
 }
 
 }  // namespace glmrt::cpu
