@@ -94,6 +94,8 @@ void scale_add(float alpha, const Tensor& a, const Tensor& b, Tensor& out) {
   GLMRT_DISPATCH(scale_add, GLMRT_TENSORS(&a, &b, &out), alpha, a, b, out);
 }
 
+void scale_inplace(Tensor& x, float s) { GLMRT_DISPATCH(scale_inplace, GLMRT_TENSORS(&x), x, s); }
+
 void convert(const Tensor& src, Tensor& dst) {
   GLMRT_DISPATCH(convert, GLMRT_TENSORS(&src, &dst), src, dst);
 }
@@ -158,5 +160,13 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, int64_t
                  GLMRT_TENSORS(&logits, &targets, &row_max, &sum_exp, &dloss, &dlogits), logits,
                  targets, vocab_start, row_max, sum_exp, dloss, dlogits);
 }
+
+void adamw_update(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, float lr, float beta1,
+                  float beta2, float eps, float weight_decay, int64_t step, float grad_scale) {
+  GLMRT_DISPATCH(adamw_update, GLMRT_TENSORS(&param, &grad, &m, &v), param, grad, m, v, lr, beta1,
+                 beta2, eps, weight_decay, step, grad_scale);
+}
+
+double sum_squares(const Tensor& x) { GLMRT_DISPATCH(sum_squares, GLMRT_TENSORS(&x), x); }
 
 }  // namespace glmrt

@@ -14,7 +14,8 @@ void usage(std::ostream& os) {
         "commands:\n"
         "  forward   logits of a batch: --config C.yaml --weights W.safetensors --input in.json\n"
         "            --output out.safetensors\n"
-        "  init      write seeded initial weights: --config C.yaml --output W.safetensors [--seed S]\n\n"
+        "  init      write seeded initial weights: --config C.yaml --output W.safetensors [--seed S]\n"
+        "  train     train on one rank: --config C.yaml [--init-weights W] [--output-weights W]\n\n"
         "`glmrt <command> --help` lists a command's options.\n";
 }
 
@@ -30,6 +31,7 @@ int main(int argc, char** argv) {
   try {
     if (command == "forward") return glmrt::run_forward(args);
     if (command == "init") return glmrt::run_init(args);
+    if (command == "train") return glmrt::run_train(args);
     std::cerr << "glmrt: unknown command '" << command << "'\n\n";
     usage(std::cerr);
     return 2;

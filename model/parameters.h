@@ -53,6 +53,7 @@ class GlmParams {
   // nullptr when the model has no parameter of that name.
   const Tensor* find(const std::string& name) const;
   const Tensor& flat() const { return flat_; }  // the single allocation
+  Tensor& flat() { return flat_; }
 
   Tensor word_embeddings;
   std::vector<LayerParams> layers;

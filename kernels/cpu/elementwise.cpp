@@ -19,6 +19,17 @@ void scale_add(float alpha, const Tensor& a, const Tensor& b, Tensor& out) {
   });
 }
 
+void scale_inplace(Tensor& x, float s) {
+  dispatch_float(x.dtype(), "scale_inplace", [&](auto zero) {
+    using T = decltype(zero);
+    T* p = x.data_as<T>();
+    const T f = static_cast<T>(s);
+    const int64_t n = x.numel();
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; ++i) p[i] *= f;
+  });
+}
+
 void convert(const Tensor& src, Tensor& dst) {
   GLMRT_CHECK(src.numel() == dst.numel(), "convert: ", src.str(), " -> ", dst.str());
   convert_host(src.dtype(), src.data(), dst.dtype(), dst.data(), src.numel());

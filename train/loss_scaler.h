@@ -1,0 +1,28 @@
+// Dynamic loss scaling for fp16 (Megatron's DynamicGradScaler): on an overflow the step is
+// skipped and, once `hysteresis` overflows have been seen, the scale halves (not below min);
+// after `window` clean steps in a row it doubles and the hysteresis budget is restored.
+// Constant scale 1 for fp32 and bf16.
+#pragma once
+
+#include <cstdint>
+
+#include "train/train_config.h"
+
+namespace glmrt {
+
+class LossScaler {
+ public:
+  LossScaler(const LossScaleConfig& config, bool dynamic);
+  double scale() const { return scale_; }
+  bool dynamic() const { return dynamic_; }
+  // Records whether this step's gradients overflowed.
+  void update(bool overflow);
+
+ private:
+  LossScaleConfig config_;
+  bool dynamic_;
+  double scale_;
+  int64_t growth_tracker_ = 0, hysteresis_tracker_;
+};
+
+}  // namespace glmrt

@@ -1,0 +1,121 @@
+#include "train/train_config.h"
+
+#include <cmath>
+#include <filesystem>
+
+namespace glmrt {
+
+const char* precision_name(Precision p) {
+  switch (p) {
+    case Precision::FP32: return "fp32";
+    case Precision::BF16: return "bf16";
+    case Precision::FP16: return "fp16";
+  }
+  return "?";
+}
+
+namespace {
+void require(bool ok, YamlFields& f, const std::string& key, const std::string& why) {
+  if (!ok) throw ConfigError(f.where(key) + ": " + why);
+}
+}  // namespace
+
+TrainConfig parse_train_section(YamlFields& f) {
+  f.expect_keys({"micro_batch_size", "global_batch_size", "steps", "precision", "seed",
+                 "hidden_dropout", "attention_dropout", "embedding_grad_shrink", "recompute",
+                 "metrics", "log_interval", "loss_scale"});
+  TrainConfig t;
+  t.micro_batch_size = f.get<int64_t>("micro_batch_size", t.micro_batch_size);
+  t.global_batch_size = f.get<int64_t>("global_batch_size", t.global_batch_size);
+  t.steps = f.get<int64_t>("steps", t.steps);
+  const std::string prec = f.get<std::string>("precision", "fp32");
+  if (prec == "fp32") t.precision = Precision::FP32;
+  else if (prec == "bf16") t.precision = Precision::BF16;
+  else if (prec == "fp16") t.precision = Precision::FP16;
+  else require(false, f, "precision", "expected fp32, bf16 or fp16, got '" + prec + "'");
+  t.seed = f.get<uint64_t>("seed", t.seed);
+  t.hidden_dropout = f.get<double>("hidden_dropout", t.hidden_dropout);
+  t.attention_dropout = f.get<double>("attention_dropout", t.attention_dropout);
+  t.embedding_grad_shrink = f.get<double>("embedding_grad_shrink", t.embedding_grad_shrink);
+  t.recompute = f.get<bool>("recompute", t.recompute);
+  t.metrics = f.get<std::string>("metrics", t.metrics);
+  t.log_interval = f.get<int64_t>("log_interval", t.log_interval);
+  YamlFields ls(f.node("loss_scale"), f.child_path("loss_scale"), f.source());
+  ls.expect_keys({"initial", "window", "hysteresis", "min"});
+  t.loss_scale.initial = ls.get<double>("initial", t.loss_scale.initial);
+  t.loss_scale.window = ls.get<int64_t>("window", t.loss_scale.window);
+  t.loss_scale.hysteresis = ls.get<int64_t>("hysteresis", t.loss_scale.hysteresis);
+  t.loss_scale.min = ls.get<double>("min", t.loss_scale.min);
+  ls.finish();
+  f.finish();
+
+  require(t.micro_batch_size > 0, f, "micro_batch_size", "must be positive");
+  require(t.global_batch_size > 0 && t.global_batch_size % t.micro_batch_size == 0, f,
+          "global_batch_size",
+          "must be a positive multiple of micro_batch_size " + std::to_string(t.micro_batch_size));
+  require(t.steps >= 0, f, "steps", "must not be negative");
+  require(t.hidden_dropout >= 0 && t.hidden_dropout < 1, f, "hidden_dropout", "must be in [0, 1)");
+  require(t.attention_dropout >= 0 && t.attention_dropout < 1, f, "attention_dropout",
+          "must be in [0, 1)");
+  require(t.embedding_grad_shrink > 0 && t.embedding_grad_shrink <= 1, f, "embedding_grad_shrink",
+          "must be in (0, 1]");
+  require(t.log_interval > 0, f, "log_interval", "must be positive");
+  require(t.loss_scale.initial > 0 && t.loss_scale.min > 0 && t.loss_scale.window > 0 &&
+              t.loss_scale.hysteresis > 0,
+          f, "loss_scale", "initial, min, window and hysteresis must be positive");
+  return t;
+}
+
+OptimizerConfig parse_optimizer_section(YamlFields& f) {
+  f.expect_keys({"lr", "min_lr", "warmup_steps", "decay_steps", "decay", "beta1", "beta2", "eps",
+                 "weight_decay", "clip_grad"});
+  OptimizerConfig o;
+  o.lr = f.get<double>("lr", o.lr);
+  o.min_lr = f.get<double>("min_lr", o.min_lr);
+  o.warmup_steps = f.get<int64_t>("warmup_steps", o.warmup_steps);
+  o.decay_steps = f.nullable<int64_t>("decay_steps");
+  const std::string decay = f.get<std::string>("decay", "cosine");
+  if (decay == "cosine") o.decay = LrDecay::Cosine;
+  else if (decay == "linear") o.decay = LrDecay::Linear;
+  else if (decay == "constant") o.decay = LrDecay::Constant;
+  else require(false, f, "decay", "expected cosine, linear or constant, got '" + decay + "'");
+  o.beta1 = f.get<double>("beta1", o.beta1);
+  o.beta2 = f.get<double>("beta2", o.beta2);
+  o.eps = f.get<double>("eps", o.eps);
+  o.weight_decay = f.get<double>("weight_decay", o.weight_decay);
+  o.clip_grad = f.get<double>("clip_grad", o.clip_grad);
+  f.finish();
+  require(o.lr >= 0, f, "lr", "must not be negative");
+  require(o.min_lr >= 0 && o.min_lr <= o.lr, f, "min_lr", "must be in [0, lr]");
+  require(o.warmup_steps >= 0, f, "warmup_steps", "must not be negative");
+  require(o.beta1 >= 0 && o.beta1 < 1, f, "beta1", "must be in [0, 1)");
+  require(o.beta2 >= 0 && o.beta2 < 1, f, "beta2", "must be in [0, 1)");
+  require(o.eps > 0, f, "eps", "must be positive");
+  require(o.weight_decay >= 0, f, "weight_decay", "must not be negative");
+  require(o.clip_grad >= 0, f, "clip_grad", "must not be negative (0 disables clipping)");
+  return o;
+}
+
+DataConfig parse_data_section(YamlFields& f, const std::string& config_dir) {
+  f.expect_keys({"samples"});
+  DataConfig d;
+  if (auto s = f.nullable<std::string>("samples")) {
+    std::filesystem::path p(*s);
+    d.samples = p.is_absolute() ? p.string() : (std::filesystem::path(config_dir) / p).string();
+  }
+  f.finish();
+  return d;
+}
+
+double learning_rate(const OptimizerConfig& o, int64_t train_steps, int64_t t) {
+  if (o.warmup_steps > 0 && t <= o.warmup_steps)
+    return o.lr * static_cast<double>(t) / static_cast<double>(o.warmup_steps);
+  const int64_t decay_steps = o.decay_steps.value_or(train_steps);
+  if (o.decay == LrDecay::Constant || decay_steps <= o.warmup_steps) return o.lr;
+  const double progress = std::min(
+      1.0, static_cast<double>(t - o.warmup_steps) / static_cast<double>(decay_steps - o.warmup_steps));
+  if (o.decay == LrDecay::Linear) return o.lr - (o.lr - o.min_lr) * progress;
+  return o.min_lr + (o.lr - o.min_lr) * 0.5 * (1.0 + std::cos(M_PI * progress));
+}
+
+}  // namespace glmrt

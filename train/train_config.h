@@ -1,0 +1,60 @@
+// The training sections of a run config: `train`, `optimizer`, `data`.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "kernels/dtype.h"
+#include "model/yaml_fields.h"
+
+namespace glmrt {
+
+enum class Precision { FP32, BF16, FP16 };
+const char* precision_name(Precision p);
+
+struct LossScaleConfig {  // dynamic loss scaling (fp16 only), GLM-130B's values by default
+  double initial = 65536.0;
+  int64_t window = 2000;    // steps without overflow before the scale doubles
+  int64_t hysteresis = 2;   // overflows tolerated before the scale halves
+  double min = 1.0;
+};
+
+struct TrainConfig {
+  int64_t micro_batch_size = 1;
+  int64_t global_batch_size = 8;
+  int64_t steps = 100;
+  Precision precision = Precision::FP32;
+  uint64_t seed = 1234;
+  double hidden_dropout = 0.0;
+  double attention_dropout = 0.0;
+  double embedding_grad_shrink = 1.0;
+  bool recompute = false;
+  std::string metrics = "run/metrics.jsonl";
+  int64_t log_interval = 1;
+  LossScaleConfig loss_scale;
+};
+
+enum class LrDecay { Cosine, Linear, Constant };
+
+struct OptimizerConfig {
+  double lr = 1e-4, min_lr = 1e-5;
+  int64_t warmup_steps = 0;
+  std::optional<int64_t> decay_steps;  // default: train.steps
+  LrDecay decay = LrDecay::Cosine;
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1, clip_grad = 1.0;
+};
+
+struct DataConfig {
+  std::string samples;  // pre-built samples (JSON lines); relative to the config file
+};
+
+TrainConfig parse_train_section(YamlFields& f);
+OptimizerConfig parse_optimizer_section(YamlFields& f);
+DataConfig parse_data_section(YamlFields& f, const std::string& config_dir);
+
+// The learning rate of optimizer update t (1-based): linear warm-up lr·t/warmup_steps, then
+// cosine, linear or constant decay from lr to min_lr over [warmup_steps, decay_steps].
+double learning_rate(const OptimizerConfig& o, int64_t train_steps, int64_t t);
+
+}  // namespace glmrt
