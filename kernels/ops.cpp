@@ -1,6 +1,8 @@
 // Dispatch of every op to the backend that holds its tensors.
 #include "kernels/ops.h"
 
+#include "kernels/cpu/low_precision.h"
+
 #ifdef GLMRT_WITH_CUDA
 #include "kernels/cuda/cuda_ops.h"
 #endif
@@ -38,16 +40,20 @@ Device common_device(std::initializer_list<const Tensor*> tensors, const char* o
 }
 }  // namespace
 
+// CPU tensors in F16/BF16 go through cpu_low_precision (fp32 kernels, 16-bit rounding).
+#define GLMRT_CPU_CALL(op, tensors, ...)                                                 \
+  if (common_device(tensors, #op).is_cpu())                                              \
+    return any_low_precision(tensors) ? cpu_low_precision::op(__VA_ARGS__) : cpu::op(__VA_ARGS__)
 #ifdef GLMRT_WITH_CUDA
-#define GLMRT_DISPATCH(op, tensors, ...)                                   \
-  do {                                                                     \
-    if (common_device(tensors, #op).is_cpu()) return cpu::op(__VA_ARGS__); \
-    return cuda::op(__VA_ARGS__);                                          \
+#define GLMRT_DISPATCH(op, tensors, ...)      \
+  do {                                        \
+    GLMRT_CPU_CALL(op, tensors, __VA_ARGS__); \
+    return cuda::op(__VA_ARGS__);             \
   } while (0)
 #else
 #define GLMRT_DISPATCH(op, tensors, ...)                                                  \
   do {                                                                                    \
-    if (common_device(tensors, #op).is_cpu()) return cpu::op(__VA_ARGS__);                \
+    GLMRT_CPU_CALL(op, tensors, __VA_ARGS__);                                             \
     throw Error(#op ": a CUDA tensor was given to a glmrt built without the CUDA backend"); \
   } while (0)
 #endif

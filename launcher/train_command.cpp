@@ -40,14 +40,11 @@ int run_train(const Args& args) {
   add_compute_options(desc);
   po::variables_map vm;
   if (!parse_options("train", desc, args, vm)) return 0;
-  ComputeOptions compute = compute_options(vm);
+  const ComputeOptions compute = compute_options(vm);
   const RunConfig rc = load_run_config(vm["config"].as<std::string>());
   if (rc.data.samples.empty())
     throw ConfigError(rc.source + ": data.samples: no training data configured");
   const DType dtype = compute_dtype(rc.train.precision);
-  if (compute.device.is_cpu() && dtype != DType::F32)
-    throw ConfigError(rc.source + ": train.precision " + precision_name(rc.train.precision) +
-                      ": the CPU backend trains in fp32; use --device cuda");
   std::vector<Sample> samples = read_samples_file(rc.data.samples, rc.model);
 
   GlmParams params = GlmParams::allocate(rc.model, dtype, compute.device);

@@ -39,8 +39,7 @@ StepMetrics Trainer::step() {
   to.ctx.seed = train_.seed;
   to.ctx.step = static_cast<uint64_t>(iteration_);
   to.embedding_grad_shrink = static_cast<float>(train_.embedding_grad_shrink);
-  to.grad_scale = static_cast<float>(scaler_.scale() / static_cast<double>(micro_batches)) * inject_;
-  inject_ = 1.0f;
+  to.grad_scale = static_cast<float>(scaler_.scale() / static_cast<double>(micro_batches));
   to.recompute = train_.recompute;
 
   double loss_sum = 0;

@@ -35,8 +35,6 @@ class Trainer {
   const GlmParams& grads() const { return grads_; }
   const GlmParams& master() const { return master_is_model_ ? model_.params() : master_; }
   int64_t iteration() const { return iteration_; }
-  // Test hook: multiply the next step's loss scale by this factor once (forces an fp16 overflow).
-  void inject_grad_scale_once(float factor) { inject_ = factor; }
 
  private:
   GlmModel& model_;
@@ -47,7 +45,6 @@ class Trainer {
   bool master_is_model_;
   LossScaler scaler_;
   int64_t iteration_ = 0, updates_ = 0, next_sample_ = 0, consumed_ = 0;
-  float inject_ = 1.0f;
 };
 
 }  // namespace glmrt

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 
+#include "kernels/dropout.h"
 #include "kernels/tensor.h"
 
 namespace glmrt::cuda {
