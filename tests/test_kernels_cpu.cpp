@@ -246,3 +246,34 @@ TEST(RopeTables, Fp16FaithfulTablesHoldFp16ValuesAndDifferFromExact) {
 
 }  // namespace
 }  // namespace glmrt
+
+#include "kernels/cpu/onednn_gemm.h"
+
+namespace glmrt {
+namespace {
+
+// The oneDNN bf16 path (its reference kernel here when the CPU has no bf16 units) against the
+// fp32 GEMM on the same bf16-rounded operands.
+TEST(OneDnnBf16Gemm, MatchesFp32OnRoundedOperands) {
+  const std::string impl = cpu::onednn_bf16_matmul_impl();
+  if (impl == "unavailable") GTEST_SKIP() << "oneDNN has no bf16 matmul for this CPU (no AVX512/AMX)";
+  std::printf("oneDNN bf16 matmul implementation here: %s\n", impl.c_str());
+  const int64_t m = 33, n = 17, k = 40;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (DType out : {DType::F32, DType::BF16}) {
+        Tensor a = testing::random_tensor(ta ? Shape{k, m} : Shape{m, k}, 40, DType::BF16);
+        Tensor b = testing::random_tensor(tb ? Shape{n, k} : Shape{k, n}, 41, DType::BF16);
+        Tensor c0 = testing::random_tensor({m, n}, 42, out);
+        const float beta = out == DType::F32 ? 1.0f : 0.0f;
+        Tensor ref = c0.to(DType::F32);
+        cpu::gemm(a.to(DType::F32), ta, b.to(DType::F32), tb, ref, 0.5f, beta);
+        Tensor c = c0.clone();
+        ASSERT_TRUE(cpu::onednn_bf16_gemm(a, ta, b, tb, c, 0.5f, beta, /*allow_reference=*/true));
+        EXPECT_LT(testing::max_rel_diff(c, ref), out == DType::F32 ? 1e-5 : 1e-2)
+            << "ta=" << ta << " tb=" << tb << " out=" << dtype_name(out);
+      }
+}
+
+}  // namespace
+}  // namespace glmrt

@@ -2,6 +2,7 @@
 
 #include <vector>
 
+#include "kernels/cpu/onednn_gemm.h"
 #include "kernels/ops.h"
 
 namespace glmrt {
@@ -42,15 +43,34 @@ class F32 {
   Tensor work_;
   bool write_, converted_ = false;
 };
+// dbias += Σ_rows dy (dbias F32 or 16-bit).
+void add_column_sums(const Tensor& dy, Tensor& dbias) {
+  F32 DY(&dy, true, false), DB(&dbias, true, true);
+  const int64_t n = dy.rows(), m = dy.cols();
+  const float* p = (*DY).data_as<float>();
+  float* b = (*DB).data_as<float>();
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < m; ++j) b[j] += p[i * m + j];
+  DB.commit();
+}
 }  // namespace
 
 void gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, float alpha, float beta) {
+  if (cpu::onednn_bf16_gemm(a, ta, b, tb, c, alpha, beta)) return;  // AMX / AVX512-BF16
   F32 A(&a, true, false), B(&b, true, false), C(&c, beta != 0.0f, true);
   cpu::gemm(*A, ta, *B, tb, *C, alpha, beta);
   C.commit();
 }
 
 void linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
+  if (x.dtype() == DType::BF16 && w.dtype() == DType::BF16 && y.dtype() == DType::BF16) {
+    if (bias && bias->defined()) {  // y = bias broadcast, then y += x·wᵀ
+      for (int64_t i = 0; i < y.rows(); ++i) y.slice_rows(i, i + 1).copy_from(bias->view({1, y.cols()}));
+      if (cpu::onednn_bf16_gemm(x, false, w, true, y, 1.0f, 1.0f)) return;
+    } else if (cpu::onednn_bf16_gemm(x, false, w, true, y, 1.0f, 0.0f)) {
+      return;
+    }
+  }
   F32 X(&x, true, false), W(&w, true, false), B(bias, true, false), Y(&y, false, true);
   cpu::linear_forward(*X, *W, B.ptr(), *Y);
   Y.commit();
@@ -113,6 +133,12 @@ void dropout_apply(Tensor& x, const DropoutSpec& spec) {
 
 void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, Tensor* dw,
                      Tensor* dbias) {
+  if (x.dtype() == DType::BF16 && w.dtype() == DType::BF16 && dy.dtype() == DType::BF16 &&
+      (!dx || cpu::onednn_bf16_gemm(dy, false, w, false, *dx, 1.0f, 0.0f)) &&
+      (!dw || cpu::onednn_bf16_gemm(dy, true, x, false, *dw, 1.0f, 1.0f))) {
+    if (dbias) add_column_sums(dy, *dbias);
+    return;
+  }
   F32 X(&x, true, false), W(&w, true, false), DY(&dy, true, false), DX(dx, false, true),
       DW(dw, true, true), DB(dbias, true, true);
   cpu::linear_backward(*X, *W, *DY, DX.ptr(), DW.ptr(), DB.ptr());
