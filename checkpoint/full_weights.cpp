@@ -14,11 +14,10 @@ bool ignored_name(const std::string& name) {
 }
 }  // namespace
 
-void load_full_weights(const SafetensorsReader& file, GlmParams& params) {
+void load_full_weights(const SafetensorsReader& file, const GlmConfig& config, GlmParams& params) {
   std::vector<std::string> problems;
   std::set<std::string> expected;
-  for (size_t i = 0; i < params.size(); ++i) {
-    const ParamSpec& spec = params.specs()[i];
+  for (const ParamSpec& spec : glm_param_specs(config)) {
     expected.insert(spec.name);
     const SafetensorsEntry* e = file.find(spec.name);
     if (!e) {
@@ -44,9 +43,11 @@ void load_full_weights(const SafetensorsReader& file, GlmParams& params) {
       msg += "\n  ... and " + std::to_string(problems.size() - shown) + " more";
     throw CheckpointError(msg);
   }
+  const ModelShard& shard = params.shard();
   for (size_t i = 0; i < params.size(); ++i) {
+    const ParamSpec& spec = params.specs()[i];
     Tensor& dst = params.tensor(i);
-    Tensor src = file.tensor(params.specs()[i].name);
+    Tensor src = shard_tensor(file.tensor(spec.name), spec.rule, shard.tp_rank, shard.tp_size);
     if (src.dtype() != dst.dtype()) src = src.to(dst.dtype());
     dst.copy_from(src);
   }

@@ -6,11 +6,12 @@
 
 namespace glmrt {
 
-// Copies every parameter from `file` into `params` (converting dtype, moving to its device).
-// Refuses, naming each tensor and both shapes, a missing, extra or mis-shaped tensor, and
-// non-floating dtypes. `transformer.layers.*.attention.rotary_emb.inv_freq` is ignored, as in
-// the released files.
-void load_full_weights(const SafetensorsReader& file, GlmParams& params);
+// Copies this rank's shard of every parameter from the full weight `file` into `params`
+// (slicing by shard rule, converting dtype, moving to its device). The file must hold exactly
+// the parameters of `config`: a missing, extra or mis-shaped tensor, or a non-floating dtype, is
+// refused with each tensor and both shapes named. `…attention.rotary_emb.inv_freq` is ignored,
+// as in the released files.
+void load_full_weights(const SafetensorsReader& file, const GlmConfig& config, GlmParams& params);
 
 // The parameters as (released name, tensor) pairs, for write_safetensors.
 NamedTensors named_tensors(const GlmParams& params);

@@ -31,7 +31,7 @@ int run_forward(const Args& args) {
   const Batch batch = build_batch(read_batch_json_file(input), rc.model, input);
   SafetensorsReader weights(vm["weights"].as<std::string>());
   GlmParams params = GlmParams::allocate(rc.model, compute.dtype, compute.device);
-  load_full_weights(weights, params);
+  load_full_weights(weights, rc.model, params);
 
   GlmModel model(rc.model, std::move(params));
   const auto start = std::chrono::steady_clock::now();

@@ -49,7 +49,7 @@ int run_train(const Args& args) {
 
   GlmParams params = GlmParams::allocate(rc.model, dtype, compute.device);
   if (vm.count("init-weights")) {
-    load_full_weights(SafetensorsReader(vm["init-weights"].as<std::string>()), params);
+    load_full_weights(SafetensorsReader(vm["init-weights"].as<std::string>()), rc.model, params);
   } else {
     GlmParams host = GlmParams::allocate(rc.model, DType::F32, Device::cpu());
     init_glm_params(host, rc.model, rc.train.seed);

@@ -4,11 +4,22 @@
 
 #include "kernels/dropout.h"
 #include "model/batch.h"
+#include "parallel/communicator.h"
 #include "model/glm_config.h"
 #include "model/parameters.h"
 #include "model/rope_tables.h"
 
 namespace glmrt {
+
+// Tensor parallelism as a layer sees it: its rank and a communicator for the conjugate
+// all-reduces (row-parallel outputs in forward, column-parallel inputs in backward).
+struct TensorParallel {
+  Communicator* comm = nullptr;  // null: no tensor parallelism
+  int rank = 0, size = 1;
+  void all_reduce(Tensor& t, ReduceOp op = ReduceOp::Sum) const {
+    if (comm && size > 1) comm->all_reduce(t, op);
+  }
+};
 
 // Where a forward pass sits in training, for dropout: masks are keyed by (seed, step, layer,
 // site, global element), so they do not depend on micro-batching or the parallel layout.
@@ -20,7 +31,7 @@ struct StepContext {
 
   // Hidden dropout on a [rows * seq, width] tensor of `layer` (-1 = embedding).
   DropoutSpec hidden(int64_t layer, DropoutSite site, int64_t seq, int64_t width) const;
-  DropoutSpec attention(int64_t layer, int64_t total_heads) const;
+  DropoutSpec attention(int64_t layer, int64_t total_heads, int64_t head_offset) const;
 };
 
 // The intermediate tensors of one layer's forward pass, [n = batch * seq, width] each.
@@ -35,21 +46,22 @@ struct LayerActivations {
   Tensor h4h;                          // u = dense_h_to_4h(m), [n, 2F]
   Tensor geglu;                        // g = u[:, :F] ⊙ gelu(u[:, F:])
 
-  // Allocates every tensor for `n` tokens (no-op when already that size).
-  void allocate(const GlmConfig& config, int64_t n, DType dtype, Device device);
+  // Allocates every tensor for `n` tokens of a tp_size-way shard (no-op when already so).
+  void allocate(const GlmConfig& config, int tp_size, int64_t n, DType dtype, Device device);
 };
 
 // x [n, h] is replaced by the layer's output; `act` receives the intermediates (and a copy of x
 // when ctx.training). `layer_id` counts from 0.
 void glm_layer_forward(const GlmConfig& config, const LayerParams& p, const RopeTables& rope,
-                       const Batch& batch, int64_t layer_id, const StepContext& ctx,
-                       LayerActivations& act, Tensor& x);
+                       const TensorParallel& tp, const Batch& batch, int64_t layer_id,
+                       const StepContext& ctx, LayerActivations& act, Tensor& x);
 
 // From dout (gradient of the layer output, [n, h]) computes dx (gradient of the layer input,
 // may alias dout) and accumulates the parameter gradients into `grads`. `act` must hold the
 // intermediates of the forward pass with the same ctx. `scratch` provides work buffers.
 void glm_layer_backward(const GlmConfig& config, const LayerParams& p, const RopeTables& rope,
-                        const Batch& batch, int64_t layer_id, const StepContext& ctx,
+                        const TensorParallel& tp, const Batch& batch, int64_t layer_id,
+                        const StepContext& ctx,
                         const LayerActivations& act, LayerActivations& scratch,
                         const Tensor& dout, Tensor& dx, LayerParams& grads);
 

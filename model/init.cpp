@@ -21,8 +21,15 @@ void init_glm_params(GlmParams& params, const GlmConfig& c, uint64_t seed) {
   auto xavier = [](double fan_in, double fan_out, double gain) {
     return gain * std::sqrt(2.0 / (fan_in + fan_out));
   };
-  for (size_t p = 0; p < params.size(); ++p) {
-    const ParamSpec& spec = params.specs()[p];
+  // Streams are numbered by the parameter's place in the whole model, elements by their place in
+  // the full tensor: every shard draws exactly the numbers of its piece.
+  const std::vector<ParamSpec> all = glm_param_specs(c);
+  const ModelShard& shard = params.shard();
+  for (size_t local = 0; local < params.size(); ++local) {
+    const std::string& local_name = params.specs()[local].name;
+    size_t p = 0;
+    while (all[p].name != local_name) ++p;
+    const ParamSpec& spec = all[p];
     const std::string& name = spec.name;
     const int64_t n = shape_numel(spec.shape), cols = spec.shape.back();
     // std(element) for this parameter; 0 = constant `fill`.
@@ -51,9 +58,8 @@ void init_glm_params(GlmParams& params, const GlmConfig& c, uint64_t seed) {
       const double s = stddev(i);
       v[i] = s == 0.0 ? fill : s * Philox::normal(seed, p, static_cast<uint64_t>(i));
     }
-    Tensor& dst = params.tensor(p);
-    const Tensor converted = host.to(dst.dtype());
-    dst.copy_from(dst.device().is_cpu() ? converted : converted.to(dst.device()));
+    Tensor& dst = params.tensor(local);
+    dst.copy_from(shard_tensor(host, spec.rule, shard.tp_rank, shard.tp_size).to(dst.dtype()));
   }
 }
 

@@ -1,5 +1,7 @@
 #include "model/parameters.h"
 
+#include <cstring>
+
 namespace glmrt {
 
 const char* shard_rule_name(ShardRule rule) {
@@ -13,50 +15,125 @@ const char* shard_rule_name(ShardRule rule) {
   return "?";
 }
 
-std::vector<ParamSpec> glm_param_specs(const GlmConfig& c) {
+namespace {
+std::vector<ParamSpec> layer_specs(const GlmConfig& c, int64_t i) {
   const int64_t h = c.hidden_size, f = c.ffn_hidden_size;
-  std::vector<ParamSpec> s;
-  s.push_back({"transformer.word_embeddings.weight", {c.vocab_size, h}, ShardRule::VocabRows, true});
-  for (int64_t i = 0; i < c.num_layers; ++i) {
-    const std::string p = "transformer.layers." + std::to_string(i) + ".";
-    s.push_back({p + "input_layernorm.weight", {h}, ShardRule::Replicated, false});
-    s.push_back({p + "input_layernorm.bias", {h}, ShardRule::Replicated, false});
-    s.push_back({p + "attention.query_key_value.weight", {3 * h, h}, ShardRule::Rows, true});
-    s.push_back({p + "attention.query_key_value.bias", {3 * h}, ShardRule::Rows, false});
-    s.push_back({p + "attention.dense.weight", {h, h}, ShardRule::Columns, true});
-    s.push_back({p + "attention.dense.bias", {h}, ShardRule::Replicated, false});
-    s.push_back({p + "post_attention_layernorm.weight", {h}, ShardRule::Replicated, false});
-    s.push_back({p + "post_attention_layernorm.bias", {h}, ShardRule::Replicated, false});
-    s.push_back({p + "mlp.dense_h_to_4h.weight", {2 * f, h}, ShardRule::GluRows, true});
-    s.push_back({p + "mlp.dense_h_to_4h.bias", {2 * f}, ShardRule::GluRows, false});
-    s.push_back({p + "mlp.dense_4h_to_h.weight", {h, f}, ShardRule::Columns, true});
-    s.push_back({p + "mlp.dense_4h_to_h.bias", {h}, ShardRule::Replicated, false});
+  const std::string p = "transformer.layers." + std::to_string(i) + ".";
+  return {
+      {p + "input_layernorm.weight", {h}, ShardRule::Replicated, false, {}},
+      {p + "input_layernorm.bias", {h}, ShardRule::Replicated, false, {}},
+      {p + "attention.query_key_value.weight", {3 * h, h}, ShardRule::Rows, true, {}},
+      {p + "attention.query_key_value.bias", {3 * h}, ShardRule::Rows, false, {}},
+      {p + "attention.dense.weight", {h, h}, ShardRule::Columns, true, {}},
+      {p + "attention.dense.bias", {h}, ShardRule::Replicated, false, {}},
+      {p + "post_attention_layernorm.weight", {h}, ShardRule::Replicated, false, {}},
+      {p + "post_attention_layernorm.bias", {h}, ShardRule::Replicated, false, {}},
+      {p + "mlp.dense_h_to_4h.weight", {2 * f, h}, ShardRule::GluRows, true, {}},
+      {p + "mlp.dense_h_to_4h.bias", {2 * f}, ShardRule::GluRows, false, {}},
+      {p + "mlp.dense_4h_to_h.weight", {h, f}, ShardRule::Columns, true, {}},
+      {p + "mlp.dense_4h_to_h.bias", {h}, ShardRule::Replicated, false, {}},
+  };
+}
+
+Shape local_shape(const Shape& full, ShardRule rule, int size) {
+  Shape s = full;
+  switch (rule) {
+    case ShardRule::Replicated: break;
+    case ShardRule::Rows:
+    case ShardRule::GluRows:
+    case ShardRule::VocabRows: s[0] /= size; break;
+    case ShardRule::Columns: s[1] /= size; break;
   }
-  s.push_back({"transformer.final_layernorm.weight", {h}, ShardRule::Replicated, false});
-  s.push_back({"transformer.final_layernorm.bias", {h}, ShardRule::Replicated, false});
+  return s;
+}
+}  // namespace
+
+std::vector<ParamSpec> glm_param_specs(const GlmConfig& c, const ModelShard& shard) {
+  const int t = shard.tp_size;
+  if (c.num_attention_heads % t != 0)
+    throw ConfigError("tensor parallel " + std::to_string(t) + " does not divide " +
+                      std::to_string(c.num_attention_heads) + " attention heads");
+  if (c.ffn_hidden_size % t != 0)
+    throw ConfigError("tensor parallel " + std::to_string(t) + " does not divide ffn_hidden_size " +
+                      std::to_string(c.ffn_hidden_size));
+  if (c.vocab_size % t != 0)
+    throw ConfigError("tensor parallel " + std::to_string(t) + " does not divide vocab_size " +
+                      std::to_string(c.vocab_size));
+  const int64_t h = c.hidden_size, first = shard.first_layer, count = shard.layer_count(c);
+  GLMRT_CHECK(first >= 0 && first + count <= c.num_layers, "shard layers [", first, ", ",
+              first + count, ") of ", c.num_layers);
+  std::vector<ParamSpec> s;
+  if (shard.holds_embedding())
+    s.push_back({"transformer.word_embeddings.weight", {c.vocab_size, h}, ShardRule::VocabRows, true, {}});
+  for (int64_t i = first; i < first + count; ++i)
+    for (ParamSpec& p : layer_specs(c, i)) s.push_back(std::move(p));
+  if (shard.last_stage) {
+    s.push_back({"transformer.final_layernorm.weight", {h}, ShardRule::Replicated, false, {}});
+    s.push_back({"transformer.final_layernorm.bias", {h}, ShardRule::Replicated, false, {}});
+  }
+  for (ParamSpec& p : s) p.local_shape = local_shape(p.shape, p.rule, t);
   return s;
 }
 
-GlmParams GlmParams::allocate(const GlmConfig& config, DType dtype, Device device) {
+std::vector<ParamSpec> glm_param_specs(const GlmConfig& c) {
+  return glm_param_specs(c, ModelShard::whole());
+}
+
+Tensor shard_tensor(const Tensor& full, ShardRule rule, int rank, int size) {
+  GLMRT_CHECK(full.device().is_cpu(), "shard_tensor: host tensors only, got ", full.str());
+  if (rule == ShardRule::Replicated || size == 1) return full.clone();
+  const Shape local = local_shape(full.shape(), rule, size);
+  Tensor out = Tensor::empty(local, full.dtype());
+  const size_t es = dtype_size(full.dtype());
+  const char* src = static_cast<const char*>(full.data());
+  char* dst = static_cast<char*>(out.data());
+  switch (rule) {
+    case ShardRule::Rows:
+    case ShardRule::VocabRows: {
+      const size_t bytes = out.nbytes();
+      std::memcpy(dst, src + bytes * static_cast<size_t>(rank), bytes);
+      break;
+    }
+    case ShardRule::GluRows: {  // [V_r; W1_r]: chunk r of each half
+      const size_t half = full.nbytes() / 2, piece = out.nbytes() / 2;
+      std::memcpy(dst, src + piece * static_cast<size_t>(rank), piece);
+      std::memcpy(dst + piece, src + half + piece * static_cast<size_t>(rank), piece);
+      break;
+    }
+    case ShardRule::Columns: {
+      const int64_t rows = full.dim(0), cols = full.dim(1), lc = local[1];
+      for (int64_t r = 0; r < rows; ++r)
+        std::memcpy(dst + static_cast<size_t>(r * lc) * es,
+                    src + static_cast<size_t>(r * cols + rank * lc) * es, static_cast<size_t>(lc) * es);
+      break;
+    }
+    case ShardRule::Replicated: break;
+  }
+  return out;
+}
+
+GlmParams GlmParams::allocate(const GlmConfig& config, DType dtype, Device device,
+                              const ModelShard& shard, int64_t pad_multiple) {
   GlmParams p;
-  p.specs_ = glm_param_specs(config);
+  p.shard_ = shard;
+  p.specs_ = glm_param_specs(config, shard);
   constexpr int64_t kAlign = 64;  // elements: every parameter starts 64-element aligned
-  std::vector<int64_t> offsets;
   int64_t total = 0;
   for (const ParamSpec& s : p.specs_) {
-    offsets.push_back(total);
-    total += (shape_numel(s.shape) + kAlign - 1) / kAlign * kAlign;
+    p.offsets_.push_back(total);
+    total += (shape_numel(s.local_shape) + kAlign - 1) / kAlign * kAlign;
   }
+  total = (total + pad_multiple - 1) / pad_multiple * pad_multiple;
   p.flat_ = Tensor::zeros({total}, dtype, device);
   for (size_t i = 0; i < p.specs_.size(); ++i) {
     const ParamSpec& s = p.specs_[i];
     p.tensors_.push_back(
-        p.flat_.slice_rows(offsets[i], offsets[i] + shape_numel(s.shape)).view(s.shape));
+        p.flat_.slice_rows(p.offsets_[i], p.offsets_[i] + shape_numel(s.local_shape)).view(s.local_shape));
     p.index_[s.name] = i;
   }
   size_t k = 0;
-  p.word_embeddings = p.tensors_[k++];
-  p.layers.resize(static_cast<size_t>(config.num_layers));
+  if (shard.holds_embedding()) p.word_embeddings = p.tensors_[k++];
+  p.layers.resize(static_cast<size_t>(shard.layer_count(config)));
   for (LayerParams& l : p.layers) {
     for (Tensor* t : {&l.input_layernorm_weight, &l.input_layernorm_bias, &l.qkv_weight,
                       &l.qkv_bias, &l.dense_weight, &l.dense_bias,
@@ -65,8 +142,10 @@ GlmParams GlmParams::allocate(const GlmConfig& config, DType dtype, Device devic
                       &l.fourh_to_h_bias})
       *t = p.tensors_[k++];
   }
-  p.final_layernorm_weight = p.tensors_[k++];
-  p.final_layernorm_bias = p.tensors_[k++];
+  if (shard.last_stage) {
+    p.final_layernorm_weight = p.tensors_[k++];
+    p.final_layernorm_bias = p.tensors_[k++];
+  }
   return p;
 }
 

@@ -1,6 +1,8 @@
 // The GLM parameters: their released names, shapes and shard rules (GLM130B.md §7), held in one
 // contiguous allocation (llm.c style: one buffer for weights, one for gradients), with typed
-// per-layer views for the model code.
+// per-layer views for the model code. A rank holds the shard of its tensor-parallel rank and
+// the layers of its pipeline stage (ModelShard); every parameter knows its full shape and how
+// it is split, which is all that loading, resharding and ZeRO need.
 #pragma once
 
 #include <map>
@@ -22,15 +24,33 @@ enum class ShardRule {
 };
 const char* shard_rule_name(ShardRule rule);
 
+// The part of the model one rank holds.
+struct ModelShard {
+  int tp_rank = 0, tp_size = 1;
+  int64_t first_layer = 0, num_layers = -1;  // -1: every layer
+  bool first_stage = true, last_stage = true;  // holds the embedding / the final LN and head
+
+  static ModelShard whole() { return {}; }
+  int64_t layer_count(const GlmConfig& c) const { return num_layers < 0 ? c.num_layers : num_layers; }
+  bool holds_embedding() const { return first_stage || last_stage; }
+};
+
 struct ParamSpec {
   std::string name;  // released name, e.g. transformer.layers.0.attention.dense.weight
   Shape shape;       // full (unsharded) shape
   ShardRule rule;
   bool weight_decay;  // false for biases and LayerNorm parameters
+  Shape local_shape;  // the shape this rank holds
 };
 
 // Every parameter of the model in canonical order: embedding, layers 0..N-1, final LayerNorm.
 std::vector<ParamSpec> glm_param_specs(const GlmConfig& config);
+// The parameters `shard` holds, with their local shapes. Throws ConfigError when the config
+// cannot be split tp_size ways (heads, ffn size, vocabulary).
+std::vector<ParamSpec> glm_param_specs(const GlmConfig& config, const ModelShard& shard);
+
+// The local piece of a full tensor under `rule` for tensor-parallel rank `rank` of `size`.
+Tensor shard_tensor(const Tensor& full, ShardRule rule, int rank, int size);
 
 struct LayerParams {
   Tensor input_layernorm_weight, input_layernorm_bias;
@@ -43,25 +63,31 @@ struct LayerParams {
 
 class GlmParams {
  public:
-  // One zeroed buffer holding every parameter of `config`.
-  static GlmParams allocate(const GlmConfig& config, DType dtype, Device device);
+  // One zeroed buffer holding every parameter `shard` holds. Its length is padded to a multiple
+  // of `pad_multiple` elements (ZeRO partitions it evenly over data-parallel ranks).
+  static GlmParams allocate(const GlmConfig& config, DType dtype, Device device,
+                            const ModelShard& shard = ModelShard::whole(), int64_t pad_multiple = 1);
 
   const std::vector<ParamSpec>& specs() const { return specs_; }
   size_t size() const { return tensors_.size(); }
   Tensor& tensor(size_t i) { return tensors_[i]; }
   const Tensor& tensor(size_t i) const { return tensors_[i]; }
-  // nullptr when the model has no parameter of that name.
+  int64_t offset(size_t i) const { return offsets_[i]; }  // element offset in flat()
+  // nullptr when this rank holds no parameter of that name.
   const Tensor* find(const std::string& name) const;
   const Tensor& flat() const { return flat_; }  // the single allocation
   Tensor& flat() { return flat_; }
+  const ModelShard& shard() const { return shard_; }
 
-  Tensor word_embeddings;
-  std::vector<LayerParams> layers;
-  Tensor final_layernorm_weight, final_layernorm_bias;
+  Tensor word_embeddings;  // undefined on middle pipeline stages
+  std::vector<LayerParams> layers;  // this stage's layers, in order
+  Tensor final_layernorm_weight, final_layernorm_bias;  // last stage only
 
  private:
+  ModelShard shard_;
   std::vector<ParamSpec> specs_;
   std::vector<Tensor> tensors_;
+  std::vector<int64_t> offsets_;
   std::map<std::string, size_t> index_;
   Tensor flat_;
 };

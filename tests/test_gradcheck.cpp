@@ -243,21 +243,21 @@ TEST(GradCheck, WholeLayerWithDropout) {
   const int64_t n = 12;
   Tensor x0 = random_tensor({n, c.hidden_size}, 30, F64), r = random_tensor({n, c.hidden_size}, 31, F64);
   LayerActivations act;
-  act.allocate(c, n, F64, Device::cpu());
+  act.allocate(c, 1, n, F64, Device::cpu());
   auto loss = [&] {
     Tensor x = x0.clone();
     LayerActivations tmp;
-    tmp.allocate(c, n, F64, Device::cpu());
-    glm_layer_forward(c, params.layers[0], rope, batch, 0, ctx, tmp, x);
+    tmp.allocate(c, 1, n, F64, Device::cpu());
+    glm_layer_forward(c, params.layers[0], rope, {}, batch, 0, ctx, tmp, x);
     return dot(x, r);
   };
   Tensor x = x0.clone();
-  glm_layer_forward(c, params.layers[0], rope, batch, 0, ctx, act, x);
+  glm_layer_forward(c, params.layers[0], rope, {}, batch, 0, ctx, act, x);
   GlmParams grads = GlmParams::allocate(c, F64, Device::cpu());
   LayerActivations work;
-  work.allocate(c, n, F64, Device::cpu());
+  work.allocate(c, 1, n, F64, Device::cpu());
   Tensor dx = Tensor::empty({n, c.hidden_size}, F64);
-  glm_layer_backward(c, params.layers[0], rope, batch, 0, ctx, act, work, r, dx, grads.layers[0]);
+  glm_layer_backward(c, params.layers[0], rope, {}, batch, 0, ctx, act, work, r, dx, grads.layers[0]);
   expect_gradient(loss, x0, dx, "dx");
   const std::string prefix = "transformer.layers.0.";
   for (size_t i = 0; i < params.size(); ++i) {

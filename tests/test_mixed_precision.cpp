@@ -21,7 +21,7 @@ struct PrecisionRun {
     rc.train.loss_scale.hysteresis = 1;
     const DType dt = p == Precision::FP32 ? DType::F32 : p == Precision::BF16 ? DType::BF16 : DType::F16;
     GlmParams params = GlmParams::allocate(rc.model, dt, Device::cpu());
-    load_full_weights(SafetensorsReader(source_path("tests/golden/tiny_weights.safetensors")), params);
+    load_full_weights(SafetensorsReader(source_path("tests/golden/tiny_weights.safetensors")), rc.model, params);
     model = std::make_unique<GlmModel>(rc.model, std::move(params));
     trainer = std::make_unique<Trainer>(*model, rc.train, rc.optimizer,
                                         read_samples_file(rc.data.samples, rc.model));

@@ -40,7 +40,7 @@ struct Fixture {
   std::unique_ptr<Trainer> trainer;
   Fixture() {
     GlmParams params = GlmParams::allocate(rc.model, DType::F32, Device::cpu());
-    load_full_weights(SafetensorsReader(source_path("tests/golden/tiny_weights.safetensors")), params);
+    load_full_weights(SafetensorsReader(source_path("tests/golden/tiny_weights.safetensors")), rc.model, params);
     model = std::make_unique<GlmModel>(rc.model, std::move(params));
     trainer = std::make_unique<Trainer>(*model, rc.train, rc.optimizer,
                                         read_samples_file(rc.data.samples, rc.model));
@@ -96,7 +96,8 @@ TEST(TrainGolden, CommandWritesTheMetricsFileAndWeights) {
   EXPECT_EQ(i, 10u);
   GlmParams out = GlmParams::allocate(load_run_config(source_path("tests/golden/train_config.yaml")).model,
                                       DType::F32, Device::cpu());
-  load_full_weights(SafetensorsReader(dir + "/out.safetensors"), out);
+  load_full_weights(SafetensorsReader(dir + "/out.safetensors"),
+                    load_run_config(source_path("tests/golden/train_config.yaml")).model, out);
   expect_params_match(out, "tests/golden/train_final_params.safetensors", 1e-4);
   std::filesystem::remove_all(dir);
 }
