@@ -1,5 +1,11 @@
-// glmrt: one executable, one subcommand per job.
+// glmrt: one executable, one subcommand per job. Every command runs under MPI (a plain start is
+// a job of one rank): the first error on any rank is printed once, naming the rank, and ends the
+// whole job with a non-zero code, so a failing rank never leaves the others hanging.
+#include <mpi.h>
+
 #include <boost/program_options/errors.hpp>
+#include <csignal>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <iostream>
@@ -15,8 +21,32 @@ void usage(std::ostream& os) {
         "  forward   logits of a batch: --config C.yaml --weights W.safetensors --input in.json\n"
         "            --output out.safetensors\n"
         "  init      write seeded initial weights: --config C.yaml --output W.safetensors [--seed S]\n"
-        "  train     train on one rank: --config C.yaml [--init-weights W] [--output-weights W]\n\n"
+        "  train     train: --config C.yaml [--init-weights W] [--output-weights W]\n\n"
+        "Run under mpiexec or srun for several ranks; the layout comes from the config's\n"
+        "`parallel` section or --tensor/--pipeline/--data.\n"
         "`glmrt <command> --help` lists a command's options.\n";
+}
+
+// Ends the job: with several ranks MPI_Abort brings every process down at once.
+[[noreturn]] void fail(int code) {
+  int initialized = 0, finalized = 0, size = 1;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (initialized && !finalized) {
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    if (size > 1) MPI_Abort(MPI_COMM_WORLD, code);
+    MPI_Finalize();
+  }
+  std::exit(code);
+}
+
+int run(const std::string& command, const glmrt::Args& args) {
+  if (command == "forward") return glmrt::run_forward(args);
+  if (command == "init") return glmrt::run_init(args);
+  if (command == "train") return glmrt::run_train(args);
+  std::cerr << "glmrt: unknown command '" << command << "'\n\n";
+  usage(std::cerr);
+  return 2;
 }
 
 }  // namespace
@@ -28,22 +58,26 @@ int main(int argc, char** argv) {
   }
   const std::string command = argv[1];
   const glmrt::Args args(argv + 2, argv + argc);
+  int provided = 0, rank = 0, size = 1;
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  const std::string who = size > 1 ? "rank " + std::to_string(rank) + ": " : "";
+  int code = 0;
   try {
-    if (command == "forward") return glmrt::run_forward(args);
-    if (command == "init") return glmrt::run_init(args);
-    if (command == "train") return glmrt::run_train(args);
-    std::cerr << "glmrt: unknown command '" << command << "'\n\n";
-    usage(std::cerr);
-    return 2;
+    code = run(command, args);
   } catch (const boost::program_options::error& e) {
-    std::cerr << "glmrt " << command << ": " << e.what() << " (see glmrt " << command
-              << " --help)\n";
-    return 2;
+    std::fprintf(stderr, "glmrt %s: %s%s (see glmrt %s --help)\n", command.c_str(), who.c_str(),
+                 e.what(), command.c_str());
+    fail(2);
   } catch (const glmrt::Error& e) {
-    std::cerr << "glmrt " << command << ": error: " << e.what() << "\n";
-    return 1;
+    std::fprintf(stderr, "glmrt %s: %serror: %s\n", command.c_str(), who.c_str(), e.what());
+    fail(1);
   } catch (const std::exception& e) {
-    std::cerr << "glmrt " << command << ": unexpected error: " << e.what() << "\n";
-    return 1;
+    std::fprintf(stderr, "glmrt %s: %sunexpected error: %s\n", command.c_str(), who.c_str(), e.what());
+    fail(1);
   }
+  if (code != 0) fail(code);
+  MPI_Finalize();
+  return 0;
 }

@@ -1,11 +1,13 @@
-// glmrt train: single-rank training from given full weights (fine-tuning) or a seeded init.
+// glmrt train: training on any 3D layout, from given full weights (fine-tuning) or a seeded init.
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "checkpoint/full_weights.h"
+#include "checkpoint/gather.h"
 #include "launcher/options.h"
+#include "launcher/parallel_setup.h"
 #include "launcher/run_config.h"
 #include "model/init.h"
 #include "train/trainer.h"
@@ -22,11 +24,13 @@ DType compute_dtype(Precision p) {
   return DType::F32;
 }
 
-// 6·N·tokens for the weights' GEMMs (forward + backward) plus attention's 2 GEMMs per layer.
+// Model FLOPs per token of a training step (forward + backward): 6 per weight of the matmuls
+// (the layers' four linears and the tied head) plus attention's QKᵀ and PV (4·s·h per layer
+// forward, counting the full s×s).
 double flops_per_token(const GlmConfig& c, int64_t seq) {
   const double h = static_cast<double>(c.hidden_size), f = static_cast<double>(c.ffn_hidden_size);
   const double per_layer = 3 * h * h + h * h + 3 * h * f;  // qkv, dense, h→2F, F→h
-  const double weights = static_cast<double>(c.num_layers) * per_layer + h * c.vocab_size;
+  const double weights = static_cast<double>(c.num_layers) * per_layer + h * static_cast<double>(c.vocab_size);
   return 6.0 * weights + 12.0 * static_cast<double>(c.num_layers) * h * static_cast<double>(seq);
 }
 }  // namespace
@@ -38,59 +42,82 @@ int run_train(const Args& args) {
     ("init-weights", po::value<std::string>(), "start from these full weights (else a seeded init)")
     ("output-weights", po::value<std::string>(), "write the trained full weights here at the end");
   add_compute_options(desc);
+  add_parallel_options(desc);
   po::variables_map vm;
   if (!parse_options("train", desc, args, vm)) return 0;
   const ComputeOptions compute = compute_options(vm);
-  const RunConfig rc = load_run_config(vm["config"].as<std::string>());
+  RunConfig rc = load_run_config(vm["config"].as<std::string>());
   if (rc.data.samples.empty())
     throw ConfigError(rc.source + ": data.samples: no training data configured");
+  ParallelRuntime rt = setup_parallel(rc, vm);
+  const Layout& layout = rt.groups->topo.layout();
+  const bool root = rt.is_world_root();
   const DType dtype = compute_dtype(rc.train.precision);
   std::vector<Sample> samples = read_samples_file(rc.data.samples, rc.model);
+  const int64_t seq = static_cast<int64_t>(samples.front().tokens.size());
 
-  GlmParams params = GlmParams::allocate(rc.model, dtype, compute.device);
+  const int64_t pad = rc.parallel.zero ? static_cast<int64_t>(layout.data) * 64 : 1;
+  GlmParams params = GlmParams::allocate(rc.model, dtype, compute.device, rt.shard, pad);
   if (vm.count("init-weights")) {
     load_full_weights(SafetensorsReader(vm["init-weights"].as<std::string>()), rc.model, params);
   } else {
-    GlmParams host = GlmParams::allocate(rc.model, DType::F32, Device::cpu());
+    GlmParams host = GlmParams::allocate(rc.model, DType::F32, Device::cpu(), rt.shard, pad);
     init_glm_params(host, rc.model, rc.train.seed);
     Tensor dst = params.flat();
     dst.copy_from(dtype == DType::F32 ? host.flat() : host.flat().to(dtype));
   }
-  GlmModel model(rc.model, std::move(params));
-  Trainer trainer(model, rc.train, rc.optimizer, std::move(samples));
+  GlmModel model(rc.model, std::move(params), rt.tp);
+  TrainerOptions topt;
+  topt.groups = rt.groups.get();
+  topt.zero = rc.parallel.zero;
+  topt.bucket_elements = rc.parallel.bucket_mb * (1 << 20) / 4;
+  Trainer trainer(model, rc.train, rc.optimizer, std::move(samples), topt);
+  if (root)
+    std::printf("glmrt train: %s on %d rank(s), layout %s%s, %lld micro-batch(es) of %lld per "
+                "data-parallel rank per step, seq %lld\n",
+                precision_name(rc.train.precision), layout.world(), layout.str().c_str(),
+                rc.parallel.zero ? ", ZeRO-1" : "", static_cast<long long>(trainer.micro_batches()),
+                static_cast<long long>(rc.train.micro_batch_size), static_cast<long long>(seq));
 
-  const std::filesystem::path metrics_path(rc.train.metrics);
-  if (metrics_path.has_parent_path()) std::filesystem::create_directories(metrics_path.parent_path());
-  std::ofstream metrics(metrics_path, std::ios::trunc);
-  if (!metrics) throw ConfigError(rc.source + ": train.metrics: cannot write " + rc.train.metrics);
+  std::ofstream metrics;
+  if (root) {
+    const std::filesystem::path metrics_path(rc.train.metrics);
+    if (metrics_path.has_parent_path()) std::filesystem::create_directories(metrics_path.parent_path());
+    metrics.open(metrics_path, std::ios::trunc);
+    if (!metrics) throw ConfigError(rc.source + ": train.metrics: cannot write " + rc.train.metrics);
+  }
   int64_t skipped_total = 0;
   for (int64_t s = 0; s < rc.train.steps; ++s) {
     const StepMetrics m = trainer.step();
     skipped_total += m.skipped;
+    if (!root) continue;
     nlohmann::json line = {{"iteration", m.iteration},   {"loss", m.loss},
                            {"grad_norm", m.grad_norm},   {"lr", m.lr},
                            {"loss_scale", m.loss_scale}, {"skipped", m.skipped},
                            {"consumed_samples", m.consumed_samples},
-                           {"tokens_per_s", m.tokens / m.seconds}};
+                           {"tokens_per_s", static_cast<double>(m.tokens) / m.seconds}};
     metrics << line.dump() << "\n" << std::flush;
     if (m.iteration % rc.train.log_interval == 0 || m.iteration == rc.train.steps) {
-      const double tflops = flops_per_token(rc.model, m.tokens / rc.train.global_batch_size) *
-                            static_cast<double>(m.tokens) / m.seconds / 1e12;
+      const double tflops_per_rank = flops_per_token(rc.model, seq) * static_cast<double>(m.tokens) /
+                                     m.seconds / 1e12 / layout.world();
       std::printf(" iteration %8lld/%8lld | consumed samples %10lld | lr %.3E | loss %.6E | "
-                  "loss scale %.1f | grad norm %.3f | skipped %lld | tokens/s %.0f | TFLOP/s %.3f\n",
+                  "loss scale %.1f | grad norm %.3f | skipped %lld | tokens/s %.0f | "
+                  "TFLOP/s per rank %.4f\n",
                   static_cast<long long>(m.iteration), static_cast<long long>(rc.train.steps),
                   static_cast<long long>(m.consumed_samples), m.lr, m.loss, m.loss_scale,
-                  m.grad_norm, static_cast<long long>(skipped_total), m.tokens / m.seconds, tflops);
+                  m.grad_norm, static_cast<long long>(skipped_total),
+                  static_cast<double>(m.tokens) / m.seconds, tflops_per_rank);
       std::fflush(stdout);
     }
   }
   if (vm.count("output-weights")) {
-    GlmParams out = GlmParams::allocate(rc.model, DType::F32, Device::cpu());
-    Tensor dst = out.flat();
-    const Tensor& src = trainer.master().flat();
-    dst.copy_from(src.device().is_cpu() ? src : src.to(Device::cpu()));
-    write_safetensors(vm["output-weights"].as<std::string>(), named_tensors(out),
-                      {{"format", "pt"}, {"producer", "glmrt train"}});
+    const GlmParams& master = trainer.master();  // fp32 values (the model's own when fp32)
+    NamedTensors full = rc.parallel.zero
+                            ? gather_full_weights(model.params(), rc.model, *rt.groups, rt.stage_layers)
+                            : gather_full_weights(master, rc.model, *rt.groups, rt.stage_layers);
+    if (root)
+      write_safetensors(vm["output-weights"].as<std::string>(), full,
+                        {{"format", "pt"}, {"producer", "glmrt train"}});
   }
   return 0;
 }

@@ -112,6 +112,46 @@ Tensor shard_tensor(const Tensor& full, ShardRule rule, int rank, int size) {
   return out;
 }
 
+Tensor unshard_tensor(const std::vector<Tensor>& pieces, ShardRule rule) {
+  GLMRT_CHECK(!pieces.empty(), "unshard_tensor: no pieces");
+  const int size = static_cast<int>(pieces.size());
+  if (rule == ShardRule::Replicated || size == 1) return pieces[0].clone();
+  const Tensor& p0 = pieces[0];
+  Shape full = p0.shape();
+  if (rule == ShardRule::Columns) full[1] *= size;
+  else full[0] *= size;
+  Tensor out = Tensor::empty(full, p0.dtype());
+  const size_t es = dtype_size(p0.dtype());
+  char* dst = static_cast<char*>(out.data());
+  for (int r = 0; r < size; ++r) {
+    const Tensor& p = pieces[static_cast<size_t>(r)];
+    GLMRT_CHECK(p.shape() == p0.shape() && p.dtype() == p0.dtype() && p.device().is_cpu(),
+                "unshard_tensor: piece ", r, " is ", p.str(), ", piece 0 ", p0.str());
+    const char* src = static_cast<const char*>(p.data());
+    switch (rule) {
+      case ShardRule::Rows:
+      case ShardRule::VocabRows:
+        std::memcpy(dst + p.nbytes() * static_cast<size_t>(r), src, p.nbytes());
+        break;
+      case ShardRule::GluRows: {
+        const size_t piece = p.nbytes() / 2, half = out.nbytes() / 2;
+        std::memcpy(dst + piece * static_cast<size_t>(r), src, piece);
+        std::memcpy(dst + half + piece * static_cast<size_t>(r), src + piece, piece);
+        break;
+      }
+      case ShardRule::Columns: {
+        const int64_t rows = p.dim(0), lc = p.dim(1);
+        for (int64_t i = 0; i < rows; ++i)
+          std::memcpy(dst + static_cast<size_t>(i * lc * size + r * lc) * es,
+                      src + static_cast<size_t>(i * lc) * es, static_cast<size_t>(lc) * es);
+        break;
+      }
+      case ShardRule::Replicated: break;
+    }
+  }
+  return out;
+}
+
 GlmParams GlmParams::allocate(const GlmConfig& config, DType dtype, Device device,
                               const ModelShard& shard, int64_t pad_multiple) {
   GlmParams p;

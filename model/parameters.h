@@ -51,6 +51,8 @@ std::vector<ParamSpec> glm_param_specs(const GlmConfig& config, const ModelShard
 
 // The local piece of a full tensor under `rule` for tensor-parallel rank `rank` of `size`.
 Tensor shard_tensor(const Tensor& full, ShardRule rule, int rank, int size);
+// The inverse: the full tensor from the pieces of ranks 0..size-1 (host tensors).
+Tensor unshard_tensor(const std::vector<Tensor>& pieces, ShardRule rule);
 
 struct LayerParams {
   Tensor input_layernorm_weight, input_layernorm_bias;

@@ -2,32 +2,69 @@
 
 #include <chrono>
 #include <cmath>
+#include <map>
 
 #include "kernels/ops.h"
+#include "parallel/schedule.h"
 
 namespace glmrt {
 
+namespace {
+int64_t dp_pad(const TrainerOptions& o) {
+  return o.zero && o.groups ? static_cast<int64_t>(o.groups->topo.layout().data) * 64 : 1;
+}
+}  // namespace
+
 Trainer::Trainer(GlmModel& model, const TrainConfig& train, const OptimizerConfig& optimizer,
-                 std::vector<Sample> samples)
+                 std::vector<Sample> samples, TrainerOptions options)
     : model_(model), train_(train), opt_(optimizer), samples_(std::move(samples)),
-      master_is_model_(model.dtype() == DType::F32),
-      scaler_(train.loss_scale, train.precision == Precision::FP16) {
+      options_(options), scaler_(train.loss_scale, train.precision == Precision::FP16) {
+  if (ProcessGroups* g = options_.groups) {
+    tp_rank_ = g->topo.tp_rank();
+    dp_rank_ = g->topo.dp_rank();
+    dp_size_ = g->topo.layout().data;
+    stage_ = g->topo.pp_rank();
+    stages_ = g->topo.layout().pipeline;
+  }
+  if (train_.global_batch_size % (train_.micro_batch_size * dp_size_) != 0)
+    throw ConfigError("train.global_batch_size " + std::to_string(train_.global_batch_size) +
+                      " is not a multiple of micro_batch_size × data-parallel ranks (" +
+                      std::to_string(train_.micro_batch_size) + " × " + std::to_string(dp_size_) + ")");
+  per_dp_ = train_.global_batch_size / dp_size_;
+  micro_batches_ = per_dp_ / train_.micro_batch_size;
+
   const GlmConfig& c = model.config();
   const Device dev = model.device();
-  grads_ = GlmParams::allocate(c, DType::F32, dev);
-  exp_avg_ = GlmParams::allocate(c, DType::F32, dev);
-  exp_avg_sq_ = GlmParams::allocate(c, DType::F32, dev);
-  if (!master_is_model_) {
-    master_ = GlmParams::allocate(c, DType::F32, dev);
-    Tensor dst = master_.flat();
-    convert(model.params().flat(), dst);
+  const ModelShard& shard = model.shard();
+  const int64_t pad = dp_pad(options_);
+  GLMRT_CHECK(model.params().flat().numel() % pad == 0,
+              "Trainer: under ZeRO the model's parameters must be allocated with pad_multiple ", pad);
+  grads_ = GlmParams::allocate(c, DType::F32, dev, shard, pad);
+  if (options_.zero && options_.groups) {
+    const int64_t total = grads_.flat().numel(), len = total / dp_size_;
+    shard_begin_ = dp_rank_ * len;
+    master_shard_ = Tensor::empty({len}, DType::F32, dev);
+    convert(model.params().flat().slice_rows(shard_begin_, shard_begin_ + len), master_shard_);
+    exp_avg_shard_ = Tensor::zeros({len}, DType::F32, dev);
+    exp_avg_sq_shard_ = Tensor::zeros({len}, DType::F32, dev);
+    grad_shard_ = Tensor::zeros({len}, DType::F32, dev);
+  } else {
+    master_is_model_ = model.dtype() == DType::F32;
+    exp_avg_ = GlmParams::allocate(c, DType::F32, dev, shard);
+    exp_avg_sq_ = GlmParams::allocate(c, DType::F32, dev, shard);
+    if (!master_is_model_) {
+      master_ = GlmParams::allocate(c, DType::F32, dev, shard);
+      Tensor dst = master_.flat();
+      convert(model.params().flat(), dst);
+    }
   }
 }
 
 StepMetrics Trainer::step() {
   const auto start = std::chrono::steady_clock::now();
   const GlmConfig& c = model_.config();
-  const int64_t micro_batches = train_.global_batch_size / train_.micro_batch_size;
+  const ModelShard& shard = model_.shard();
+  ProcessGroups* g = options_.groups;
   StepMetrics m;
   m.iteration = ++iteration_;
   m.loss_scale = scaler_.scale();
@@ -39,59 +76,180 @@ StepMetrics Trainer::step() {
   to.ctx.seed = train_.seed;
   to.ctx.step = static_cast<uint64_t>(iteration_);
   to.embedding_grad_shrink = static_cast<float>(train_.embedding_grad_shrink);
-  to.grad_scale = static_cast<float>(scaler_.scale() / static_cast<double>(micro_batches));
+  to.grad_scale = static_cast<float>(scaler_.scale() /
+                                     static_cast<double>(micro_batches_ * dp_size_));
   to.recompute = train_.recompute;
 
-  double loss_sum = 0;
-  for (int64_t j = 0; j < micro_batches; ++j) {
+  const int64_t count = static_cast<int64_t>(samples_.size()), base = next_sample_;
+  const int64_t seq = static_cast<int64_t>(samples_.front().tokens.size());
+  const int64_t n = train_.micro_batch_size * seq;
+  // Micro-batch j of this data-parallel rank holds rows [r·G/D + j·mbs, … + mbs) of the step.
+  auto row_offset = [&](int j) { return dp_rank_ * per_dp_ + j * train_.micro_batch_size; };
+  auto micro_batch = [&](int j) {
     std::vector<const Sample*> rows;
-    for (int64_t r = 0; r < train_.micro_batch_size; ++r) {
-      rows.push_back(&samples_[static_cast<size_t>(next_sample_)]);
-      next_sample_ = (next_sample_ + 1) % static_cast<int64_t>(samples_.size());
+    for (int64_t k = 0; k < train_.micro_batch_size; ++k)
+      rows.push_back(&samples_[static_cast<size_t>((base + row_offset(j) + k) % count)]);
+    return make_micro_batch(rows, c);
+  };
+
+  std::map<int, GlmModel::MicroBatchState> states;
+  std::map<int, Tensor> inputs, outputs, douts, dins;
+  double loss_sum = 0;
+  for (const PipeInstruction& in : one_f_one_b_schedule(stages_, stage_, static_cast<int>(micro_batches_))) {
+    const int j = in.micro_batch;
+    switch (in.op) {
+      case PipeOp::RecvActivation:
+        inputs[j] = Tensor::empty({n, c.hidden_size}, model_.dtype(), model_.device());
+        g->pp->recv(inputs[j], stage_ - 1);
+        break;
+      case PipeOp::Forward: {
+        const MicroBatch mb = micro_batch(j);
+        to.ctx.row_offset = row_offset(j);
+        Tensor out = model_.forward_train(mb.batch, inputs[j], mb.targets, mb.loss_mask, to, states[j]);
+        inputs.erase(j);
+        if (shard.last_stage) loss_sum += states[j].loss;
+        else outputs[j] = out;
+        break;
+      }
+      case PipeOp::SendActivation:
+        g->pp->send(outputs[j], stage_ + 1);
+        outputs.erase(j);
+        break;
+      case PipeOp::RecvGrad:
+        douts[j] = Tensor::empty({n, c.hidden_size}, model_.dtype(), model_.device());
+        g->pp->recv(douts[j], stage_ + 1);
+        break;
+      case PipeOp::Backward: {
+        Tensor din = model_.backward_train(states[j], douts[j], to, grads_);
+        states.erase(j);
+        douts.erase(j);
+        if (!shard.first_stage) dins[j] = din;
+        break;
+      }
+      case PipeOp::SendGrad:
+        g->pp->send(dins[j], stage_ - 1);
+        dins.erase(j);
+        break;
+      case PipeOp::ReduceGrads:
+        if (g) g->pp->wait_sends();
+        reduce_gradients();
+        break;
+      case PipeOp::OptimizerStep: {
+        // The step loss: mean over every micro-batch of the global batch (known on last stages).
+        Tensor loss = Tensor::from_floats({0.0f}, {1}, DType::F64);
+        if (shard.last_stage && tp_rank_ == 0) loss.data_as<double>()[0] = loss_sum;
+        if (g) g->world->all_reduce(loss, ReduceOp::Sum);
+        m.loss = loss.item(0) / static_cast<double>(micro_batches_ * dp_size_);
+        optimizer_step(m);
+        break;
+      }
     }
-    const MicroBatch mb = make_micro_batch(rows, c);
-    to.ctx.row_offset = j * train_.micro_batch_size;
-    loss_sum += model_.forward_backward(mb.batch, mb.targets, mb.loss_mask, to, grads_);
-    m.tokens += mb.batch.batch * mb.batch.seq;
   }
-  m.loss = loss_sum / static_cast<double>(micro_batches);
+  next_sample_ = (base + train_.global_batch_size) % count;
   consumed_ += train_.global_batch_size;
   m.consumed_samples = consumed_;
+  m.tokens = train_.global_batch_size * seq;
+  m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return m;
+}
 
-  // Global gradient norm of the unscaled gradients; inf/NaN means an overflow.
+void Trainer::reduce_gradients() {
+  ProcessGroups* g = options_.groups;
+  if (!g) return;
+  // The tied word embedding: its input use lives on the first stage, its output use on the last.
+  if (g->embedding && g->embedding->size() > 1) g->embedding->all_reduce(grads_.word_embeddings, ReduceOp::Sum);
+  if (dp_size_ == 1) return;
+  Tensor flat = grads_.flat();
+  if (options_.zero) {
+    g->dp->reduce_scatter(flat, grad_shard_);
+    return;
+  }
+  const int64_t total = flat.numel(), bucket = options_.bucket_elements;
+  for (int64_t b = 0; b < total; b += bucket) {
+    Tensor piece = flat.slice_rows(b, std::min(total, b + bucket));
+    g->dp->all_reduce(piece, ReduceOp::Sum);
+  }
+}
+
+bool Trainer::counts(size_t i) const {
+  const ParamSpec& s = grads_.specs()[i];
+  if (s.rule == ShardRule::Replicated && tp_rank_ != 0) return false;  // same on every tp rank
+  // The tied embedding is held by the first and the last stage: count it once.
+  if (s.name == "transformer.word_embeddings.weight" && stages_ > 1 && !model_.shard().first_stage)
+    return false;
+  return true;
+}
+
+double Trainer::grad_sum_squares(int64_t begin, int64_t end) const {
+  // Sum over [begin, end) of grads flat; under ZeRO the values come from grad_shard_.
   double sq = 0;
-  for (size_t i = 0; i < grads_.size(); ++i) sq += sum_squares(grads_.tensor(i));
-  // Each micro-batch added grad_scale × ∇loss_j, so the gradients hold total_scale × ∇(mean loss).
-  const double inv_scale = 1.0 / (static_cast<double>(to.grad_scale) * static_cast<double>(micro_batches));
-  m.grad_norm = std::sqrt(sq) * inv_scale;
-  const bool overflow = !std::isfinite(sq);
+  for (size_t i = 0; i < grads_.size(); ++i) {
+    if (!counts(i)) continue;
+    const int64_t p0 = grads_.offset(i), p1 = p0 + grads_.tensor(i).numel();
+    const int64_t a = std::max(p0, begin), b = std::min(p1, end);
+    if (a >= b) continue;
+    sq += options_.zero && options_.groups
+              ? sum_squares(grad_shard_.slice_rows(a - shard_begin_, b - shard_begin_))
+              : sum_squares(grads_.flat().slice_rows(a, b));
+  }
+  return sq;
+}
+
+void Trainer::optimizer_step(StepMetrics& m) {
+  ProcessGroups* g = options_.groups;
+  const bool zero = options_.zero && g;
+  // Global gradient norm (deduplicated across tp, pp and dp); inf/NaN means an overflow.
+  double local = 0;
+  if (zero) local = grad_sum_squares(shard_begin_, shard_begin_ + grad_shard_.numel());
+  else if (dp_rank_ == 0) local = grad_sum_squares(0, grads_.flat().numel());
+  Tensor sq = Tensor::from_floats({0.0f}, {1}, DType::F64);
+  sq.data_as<double>()[0] = local;
+  if (g) g->world->all_reduce(sq, ReduceOp::Sum);
+  const double total_scale = scaler_.scale();  // gradients hold loss_scale × ∇(mean loss)
+  m.grad_norm = std::sqrt(sq.item(0)) / total_scale;
+  const bool overflow = !std::isfinite(sq.item(0));
   scaler_.update(overflow);
   if (overflow) {
     m.skipped = true;
     m.lr = learning_rate(opt_, train_.steps, updates_ + 1);
-  } else {
-    ++updates_;
-    m.lr = learning_rate(opt_, train_.steps, updates_);
-    double coef = inv_scale;  // unscale, then clip (torch clip_grad_norm_ semantics)
-    if (opt_.clip_grad > 0) {
-      const double clip = opt_.clip_grad / (m.grad_norm + 1e-6);
-      if (clip < 1.0) coef *= clip;
-    }
-    GlmParams& master = master_is_model_ ? model_.params() : master_;
-    for (size_t i = 0; i < grads_.size(); ++i) {
-      const double wd = master.specs()[i].weight_decay ? opt_.weight_decay : 0.0;
-      adamw_update(master.tensor(i), grads_.tensor(i), exp_avg_.tensor(i), exp_avg_sq_.tensor(i),
-                   static_cast<float>(m.lr), static_cast<float>(opt_.beta1),
-                   static_cast<float>(opt_.beta2), static_cast<float>(opt_.eps),
-                   static_cast<float>(wd), updates_, static_cast<float>(coef));
-    }
-    if (!master_is_model_) {
-      Tensor dst = model_.params().flat();
-      convert(master_.flat(), dst);
-    }
+    return;
   }
-  m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return m;
+  ++updates_;
+  m.lr = learning_rate(opt_, train_.steps, updates_);
+  double coef = 1.0 / total_scale;  // unscale, then clip (torch clip_grad_norm_ semantics)
+  if (opt_.clip_grad > 0) {
+    const double clip = opt_.clip_grad / (m.grad_norm + 1e-6);
+    if (clip < 1.0) coef *= clip;
+  }
+  auto update = [&](Tensor p, const Tensor& grad, Tensor mo, Tensor v, size_t i) {
+    const double wd = grads_.specs()[i].weight_decay ? opt_.weight_decay : 0.0;
+    adamw_update(p, grad, mo, v, static_cast<float>(m.lr), static_cast<float>(opt_.beta1),
+                 static_cast<float>(opt_.beta2), static_cast<float>(opt_.eps),
+                 static_cast<float>(wd), updates_, static_cast<float>(coef));
+  };
+  if (zero) {
+    const int64_t s0 = shard_begin_, s1 = s0 + master_shard_.numel();
+    for (size_t i = 0; i < grads_.size(); ++i) {
+      const int64_t p0 = grads_.offset(i), p1 = p0 + grads_.tensor(i).numel();
+      const int64_t a = std::max(p0, s0), b = std::min(p1, s1);
+      if (a >= b) continue;
+      update(master_shard_.slice_rows(a - s0, b - s0), grad_shard_.slice_rows(a - s0, b - s0),
+             exp_avg_shard_.slice_rows(a - s0, b - s0), exp_avg_sq_shard_.slice_rows(a - s0, b - s0), i);
+    }
+    // Every rank gets the updated parameters of every shard.
+    Tensor mine = Tensor::empty({master_shard_.numel()}, model_.dtype(), model_.device());
+    convert(master_shard_, mine);
+    Tensor flat = model_.params().flat();
+    g->dp->all_gather(mine, flat);
+    return;
+  }
+  GlmParams& master = master_is_model_ ? model_.params() : master_;
+  for (size_t i = 0; i < grads_.size(); ++i)
+    update(master.tensor(i), grads_.tensor(i), exp_avg_.tensor(i), exp_avg_sq_.tensor(i), i);
+  if (!master_is_model_) {
+    Tensor dst = model_.params().flat();
+    convert(master_.flat(), dst);
+  }
 }
 
 }  // namespace glmrt

@@ -1,6 +1,8 @@
-// The single-rank training loop: micro-batches with gradient accumulation, the step loss
-// (mean over micro-batches of Σ loss·mask / Σ mask), global-norm clipping, AdamW on fp32 master
-// weights, the LR schedule and dynamic loss scaling (GLM130B.md §8).
+// The training loop of one rank: the pipeline schedule (1F1B) over this rank's micro-batches,
+// gradient reduction (tied embedding over the embedding group, data parallel in buckets or
+// ZeRO-1 reduce-scatter), global-norm clipping, AdamW on fp32 master weights, the LR schedule
+// and dynamic loss scaling (GLM130B.md §8). The step loss is the mean over all micro-batches of
+// the global batch of Σ loss·mask / Σ mask. Without process groups it is a single-rank trainer.
 #pragma once
 
 #include <cstdint>
@@ -9,6 +11,7 @@
 
 #include "data/samples.h"
 #include "model/glm_model.h"
+#include "parallel/process_groups.h"
 #include "train/loss_scaler.h"
 #include "train/train_config.h"
 
@@ -18,31 +21,52 @@ struct StepMetrics {
   int64_t iteration = 0;
   double loss = 0, grad_norm = 0, lr = 0, loss_scale = 1;
   bool skipped = false;
-  int64_t consumed_samples = 0, tokens = 0;
+  int64_t consumed_samples = 0, tokens = 0;  // tokens of the global batch
   double seconds = 0;
+};
+
+struct TrainerOptions {
+  ProcessGroups* groups = nullptr;  // null: a single rank
+  bool zero = false;                // ZeRO-1 over the data-parallel group
+  int64_t bucket_elements = 16 << 20;
 };
 
 class Trainer {
  public:
-  // `model` holds the compute weights (F32, or 16-bit for bf16/fp16); the trainer keeps fp32
-  // master weights and Adam moments beside it.
+  // `model` holds this rank's compute weights (F32, or 16-bit for bf16/fp16); the trainer keeps
+  // fp32 master weights and Adam moments beside it (1/D of them per rank under ZeRO-1).
   Trainer(GlmModel& model, const TrainConfig& train, const OptimizerConfig& optimizer,
-          std::vector<Sample> samples);
+          std::vector<Sample> samples, TrainerOptions options = {});
 
   // Runs one optimizer step on the next global batch (cycling through the samples).
   StepMetrics step();
 
+  // Gradients of this rank's parameters after the last step's reduction (without ZeRO).
   const GlmParams& grads() const { return grads_; }
+  // Under ZeRO: this rank's reduced slice [zero_begin, zero_begin + numel) of grads().flat().
+  const Tensor& zero_grad_shard() const { return grad_shard_; }
+  int64_t zero_begin() const { return shard_begin_; }
   const GlmParams& master() const { return master_is_model_ ? model_.params() : master_; }
   int64_t iteration() const { return iteration_; }
+  int64_t micro_batches() const { return micro_batches_; }
 
  private:
+  void reduce_gradients();
+  void optimizer_step(StepMetrics& m);
+  double grad_sum_squares(int64_t begin, int64_t end) const;  // of grads flat range, deduplicated
+  bool counts(size_t param) const;  // whether this rank counts param's gradient in the norm
+
   GlmModel& model_;
   TrainConfig train_;
   OptimizerConfig opt_;
   std::vector<Sample> samples_;
-  GlmParams grads_, master_, exp_avg_, exp_avg_sq_;
-  bool master_is_model_;
+  TrainerOptions options_;
+  int tp_rank_ = 0, dp_rank_ = 0, dp_size_ = 1, stage_ = 0, stages_ = 1;
+  int64_t micro_batches_ = 1, per_dp_ = 1;
+  GlmParams grads_, master_, exp_avg_, exp_avg_sq_;  // without ZeRO
+  Tensor master_shard_, exp_avg_shard_, exp_avg_sq_shard_, grad_shard_;  // with ZeRO
+  int64_t shard_begin_ = 0;
+  bool master_is_model_ = false;
   LossScaler scaler_;
   int64_t iteration_ = 0, updates_ = 0, next_sample_ = 0, consumed_ = 0;
 };

@@ -1,0 +1,24 @@
+// The communicators of one rank, built once from the layout: world, tensor-, data- and
+// pipeline-parallel groups, and the embedding group (first and last stage of each pipeline,
+// per tensor-parallel rank) that sums the tied word embedding's gradient.
+#pragma once
+
+#include <chrono>
+#include <memory>
+
+#include "parallel/mpi_communicator.h"
+#include "parallel/topology.h"
+
+namespace glmrt {
+
+struct ProcessGroups {
+  Topology topo;
+  std::unique_ptr<MpiCommunicator> world, tp, dp, pp;
+  std::unique_ptr<MpiCommunicator> embedding;  // null on middle stages
+
+  // Splits MPI_COMM_WORLD (collective over every rank). Throws ConfigError when the layout does
+  // not match the job's size.
+  static std::unique_ptr<ProcessGroups> create(const Layout& layout, std::chrono::seconds timeout);
+};
+
+}  // namespace glmrt
