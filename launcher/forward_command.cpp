@@ -1,4 +1,4 @@
-// glmrt forward: logits of a batch from a full weight file.
+// glmrt forward: logits of a batch from a full weight file, on any 3D layout.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -6,7 +6,9 @@
 
 #include "checkpoint/full_weights.h"
 #include "checkpoint/safetensors.h"
+#include "inference/pipeline_forward.h"
 #include "launcher/options.h"
+#include "launcher/parallel_setup.h"
 #include "launcher/run_config.h"
 #include "model/glm_model.h"
 
@@ -21,37 +23,39 @@ int run_forward(const Args& args) {
      "batch JSON: {tokens, position_ids, sep, segment_lengths?}")
     ("output", po::value<std::string>()->required(), "output safetensors: F32 `logits` [b, s, V]");
   add_compute_options(desc);
+  add_parallel_options(desc);
   po::variables_map vm;
   if (!parse_options("forward", desc, args, vm)) return 0;
   const ComputeOptions compute = compute_options(vm);
 
   // Read and validate everything before computing: a bad input never leaves an output file.
-  const RunConfig rc = load_run_config(vm["config"].as<std::string>());
+  RunConfig rc = load_run_config(vm["config"].as<std::string>());
   const std::string input = vm["input"].as<std::string>();
   const Batch batch = build_batch(read_batch_json_file(input), rc.model, input);
   SafetensorsReader weights(vm["weights"].as<std::string>());
-  GlmParams params = GlmParams::allocate(rc.model, compute.dtype, compute.device);
+  ParallelRuntime rt = setup_parallel(rc, vm);
+  GlmParams params = GlmParams::allocate(rc.model, compute.dtype, compute.device, rt.shard);
   load_full_weights(weights, rc.model, params);
+  GlmModel model(rc.model, std::move(params), rt.tp);
 
-  GlmModel model(rc.model, std::move(params));
   const auto start = std::chrono::steady_clock::now();
-  Tensor logits = model.forward(batch).to(Device::cpu());
+  const Tensor logits = pipeline_forward(model, *rt.groups, batch);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  if (logits.dtype() != DType::F32) logits = logits.to(DType::F32);
+  if (!rt.is_world_root()) return 0;
   const std::string output = vm["output"].as<std::string>();
   write_safetensors(output, {{"logits", logits}});
-
   double max_abs = 0;
   const float* p = logits.data_as<float>();
   for (int64_t i = 0; i < logits.numel(); ++i) max_abs = std::max(max_abs, std::abs(double(p[i])));
   std::fprintf(stderr,
-               "glmrt forward: %lld rows x %lld tokens on %s (%s): %.1f ms, %.0f tokens/s; "
-               "logits %s max|logit| %.3f -> %s\n",
+               "glmrt forward: %lld rows x %lld tokens on %s (%s), layout %s: %.1f ms, %.0f "
+               "tokens/s; logits %s max|logit| %.3f -> %s\n",
                static_cast<long long>(batch.batch), static_cast<long long>(batch.seq),
                compute.device.str().c_str(), std::string(dtype_name(compute.dtype)).c_str(),
-               seconds * 1e3, double(batch.batch * batch.seq) / seconds,
-               shape_str(logits.shape()).c_str(), max_abs, output.c_str());
+               rt.groups->topo.layout().str().c_str(), seconds * 1e3,
+               double(batch.batch * batch.seq) / seconds, shape_str(logits.shape()).c_str(),
+               max_abs, output.c_str());
   return 0;
 }
 

@@ -1,0 +1,15 @@
+// Forward-only inference over a 3D layout: rows are spread over data-parallel replicas, each row
+// is a micro-batch of the forward-only pipeline schedule, and the vocabulary shards of the logits
+// are gathered over the tensor-parallel group only at the end.
+#pragma once
+
+#include "model/glm_model.h"
+#include "parallel/process_groups.h"
+
+namespace glmrt {
+
+// Logits F32 [batch, seq, vocab_size] of every row of `batch` on world rank 0 (an undefined
+// tensor elsewhere). Collective over every rank of the job; all ranks pass the same batch.
+Tensor pipeline_forward(GlmModel& model, ProcessGroups& groups, const Batch& batch);
+
+}  // namespace glmrt
