@@ -47,7 +47,8 @@ Trainer::Trainer(GlmModel& model, const TrainConfig& train, const OptimizerConfi
     convert(model.params().flat().slice_rows(shard_begin_, shard_begin_ + len), master_shard_);
     exp_avg_shard_ = Tensor::zeros({len}, DType::F32, dev);
     exp_avg_sq_shard_ = Tensor::zeros({len}, DType::F32, dev);
-    grad_shard_ = Tensor::zeros({len}, DType::F32, dev);
+    // With one data-parallel rank the shard is the whole gradient buffer.
+    grad_shard_ = dp_size_ == 1 ? grads_.flat() : Tensor::zeros({len}, DType::F32, dev);
   } else {
     master_is_model_ = model.dtype() == DType::F32;
     exp_avg_ = GlmParams::allocate(c, DType::F32, dev, shard);
