@@ -24,12 +24,13 @@ int run_forward(const Args& args) {
     ("output", po::value<std::string>()->required(), "output safetensors: F32 `logits` [b, s, V]");
   add_compute_options(desc);
   add_parallel_options(desc);
+  add_set_option(desc);
   po::variables_map vm;
   if (!parse_options("forward", desc, args, vm)) return 0;
   const ComputeOptions compute = compute_options(vm);
 
   // Read and validate everything before computing: a bad input never leaves an output file.
-  RunConfig rc = load_run_config(vm["config"].as<std::string>());
+  RunConfig rc = load_run_config(vm["config"].as<std::string>(), config_overrides(vm));
   const std::string input = vm["input"].as<std::string>();
   const Batch batch = build_batch(read_batch_json_file(input), rc.model, input);
   SafetensorsReader weights(vm["weights"].as<std::string>());

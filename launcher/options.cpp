@@ -21,6 +21,15 @@ bool parse_options(const std::string& command, po::options_description& desc, co
   return true;
 }
 
+void add_set_option(po::options_description& desc) {
+  desc.add_options()("set", po::value<std::vector<std::string>>()->composing(),
+                     "override a config key: --set train.steps=100 (repeatable)");
+}
+
+std::vector<std::string> config_overrides(const po::variables_map& vm) {
+  return vm.count("set") ? vm["set"].as<std::vector<std::string>>() : std::vector<std::string>{};
+}
+
 void add_compute_options(po::options_description& desc) {
   desc.add_options()
     ("device", po::value<std::string>()->default_value("cpu"), "cpu or cuda")

@@ -16,6 +16,10 @@ namespace po = boost::program_options;
 bool parse_options(const std::string& command, po::options_description& desc, const Args& args,
                    po::variables_map& vm);
 
+// Adds --set key=value (repeatable) to `desc`; config_overrides() reads them.
+void add_set_option(po::options_description& desc);
+std::vector<std::string> config_overrides(const po::variables_map& vm);
+
 // Adds --device, --dtype and --threads to `desc`.
 void add_compute_options(po::options_description& desc);
 struct ComputeOptions {

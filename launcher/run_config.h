@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "model/glm_config.h"
 #include "parallel/parallel_config.h"
@@ -20,6 +21,8 @@ struct RunConfig {
   ParallelConfig parallel;
 };
 
-RunConfig load_run_config(const std::string& path);
+// Loads `path`, then applies `overrides` ("train.steps=100", "parallel.data=auto", values in YAML
+// syntax) before validation; an override of an unknown key is an error like a misspelt key.
+RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides = {});
 
 }  // namespace glmrt

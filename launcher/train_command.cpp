@@ -1,5 +1,8 @@
 // glmrt train: training on any 3D layout, from given full weights (fine-tuning) or a seeded init.
+#include <chrono>
 #include <cstdio>
+#include <thread>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -43,10 +46,11 @@ int run_train(const Args& args) {
     ("output-weights", po::value<std::string>(), "write the trained full weights here at the end");
   add_compute_options(desc);
   add_parallel_options(desc);
+  add_set_option(desc);
   po::variables_map vm;
   if (!parse_options("train", desc, args, vm)) return 0;
   const ComputeOptions compute = compute_options(vm);
-  RunConfig rc = load_run_config(vm["config"].as<std::string>());
+  RunConfig rc = load_run_config(vm["config"].as<std::string>(), config_overrides(vm));
   if (rc.data.samples.empty())
     throw ConfigError(rc.source + ": data.samples: no training data configured");
   ParallelRuntime rt = setup_parallel(rc, vm);
@@ -86,8 +90,21 @@ int run_train(const Args& args) {
     metrics.open(metrics_path, std::ios::trunc);
     if (!metrics) throw ConfigError(rc.source + ": train.metrics: cannot write " + rc.train.metrics);
   }
+  // GLMRT_FAULT="rank=R,step=S[,hang]": before step S, rank R throws (or, with `hang`, stops
+  // answering) — exercises the failure handling and the communication deadlines.
+  int fault_rank = -1;
+  long long fault_step = -1;
+  bool fault_hang = false;
+  if (const char* f = std::getenv("GLMRT_FAULT")) {
+    std::sscanf(f, "rank=%d,step=%lld", &fault_rank, &fault_step);
+    fault_hang = std::string(f).find("hang") != std::string::npos;
+  }
   int64_t skipped_total = 0;
   for (int64_t s = 0; s < rc.train.steps; ++s) {
+    if (rt.groups->topo.rank() == fault_rank && s + 1 == fault_step) {
+      if (fault_hang) std::this_thread::sleep_for(std::chrono::hours(1));
+      throw Error("fault injected by GLMRT_FAULT before step " + std::to_string(s + 1));
+    }
     const StepMetrics m = trainer.step();
     skipped_total += m.skipped;
     if (!root) continue;
