@@ -14,6 +14,14 @@ namespace glmrt {
 
 namespace {
 std::atomic<size_t> g_allocated[2];  // process-wide counters: per device kind
+std::atomic<size_t> g_peak[2];
+
+void count_allocation(std::atomic<size_t>& counter, std::atomic<size_t>& peak, size_t bytes) {
+  const size_t now = counter += bytes;
+  size_t seen = peak.load();
+  while (now > seen && !peak.compare_exchange_weak(seen, now)) {
+  }
+}
 
 [[noreturn]] void no_cuda() {
   throw Error("this glmrt was built without the CUDA backend (configure with nvcc on PATH)");
@@ -33,6 +41,10 @@ int64_t shape_numel(const Shape& s) {
 }
 
 size_t allocated_bytes(Device::Kind kind) { return g_allocated[static_cast<int>(kind)].load(); }
+size_t peak_allocated_bytes(Device::Kind kind) { return g_peak[static_cast<int>(kind)].load(); }
+void reset_peak_allocated_bytes(Device::Kind kind) {
+  g_peak[static_cast<int>(kind)] = g_allocated[static_cast<int>(kind)].load();
+}
 
 Storage::Storage(void* ptr, size_t bytes, Device device, std::function<void(void*)> deleter)
     : ptr_(ptr), bytes_(bytes), device_(device), deleter_(std::move(deleter)) {}
@@ -43,11 +55,12 @@ Storage::~Storage() {
 
 std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
   auto& counter = g_allocated[static_cast<int>(device.kind)];
+  auto& peak = g_peak[static_cast<int>(device.kind)];
   if (device.is_cpu()) {
     size_t rounded = (bytes + 63) / 64 * 64;
     void* p = rounded ? std::aligned_alloc(64, rounded) : nullptr;
     if (rounded && !p) throw Error(detail::concat("out of host memory allocating ", bytes, " bytes"));
-    counter += bytes;
+    count_allocation(counter, peak, bytes);
     return std::make_shared<Storage>(p, bytes, device, [bytes, &counter](void* q) {
       std::free(q);
       counter -= bytes;
@@ -55,7 +68,7 @@ std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
   }
 #ifdef GLMRT_WITH_CUDA
   void* p = bytes ? cuda::device_malloc(bytes, device.index) : nullptr;
-  counter += bytes;
+  count_allocation(counter, peak, bytes);
   return std::make_shared<Storage>(p, bytes, device, [bytes, &counter](void* q) {
     if (q) cuda::device_free(q);
     counter -= bytes;

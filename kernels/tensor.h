@@ -41,6 +41,9 @@ class Storage {
 
 // Bytes currently allocated through Storage::allocate, per device kind (for memory accounting).
 size_t allocated_bytes(Device::Kind kind);
+// The most bytes allocated at once since the last reset_peak_allocated_bytes().
+size_t peak_allocated_bytes(Device::Kind kind);
+void reset_peak_allocated_bytes(Device::Kind kind);
 
 class Tensor {
  public:

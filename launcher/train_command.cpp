@@ -13,6 +13,7 @@
 #include "launcher/parallel_setup.h"
 #include "launcher/run_config.h"
 #include "model/init.h"
+#include "train/memory_account.h"
 #include "train/trainer.h"
 
 namespace glmrt {
@@ -83,6 +84,24 @@ int run_train(const Args& args) {
                 rc.parallel.zero ? ", ZeRO-1" : "", static_cast<long long>(trainer.micro_batches()),
                 static_cast<long long>(rc.train.micro_batch_size), static_cast<long long>(seq));
 
+  if (root) {
+    // Bytes per rank from the layout alone; ranks of one pipeline stage hold the same amounts.
+    std::printf("memory per rank (from the layout; 1F1B keeps min(P - stage, M) micro-batches in flight):\n"
+                "  stage  layers   weights      gradients    optimizer    activations  peak\n");
+    for (int stage = 0; stage < layout.pipeline; ++stage) {
+      ModelShard sh = rt.shard;
+      sh.first_layer = 0;
+      for (int s = 0; s < stage; ++s) sh.first_layer += rt.stage_layers[static_cast<size_t>(s)];
+      sh.num_layers = rt.stage_layers[static_cast<size_t>(stage)];
+      sh.first_stage = stage == 0;
+      sh.last_stage = stage == layout.pipeline - 1;
+      const MemoryAccount a = memory_account(rc.model, rc.train, layout, sh, stage, dtype, rc.parallel.zero, seq);
+      std::printf("  %5d  %6lld   %-12s %-12s %-12s %-12s %s\n", stage, static_cast<long long>(sh.num_layers),
+                  format_bytes(a.weights).c_str(), format_bytes(a.gradients).c_str(),
+                  format_bytes(a.optimizer).c_str(), format_bytes(a.activations).c_str(),
+                  format_bytes(a.total()).c_str());
+    }
+  }
   std::ofstream metrics;
   if (root) {
     const std::filesystem::path metrics_path(rc.train.metrics);

@@ -152,6 +152,12 @@ Tensor unshard_tensor(const std::vector<Tensor>& pieces, ShardRule rule) {
   return out;
 }
 
+int64_t GlmParams::flat_numel(const GlmConfig& config, const ModelShard& shard, int64_t pad_multiple) {
+  int64_t total = 0;
+  for (const ParamSpec& s : glm_param_specs(config, shard)) total += (shape_numel(s.local_shape) + 63) / 64 * 64;
+  return (total + pad_multiple - 1) / pad_multiple * pad_multiple;
+}
+
 GlmParams GlmParams::allocate(const GlmConfig& config, DType dtype, Device device,
                               const ModelShard& shard, int64_t pad_multiple) {
   GlmParams p;

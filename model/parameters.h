@@ -69,6 +69,8 @@ class GlmParams {
   // of `pad_multiple` elements (ZeRO partitions it evenly over data-parallel ranks).
   static GlmParams allocate(const GlmConfig& config, DType dtype, Device device,
                             const ModelShard& shard = ModelShard::whole(), int64_t pad_multiple = 1);
+  // Elements of the flat buffer allocate() would make (parameters, alignment and padding).
+  static int64_t flat_numel(const GlmConfig& config, const ModelShard& shard, int64_t pad_multiple = 1);
 
   const std::vector<ParamSpec>& specs() const { return specs_; }
   size_t size() const { return tensors_.size(); }

@@ -11,6 +11,7 @@
 #include "parallel/process_groups.h"
 #include "tests/mpi/mpi_test_env.h"
 #include "tests/test_util.h"
+#include "train/memory_account.h"
 #include "train/trainer.h"
 
 namespace glmrt {
@@ -196,6 +197,52 @@ TEST(LayoutForward, LogitsEqualTheSingleRankRun) {
     EXPECT_LE(worst_rel(got, want), 1e-5);
   } else {
     EXPECT_FALSE(got.defined());
+  }
+}
+
+}  // namespace
+}  // namespace glmrt
+
+namespace glmrt {
+namespace {
+
+// The allocator's peak during a training step stays within 5% of the account computed from the
+// layout (weights, gradients, optimizer state, activations in flight).
+TEST(MemoryAccount, PeakAllocationMatchesTheAccount) {
+  GlmConfig c = model_config();
+  c.hidden_size = 64;
+  c.ffn_hidden_size = 128;
+  c.vocab_size = 256;
+  TrainConfig tc = train_config();
+  tc.micro_batch_size = 2;
+  auto groups = ProcessGroups::create(g_layout, std::chrono::seconds(60));
+  const Topology& topo = groups->topo;
+  const auto counts = stage_layer_counts(c.num_layers, g_layout.pipeline, {});
+  ModelShard shard{topo.tp_rank(), g_layout.tensor, 0, counts[static_cast<size_t>(topo.pp_rank())],
+                   topo.is_first_stage(), topo.is_last_stage()};
+  for (int s = 0; s < topo.pp_rank(); ++s) shard.first_layer += counts[static_cast<size_t>(s)];
+  for (bool zero : {false, true}) {
+    const size_t before = allocated_bytes(Device::Kind::CPU);
+    reset_peak_allocated_bytes(Device::Kind::CPU);
+    {
+      const int64_t pad = zero ? g_layout.data * 64 : 1;
+      GlmParams params = GlmParams::allocate(c, DType::F32, Device::cpu(), shard, pad);
+      init_glm_params(params, c, 5);
+      GlmModel model(c, std::move(params), {groups->tp.get(), shard.tp_rank, shard.tp_size});
+      TrainerOptions opts;
+      opts.groups = groups.get();
+      opts.zero = zero;
+      std::vector<Sample> data = samples(c);
+      Trainer trainer(model, tc, optimizer_config(), data, opts);
+      trainer.step();
+      trainer.step();
+    }
+    const double peak = static_cast<double>(peak_allocated_bytes(Device::Kind::CPU) - before);
+    const MemoryAccount account = memory_account(c, tc, g_layout, shard, topo.pp_rank(), DType::F32, zero, 12);
+    EXPECT_NEAR(peak, static_cast<double>(account.total()), 0.05 * static_cast<double>(account.total()))
+        << "rank " << topo.rank() << (zero ? " ZeRO-1" : "") << ": weights " << account.weights
+        << ", gradients " << account.gradients << ", optimizer " << account.optimizer
+        << ", activations " << account.activations;
   }
 }
 
