@@ -25,6 +25,14 @@ int cuda_device_count() {
 #endif
 }
 
+void cuda_set_device(int index) {
+#ifdef GLMRT_WITH_CUDA
+  cuda::set_device(index);
+#else
+  (void)index;
+#endif
+}
+
 namespace {
 // The device every tensor of a call lives on; throws when they disagree.
 Device common_device(std::initializer_list<const Tensor*> tensors, const char* op) {

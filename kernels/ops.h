@@ -15,5 +15,7 @@ namespace cpu {
 // Whether this build has the CUDA backend, and how many GPUs the process sees (0 without).
 bool cuda_built();
 int cuda_device_count();
+// Makes GPU `index` current for this process (no-op without CUDA).
+void cuda_set_device(int index);
 
 }  // namespace glmrt

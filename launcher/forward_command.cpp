@@ -34,7 +34,7 @@ int run_forward(const Args& args) {
   const std::string input = vm["input"].as<std::string>();
   const Batch batch = build_batch(read_batch_json_file(input), rc.model, input);
   SafetensorsReader weights(vm["weights"].as<std::string>());
-  ParallelRuntime rt = setup_parallel(rc, vm);
+  ParallelRuntime rt = setup_parallel(rc, vm, compute.device);
   GlmParams params = GlmParams::allocate(rc.model, compute.dtype, compute.device, rt.shard);
   load_full_weights(weights, rc.model, params);
   GlmModel model(rc.model, std::move(params), rt.tp);

@@ -1,6 +1,7 @@
 #include "launcher/options.h"
 
 #include <cblas.h>
+#include <mpi.h>
 #include <omp.h>
 
 #include <iostream>
@@ -45,8 +46,16 @@ ComputeOptions compute_options(const po::variables_map& vm) {
     o.device = Device::cpu();
   } else if (dev == "cuda") {
     if (!cuda_built()) throw ConfigError("--device cuda: this glmrt was built without CUDA");
-    if (cuda_device_count() == 0) throw ConfigError("--device cuda: no CUDA device is visible");
-    o.device = Device::cuda(0);
+    const int gpus = cuda_device_count();
+    if (gpus == 0) throw ConfigError("--device cuda: no CUDA device is visible");
+    // One GPU per rank of a node: the rank's index among the ranks sharing its node.
+    MPI_Comm node;
+    int local = 0;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+    MPI_Comm_rank(node, &local);
+    MPI_Comm_free(&node);
+    o.device = Device::cuda(local % gpus);
+    cuda_set_device(o.device.index);
   } else {
     throw ConfigError("--device: expected cpu or cuda, got '" + dev + "'");
   }

@@ -11,7 +11,7 @@ void add_parallel_options(po::options_description& desc) {
     ("data", po::value<std::string>(), "data-parallel ranks or auto (overrides parallel.data)");
 }
 
-ParallelRuntime setup_parallel(RunConfig& rc, const po::variables_map& vm) {
+ParallelRuntime setup_parallel(RunConfig& rc, const po::variables_map& vm, Device device) {
   ParallelConfig& p = rc.parallel;
   if (vm.count("tensor")) p.tensor = vm["tensor"].as<int>();
   if (vm.count("pipeline")) p.pipeline = vm["pipeline"].as<int>();
@@ -34,7 +34,7 @@ ParallelRuntime setup_parallel(RunConfig& rc, const po::variables_map& vm) {
   const Layout layout = p.layout(world);
   const std::vector<int64_t> counts = stage_layer_counts(rc.model.num_layers, layout.pipeline, p.stage_layers);
   ParallelRuntime rt;
-  rt.groups = ProcessGroups::create(layout, std::chrono::seconds(p.timeout_s));
+  rt.groups = ProcessGroups::create(layout, std::chrono::seconds(p.timeout_s), device);
   const Topology& t = rt.groups->topo;
   rt.shard.tp_rank = t.tp_rank();
   rt.shard.tp_size = layout.tensor;

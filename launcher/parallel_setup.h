@@ -24,6 +24,6 @@ struct ParallelRuntime {
 void add_parallel_options(po::options_description& desc);
 // Applies the overrides to rc.parallel, validates the layout against the job and the model
 // (heads, ffn size and vocabulary divisible by tensor; layers over stages) and builds the groups.
-ParallelRuntime setup_parallel(RunConfig& rc, const po::variables_map& vm);
+ParallelRuntime setup_parallel(RunConfig& rc, const po::variables_map& vm, Device device);
 
 }  // namespace glmrt

@@ -54,7 +54,7 @@ int run_train(const Args& args) {
   RunConfig rc = load_run_config(vm["config"].as<std::string>(), config_overrides(vm));
   if (rc.data.samples.empty())
     throw ConfigError(rc.source + ": data.samples: no training data configured");
-  ParallelRuntime rt = setup_parallel(rc, vm);
+  ParallelRuntime rt = setup_parallel(rc, vm, compute.device);
   const Layout& layout = rt.groups->topo.layout();
   const bool root = rt.is_world_root();
   const DType dtype = compute_dtype(rc.train.precision);

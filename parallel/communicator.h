@@ -41,6 +41,10 @@ class Communicator {
   // until the message is delivered); recv() waits; wait_sends() completes every pending send.
   virtual void send(const Tensor& t, int peer) = 0;
   virtual void recv(Tensor& t, int peer) = 0;
+  // A send and a receive issued together (NCCL group semantics): neighbours that send to each
+  // other at the same time cannot deadlock (Megatron's send_forward_recv_backward). Returns when
+  // the receive is complete.
+  virtual void send_recv(const Tensor& send, int send_peer, Tensor& recv, int recv_peer) = 0;
   virtual void wait_sends() = 0;
   virtual void barrier() = 0;
 

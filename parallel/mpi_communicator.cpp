@@ -181,6 +181,11 @@ void MpiCommunicator::recv(Tensor& t, int peer) {
   }
 }
 
+void MpiCommunicator::send_recv(const Tensor& out, int send_peer, Tensor& in, int recv_peer) {
+  send(out, send_peer);  // non-blocking: the pair cannot deadlock
+  recv(in, recv_peer);
+}
+
 void MpiCommunicator::wait_sends() {
   while (!pending_.empty()) {
     wait(pending_.front().request, pending_.front().what);

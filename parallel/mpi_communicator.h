@@ -22,6 +22,7 @@ class MpiCommunicator : public Communicator {
   void broadcast(Tensor& t, int root) override;
   void send(const Tensor& t, int peer) override;
   void recv(Tensor& t, int peer) override;
+  void send_recv(const Tensor& send, int send_peer, Tensor& recv, int recv_peer) override;
   void wait_sends() override;
   void barrier() override;
 

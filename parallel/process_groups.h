@@ -6,19 +6,23 @@
 #include <chrono>
 #include <memory>
 
-#include "parallel/mpi_communicator.h"
+#include "kernels/dtype.h"
+#include "parallel/group_communicator.h"
 #include "parallel/topology.h"
 
 namespace glmrt {
 
 struct ProcessGroups {
   Topology topo;
-  std::unique_ptr<MpiCommunicator> world, tp, dp, pp;
-  std::unique_ptr<MpiCommunicator> embedding;  // null on middle stages
+  std::unique_ptr<MpiCommunicator> world;  // host scalars: losses, norms, weight gathering
+  std::unique_ptr<GroupCommunicator> tp, dp, pp;
+  std::unique_ptr<GroupCommunicator> embedding;  // null on middle stages
 
-  // Splits MPI_COMM_WORLD (collective over every rank). Throws ConfigError when the layout does
-  // not match the job's size.
-  static std::unique_ptr<ProcessGroups> create(const Layout& layout, std::chrono::seconds timeout);
+  // Splits MPI_COMM_WORLD (collective over every rank); on a CUDA `device` every group also gets
+  // an NCCL communicator for device tensors. Throws ConfigError when the layout does not match
+  // the job's size.
+  static std::unique_ptr<ProcessGroups> create(const Layout& layout, std::chrono::seconds timeout,
+                                               Device device = Device::cpu());
 };
 
 }  // namespace glmrt

@@ -96,13 +96,40 @@ StepMetrics Trainer::step() {
   std::map<int, GlmModel::MicroBatchState> states;
   std::map<int, Tensor> inputs, outputs, douts, dins;
   double loss_sum = 0;
-  for (const PipeInstruction& in : one_f_one_b_schedule(stages_, stage_, static_cast<int>(micro_batches_))) {
+  auto buffer = [&] { return Tensor::empty({n, c.hidden_size}, model_.dtype(), model_.device()); };
+  // Where a receive lands and from which stage.
+  auto recv_slot = [&](const PipeInstruction& in) -> std::pair<Tensor*, int> {
+    if (in.op == PipeOp::RecvActivation) return {&(inputs[in.micro_batch] = buffer()), stage_ - 1};
+    return {&(douts[in.micro_batch] = buffer()), stage_ + 1};
+  };
+  auto is_recv = [](PipeOp op) { return op == PipeOp::RecvActivation || op == PipeOp::RecvGrad; };
+  const std::vector<PipeInstruction> schedule =
+      one_f_one_b_schedule(stages_, stage_, static_cast<int>(micro_batches_));
+  for (size_t k = 0; k < schedule.size(); ++k) {
+    const PipeInstruction& in = schedule[k];
     const int j = in.micro_batch;
     switch (in.op) {
       case PipeOp::RecvActivation:
-        inputs[j] = Tensor::empty({n, c.hidden_size}, model_.dtype(), model_.device());
-        g->pp->recv(inputs[j], stage_ - 1);
+      case PipeOp::RecvGrad: {
+        auto [slot, peer] = recv_slot(in);
+        g->pp->recv(*slot, peer);
         break;
+      }
+      case PipeOp::SendActivation:
+      case PipeOp::SendGrad: {
+        const bool act = in.op == PipeOp::SendActivation;
+        std::map<int, Tensor>& from = act ? outputs : dins;
+        const int peer = act ? stage_ + 1 : stage_ - 1;
+        if (k + 1 < schedule.size() && is_recv(schedule[k + 1].op)) {
+          // A send followed by a receive goes out as one group (no neighbour deadlock on NCCL).
+          auto [slot, recv_peer] = recv_slot(schedule[++k]);
+          g->pp->send_recv(from[j], peer, *slot, recv_peer);
+        } else {
+          g->pp->send(from[j], peer);
+        }
+        from.erase(j);
+        break;
+      }
       case PipeOp::Forward: {
         const MicroBatch mb = micro_batch(j);
         to.ctx.row_offset = row_offset(j);
@@ -112,14 +139,6 @@ StepMetrics Trainer::step() {
         else outputs[j] = out;
         break;
       }
-      case PipeOp::SendActivation:
-        g->pp->send(outputs[j], stage_ + 1);
-        outputs.erase(j);
-        break;
-      case PipeOp::RecvGrad:
-        douts[j] = Tensor::empty({n, c.hidden_size}, model_.dtype(), model_.device());
-        g->pp->recv(douts[j], stage_ + 1);
-        break;
       case PipeOp::Backward: {
         Tensor din = model_.backward_train(states[j], douts[j], to, grads_);
         states.erase(j);
@@ -127,10 +146,6 @@ StepMetrics Trainer::step() {
         if (!shard.first_stage) dins[j] = din;
         break;
       }
-      case PipeOp::SendGrad:
-        g->pp->send(dins[j], stage_ - 1);
-        dins.erase(j);
-        break;
       case PipeOp::ReduceGrads:
         if (g) g->pp->wait_sends();
         reduce_gradients();
