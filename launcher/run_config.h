@@ -1,5 +1,5 @@
 // The whole YAML config of a run. Sections: `model` (required), `tokens`, `train`, `optimizer`,
-// `data`, `parallel`. Unknown sections and
+// `data`, `parallel`, `tokenizer`. Unknown sections and
 // keys are errors that name their key path.
 #pragma once
 
@@ -19,6 +19,7 @@ struct RunConfig {
   OptimizerConfig optimizer;
   DataConfig data;
   ParallelConfig parallel;
+  TokenizerConfig tokenizer;
 };
 
 // Loads `path`, then applies `overrides` ("train.steps=100", "parallel.data=auto", values in YAML

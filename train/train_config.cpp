@@ -23,7 +23,8 @@ void require(bool ok, YamlFields& f, const std::string& key, const std::string& 
 TrainConfig parse_train_section(YamlFields& f) {
   f.expect_keys({"micro_batch_size", "global_batch_size", "steps", "precision", "seed",
                  "hidden_dropout", "attention_dropout", "embedding_grad_shrink", "recompute",
-                 "metrics", "log_interval", "loss_scale"});
+                 "metrics", "log_interval", "loss_scale", "seq_length", "eval_interval",
+                 "eval_batches", "rampup_batch_size", "rampup_increment", "rampup_samples"});
   TrainConfig t;
   t.micro_batch_size = f.get<int64_t>("micro_batch_size", t.micro_batch_size);
   t.global_batch_size = f.get<int64_t>("global_batch_size", t.global_batch_size);
@@ -40,6 +41,12 @@ TrainConfig parse_train_section(YamlFields& f) {
   t.recompute = f.get<bool>("recompute", t.recompute);
   t.metrics = f.get<std::string>("metrics", t.metrics);
   t.log_interval = f.get<int64_t>("log_interval", t.log_interval);
+  t.seq_length = f.get<int64_t>("seq_length", t.seq_length);
+  t.eval_interval = f.get<int64_t>("eval_interval", t.eval_interval);
+  t.eval_batches = f.get<int64_t>("eval_batches", t.eval_batches);
+  t.rampup_batch_size = f.get<int64_t>("rampup_batch_size", t.rampup_batch_size);
+  t.rampup_increment = f.get<int64_t>("rampup_increment", t.rampup_increment);
+  t.rampup_samples = f.get<int64_t>("rampup_samples", t.rampup_samples);
   YamlFields ls(f.node("loss_scale"), f.child_path("loss_scale"), f.source());
   ls.expect_keys({"initial", "window", "hysteresis", "min"});
   t.loss_scale.initial = ls.get<double>("initial", t.loss_scale.initial);
@@ -60,6 +67,16 @@ TrainConfig parse_train_section(YamlFields& f) {
   require(t.embedding_grad_shrink > 0 && t.embedding_grad_shrink <= 1, f, "embedding_grad_shrink",
           "must be in (0, 1]");
   require(t.log_interval > 0, f, "log_interval", "must be positive");
+  require(t.seq_length >= 0, f, "seq_length", "must not be negative");
+  require(t.eval_interval >= 0, f, "eval_interval", "must not be negative");
+  require(t.eval_batches > 0, f, "eval_batches", "must be positive");
+  if (t.rampup_batch_size > 0) {
+    require(t.rampup_batch_size < t.global_batch_size, f, "rampup_batch_size",
+            "must be smaller than global_batch_size");
+    require(t.rampup_increment > 0 && (t.global_batch_size - t.rampup_batch_size) % t.rampup_increment == 0,
+            f, "rampup_increment", "must be positive and divide global_batch_size - rampup_batch_size");
+    require(t.rampup_samples > 0, f, "rampup_samples", "must be positive");
+  }
   require(t.loss_scale.initial > 0 && t.loss_scale.min > 0 && t.loss_scale.window > 0 &&
               t.loss_scale.hysteresis > 0,
           f, "loss_scale", "initial, min, window and hysteresis must be positive");
@@ -96,15 +113,70 @@ OptimizerConfig parse_optimizer_section(YamlFields& f) {
   return o;
 }
 
+namespace {
+std::string resolve(const std::string& dir, const std::string& path) {
+  std::filesystem::path p(path);
+  return p.is_absolute() || dir.empty() ? p.string() : (std::filesystem::path(dir) / p).string();
+}
+}  // namespace
+
 DataConfig parse_data_section(YamlFields& f, const std::string& config_dir) {
-  f.expect_keys({"samples"});
+  f.expect_keys({"samples", "tokens", "split", "glm"});
   DataConfig d;
-  if (auto s = f.nullable<std::string>("samples")) {
-    std::filesystem::path p(*s);
-    d.samples = p.is_absolute() ? p.string() : (std::filesystem::path(config_dir) / p).string();
+  if (auto s = f.nullable<std::string>("samples")) d.samples = resolve(config_dir, *s);
+  YAML::Node tokens = f.node("tokens");
+  if (tokens.IsDefined() && !tokens.IsNull()) {
+    // tokens: PREFIX | [PREFIX, ...] | [[weight, PREFIX], ...]
+    auto bad = [&] {
+      throw ConfigError(f.where("tokens") + ": expected a prefix, a list of prefixes or a list of "
+                        "[weight, prefix] pairs");
+    };
+    if (tokens.IsScalar()) {
+      d.tokens.emplace_back(1.0, resolve(config_dir, tokens.as<std::string>()));
+    } else if (tokens.IsSequence()) {
+      for (const auto& item : tokens) {
+        if (item.IsScalar()) {
+          d.tokens.emplace_back(1.0, resolve(config_dir, item.as<std::string>()));
+        } else if (item.IsSequence() && item.size() == 2) {
+          double w = 0;
+          try {
+            w = item[0].as<double>();
+          } catch (const YAML::Exception&) {
+            bad();
+          }
+          if (!(w > 0)) throw ConfigError(f.where("tokens") + ": weights must be positive");
+          d.tokens.emplace_back(w, resolve(config_dir, item[1].as<std::string>()));
+        } else {
+          bad();
+        }
+      }
+    } else {
+      bad();
+    }
   }
+  YAML::Node split = f.node("split");
+  if (split.IsDefined() && !split.IsNull()) {
+    try {
+      d.split = split.as<std::vector<double>>();
+    } catch (const YAML::Exception&) {
+      throw ConfigError(f.where("split") + ": expected [train, validation] shares, e.g. [98, 2]");
+    }
+    if (d.split.size() != 2 || d.split[0] <= 0 || d.split[1] < 0)
+      throw ConfigError(f.where("split") + ": expected [train, validation] shares, e.g. [98, 2]");
+  }
+  d.glm = f.node("glm");
   f.finish();
+  if (!d.samples.empty() && !d.tokens.empty())
+    throw ConfigError(f.where("samples") + ": give either data.samples or data.tokens, not both");
   return d;
+}
+
+TokenizerConfig parse_tokenizer_section(YamlFields& f, const std::string& config_dir) {
+  f.expect_keys({"model"});
+  TokenizerConfig t;
+  if (auto m = f.nullable<std::string>("model")) t.model = resolve(config_dir, *m);
+  f.finish();
+  return t;
 }
 
 double learning_rate(const OptimizerConfig& o, int64_t train_steps, int64_t t) {

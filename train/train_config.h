@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "kernels/dtype.h"
 #include "model/yaml_fields.h"
@@ -32,6 +34,12 @@ struct TrainConfig {
   bool recompute = false;
   std::string metrics = "run/metrics.jsonl";
   int64_t log_interval = 1;
+  int64_t seq_length = 0;        // samples built from token files: tokens per sample
+  int64_t eval_interval = 0;     // validation every N steps (0: never)
+  int64_t eval_batches = 4;      // global batches per validation
+  // Batch-size ramp-up (GLM130B.md §8): from rampup_batch_size, + rampup_increment every
+  // rampup_samples / ((global − start) / increment) consumed samples, up to global_batch_size.
+  int64_t rampup_batch_size = 0, rampup_increment = 0, rampup_samples = 0;
   LossScaleConfig loss_scale;
 };
 
@@ -47,11 +55,21 @@ struct OptimizerConfig {
 
 struct DataConfig {
   std::string samples;  // pre-built samples (JSON lines); relative to the config file
+  // Token files (PREFIX.bin / PREFIX.idx from `glmrt preprocess`) with sampling weights; samples
+  // are then built on the fly by the GLM sample builder (data/glm_sample_builder.h).
+  std::vector<std::pair<double, std::string>> tokens;
+  std::vector<double> split = {98, 2};  // train / validation shares of the raw windows
+  YAML::Node glm;                        // the builder's knobs (parse_glm_builder_section)
+};
+
+struct TokenizerConfig {
+  std::string model;  // sentencepiece model; relative to the config file
 };
 
 TrainConfig parse_train_section(YamlFields& f);
 OptimizerConfig parse_optimizer_section(YamlFields& f);
 DataConfig parse_data_section(YamlFields& f, const std::string& config_dir);
+TokenizerConfig parse_tokenizer_section(YamlFields& f, const std::string& config_dir);
 
 // The learning rate of optimizer update t (1-based): linear warm-up lr·t/warmup_steps, then
 // cosine, linear or constant decay from lr to min_lr over [warmup_steps, decay_steps].
