@@ -58,8 +58,8 @@ int run_train(const Args& args) {
   const Layout& layout = rt.groups->topo.layout();
   const bool root = rt.is_world_root();
   const DType dtype = compute_dtype(rc.train.precision);
-  std::vector<Sample> samples = read_samples_file(rc.data.samples, rc.model);
-  const int64_t seq = static_cast<int64_t>(samples.front().tokens.size());
+  auto samples = std::make_shared<SampleList>(read_samples_file(rc.data.samples, rc.model));
+  const int64_t seq = samples->seq_length();
 
   const int64_t pad = rc.parallel.zero ? static_cast<int64_t>(layout.data) * 64 : 1;
   GlmParams params = GlmParams::allocate(rc.model, dtype, compute.device, rt.shard, pad);
@@ -76,7 +76,7 @@ int run_train(const Args& args) {
   topt.groups = rt.groups.get();
   topt.zero = rc.parallel.zero;
   topt.bucket_elements = rc.parallel.bucket_mb * (1 << 20) / 4;
-  Trainer trainer(model, rc.train, rc.optimizer, std::move(samples), topt);
+  Trainer trainer(model, rc.train, rc.optimizer, samples, topt);
   if (root)
     std::printf("glmrt train: %s on %d rank(s), layout %s%s, %lld micro-batch(es) of %lld per "
                 "data-parallel rank per step, seq %lld\n",

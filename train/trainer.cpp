@@ -16,9 +16,11 @@ int64_t dp_pad(const TrainerOptions& o) {
 }  // namespace
 
 Trainer::Trainer(GlmModel& model, const TrainConfig& train, const OptimizerConfig& optimizer,
-                 std::vector<Sample> samples, TrainerOptions options)
+                 std::shared_ptr<const SampleSource> samples, TrainerOptions options,
+                 std::shared_ptr<const SampleSource> validation)
     : model_(model), train_(train), opt_(optimizer), samples_(std::move(samples)),
-      options_(options), scaler_(train.loss_scale, train.precision == Precision::FP16) {
+      validation_(std::move(validation)), options_(options),
+      scaler_(train.loss_scale, train.precision == Precision::FP16) {
   if (ProcessGroups* g = options_.groups) {
     tp_rank_ = g->topo.tp_rank();
     dp_rank_ = g->topo.dp_rank();
@@ -26,10 +28,18 @@ Trainer::Trainer(GlmModel& model, const TrainConfig& train, const OptimizerConfi
     stage_ = g->topo.pp_rank();
     stages_ = g->topo.layout().pipeline;
   }
-  if (train_.global_batch_size % (train_.micro_batch_size * dp_size_) != 0)
-    throw ConfigError("train.global_batch_size " + std::to_string(train_.global_batch_size) +
-                      " is not a multiple of micro_batch_size × data-parallel ranks (" +
-                      std::to_string(train_.micro_batch_size) + " × " + std::to_string(dp_size_) + ")");
+  const int64_t unit = train_.micro_batch_size * dp_size_;
+  auto multiple = [&](int64_t v, const char* key) {
+    if (v % unit != 0)
+      throw ConfigError("train." + std::string(key) + " " + std::to_string(v) +
+                        " is not a multiple of micro_batch_size × data-parallel ranks (" +
+                        std::to_string(train_.micro_batch_size) + " × " + std::to_string(dp_size_) + ")");
+  };
+  multiple(train_.global_batch_size, "global_batch_size");
+  if (train_.rampup_batch_size > 0) {
+    multiple(train_.rampup_batch_size, "rampup_batch_size");
+    multiple(train_.rampup_increment, "rampup_increment");
+  }
   per_dp_ = train_.global_batch_size / dp_size_;
   micro_batches_ = per_dp_ / train_.micro_batch_size;
 
@@ -61,11 +71,23 @@ Trainer::Trainer(GlmModel& model, const TrainConfig& train, const OptimizerConfi
   }
 }
 
+int64_t Trainer::current_global_batch() const {
+  const TrainConfig& t = train_;
+  if (t.rampup_batch_size <= 0) return t.global_batch_size;
+  const int64_t increments = (t.global_batch_size - t.rampup_batch_size) / t.rampup_increment;
+  const int64_t samples_per_increment = std::max<int64_t>(1, t.rampup_samples / increments);
+  return std::min(t.global_batch_size,
+                  t.rampup_batch_size + (consumed_ / samples_per_increment) * t.rampup_increment);
+}
+
 StepMetrics Trainer::step() {
   const auto start = std::chrono::steady_clock::now();
   const GlmConfig& c = model_.config();
   const ModelShard& shard = model_.shard();
   ProcessGroups* g = options_.groups;
+  const int64_t global_batch = current_global_batch();
+  per_dp_ = global_batch / dp_size_;
+  micro_batches_ = per_dp_ / train_.micro_batch_size;
   StepMetrics m;
   m.iteration = ++iteration_;
   m.loss_scale = scaler_.scale();
@@ -81,16 +103,17 @@ StepMetrics Trainer::step() {
                                      static_cast<double>(micro_batches_ * dp_size_));
   to.recompute = train_.recompute;
 
-  const int64_t count = static_cast<int64_t>(samples_.size()), base = next_sample_;
-  const int64_t seq = static_cast<int64_t>(samples_.front().tokens.size());
+  const int64_t base = consumed_;  // global index of the step's first sample
+  const int64_t seq = samples_->seq_length();
   const int64_t n = train_.micro_batch_size * seq;
   // Micro-batch j of this data-parallel rank holds rows [r·G/D + j·mbs, … + mbs) of the step.
   auto row_offset = [&](int j) { return dp_rank_ * per_dp_ + j * train_.micro_batch_size; };
   auto micro_batch = [&](int j) {
-    std::vector<const Sample*> rows;
-    for (int64_t k = 0; k < train_.micro_batch_size; ++k)
-      rows.push_back(&samples_[static_cast<size_t>((base + row_offset(j) + k) % count)]);
-    return make_micro_batch(rows, c);
+    std::vector<Sample> rows;
+    for (int64_t k = 0; k < train_.micro_batch_size; ++k) rows.push_back(samples_->get(base + row_offset(j) + k));
+    std::vector<const Sample*> ptrs;
+    for (const Sample& r : rows) ptrs.push_back(&r);
+    return make_micro_batch(ptrs, c);
   };
 
   std::map<int, GlmModel::MicroBatchState> states;
@@ -161,10 +184,9 @@ StepMetrics Trainer::step() {
       }
     }
   }
-  next_sample_ = (base + train_.global_batch_size) % count;
-  consumed_ += train_.global_batch_size;
+  consumed_ += global_batch;
   m.consumed_samples = consumed_;
-  m.tokens = train_.global_batch_size * seq;
+  m.tokens = global_batch * seq;
   m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return m;
 }
@@ -266,6 +288,61 @@ void Trainer::optimizer_step(StepMetrics& m) {
     Tensor dst = model_.params().flat();
     convert(master_.flat(), dst);
   }
+}
+
+}  // namespace glmrt
+
+namespace glmrt {
+
+double Trainer::evaluate() {
+  GLMRT_CHECK(validation_ != nullptr, "evaluate: no validation samples");
+  const GlmConfig& c = model_.config();
+  ProcessGroups* g = options_.groups;
+  const int64_t per_dp = train_.global_batch_size / dp_size_;
+  const int64_t m_count = train_.eval_batches * per_dp / train_.micro_batch_size;
+  const int64_t seq = validation_->seq_length(), n = train_.micro_batch_size * seq;
+  GlmModel::TrainOptions to;  // no dropout: ctx.training only gates it through these rates
+  to.ctx.seed = train_.seed;
+  to.grad_scale = 0.0f;
+  double loss_sum = 0;
+  std::map<int, Tensor> inputs, outputs;
+  for (const PipeInstruction& in : forward_only_schedule(stages_, stage_, static_cast<int>(m_count))) {
+    const int j = in.micro_batch;
+    switch (in.op) {
+      case PipeOp::RecvActivation:
+        inputs[j] = Tensor::empty({n, c.hidden_size}, model_.dtype(), model_.device());
+        g->pp->recv(inputs[j], stage_ - 1);
+        break;
+      case PipeOp::Forward: {
+        // Batches of the validation set, in order: batch b, this replica's rows of it.
+        const int64_t b = j / (per_dp / train_.micro_batch_size);
+        const int64_t within = j % (per_dp / train_.micro_batch_size);
+        const int64_t first = b * train_.global_batch_size + dp_rank_ * per_dp + within * train_.micro_batch_size;
+        std::vector<Sample> rows;
+        for (int64_t k = 0; k < train_.micro_batch_size; ++k) rows.push_back(validation_->get(first + k));
+        std::vector<const Sample*> ptrs;
+        for (const Sample& r : rows) ptrs.push_back(&r);
+        const MicroBatch mb = make_micro_batch(ptrs, c);
+        GlmModel::MicroBatchState st;
+        Tensor out = model_.forward_train(mb.batch, inputs[j], mb.targets, mb.loss_mask, to, st);
+        inputs.erase(j);
+        if (model_.shard().last_stage) loss_sum += st.loss;
+        else outputs[j] = out;
+        break;
+      }
+      case PipeOp::SendActivation:
+        g->pp->send(outputs[j], stage_ + 1);
+        outputs.erase(j);
+        break;
+      default:
+        break;
+    }
+  }
+  if (g) g->pp->wait_sends();
+  Tensor loss = Tensor::from_floats({0.0f}, {1}, DType::F64);
+  if (model_.shard().last_stage && tp_rank_ == 0) loss.data_as<double>()[0] = loss_sum;
+  if (g) g->world->all_reduce(loss, ReduceOp::Sum);
+  return loss.item(0) / static_cast<double>(m_count * dp_size_);
 }
 
 }  // namespace glmrt

@@ -9,6 +9,7 @@
 #include <memory>
 #include <vector>
 
+#include "data/sample_source.h"
 #include "data/samples.h"
 #include "model/glm_model.h"
 #include "parallel/process_groups.h"
@@ -36,10 +37,19 @@ class Trainer {
   // `model` holds this rank's compute weights (F32, or 16-bit for bf16/fp16); the trainer keeps
   // fp32 master weights and Adam moments beside it (1/D of them per rank under ZeRO-1).
   Trainer(GlmModel& model, const TrainConfig& train, const OptimizerConfig& optimizer,
-          std::vector<Sample> samples, TrainerOptions options = {});
+          std::shared_ptr<const SampleSource> samples, TrainerOptions options = {},
+          std::shared_ptr<const SampleSource> validation = nullptr);
+  Trainer(GlmModel& model, const TrainConfig& train, const OptimizerConfig& optimizer,
+          std::vector<Sample> samples, TrainerOptions options = {})
+      : Trainer(model, train, optimizer, std::make_shared<SampleList>(std::move(samples)), options) {}
 
   // Runs one optimizer step on the next global batch (cycling through the samples).
   StepMetrics step();
+  // Mean loss over train.eval_batches global batches of the validation samples (forward only).
+  double evaluate();
+  bool has_validation() const { return validation_ != nullptr; }
+  // The global batch size of the next step (batch-size ramp-up).
+  int64_t current_global_batch() const;
 
   // Gradients of this rank's parameters after the last step's reduction (without ZeRO).
   const GlmParams& grads() const { return grads_; }
@@ -59,7 +69,7 @@ class Trainer {
   GlmModel& model_;
   TrainConfig train_;
   OptimizerConfig opt_;
-  std::vector<Sample> samples_;
+  std::shared_ptr<const SampleSource> samples_, validation_;
   TrainerOptions options_;
   int tp_rank_ = 0, dp_rank_ = 0, dp_size_ = 1, stage_ = 0, stages_ = 1;
   int64_t micro_batches_ = 1, per_dp_ = 1;
@@ -68,7 +78,7 @@ class Trainer {
   int64_t shard_begin_ = 0;
   bool master_is_model_ = false;
   LossScaler scaler_;
-  int64_t iteration_ = 0, updates_ = 0, next_sample_ = 0, consumed_ = 0;
+  int64_t iteration_ = 0, updates_ = 0, consumed_ = 0;
 };
 
 }  // namespace glmrt
