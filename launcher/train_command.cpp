@@ -1,5 +1,6 @@
 // glmrt train: training on any 3D layout, from given full weights (fine-tuning) or a seeded init.
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <thread>
 #include <cstdlib>
@@ -13,7 +14,9 @@
 #include "launcher/parallel_setup.h"
 #include "launcher/run_config.h"
 #include "model/init.h"
+#include "launcher/stop_signal.h"
 #include "train/memory_account.h"
+#include "train/training_log.h"
 #include "train/trainer.h"
 
 namespace glmrt {
@@ -26,16 +29,6 @@ DType compute_dtype(Precision p) {
     case Precision::FP16: return DType::F16;
   }
   return DType::F32;
-}
-
-// Model FLOPs per token of a training step (forward + backward): 6 per weight of the matmuls
-// (the layers' four linears and the tied head) plus attention's QKᵀ and PV (4·s·h per layer
-// forward, counting the full s×s).
-double flops_per_token(const GlmConfig& c, int64_t seq) {
-  const double h = static_cast<double>(c.hidden_size), f = static_cast<double>(c.ffn_hidden_size);
-  const double per_layer = 3 * h * h + h * h + 3 * h * f;  // qkv, dense, h→2F, F→h
-  const double weights = static_cast<double>(c.num_layers) * per_layer + h * static_cast<double>(c.vocab_size);
-  return 6.0 * weights + 12.0 * static_cast<double>(c.num_layers) * h * static_cast<double>(seq);
 }
 }  // namespace
 
@@ -102,13 +95,9 @@ int run_train(const Args& args) {
                   format_bytes(a.total()).c_str());
     }
   }
-  std::ofstream metrics;
-  if (root) {
-    const std::filesystem::path metrics_path(rc.train.metrics);
-    if (metrics_path.has_parent_path()) std::filesystem::create_directories(metrics_path.parent_path());
-    metrics.open(metrics_path, std::ios::trunc);
-    if (!metrics) throw ConfigError(rc.source + ": train.metrics: cannot write " + rc.train.metrics);
-  }
+  TrainingLog log(root, rc.model, rc.train, seq, layout.world(),
+                  measure_gemm_peak(model.dtype(), model.device()));
+  install_stop_handlers();
   // GLMRT_FAULT="rank=R,step=S[,hang]": before step S, rank R throws (or, with `hang`, stops
   // answering) — exercises the failure handling and the communication deadlines.
   int fault_rank = -1;
@@ -124,28 +113,20 @@ int run_train(const Args& args) {
       if (fault_hang) std::this_thread::sleep_for(std::chrono::hours(1));
       throw Error("fault injected by GLMRT_FAULT before step " + std::to_string(s + 1));
     }
+    if (const int sig = stop_signal_anywhere(*rt.groups->world)) {
+      if (root)
+        std::printf("glmrt train: %s received: stopping at the step boundary after iteration %lld\n",
+                    sig == SIGUSR1 ? "SIGUSR1" : "SIGTERM", static_cast<long long>(s));
+      break;
+    }
     const StepMetrics m = trainer.step();
     skipped_total += m.skipped;
-    if (!root) continue;
-    nlohmann::json line = {{"iteration", m.iteration},   {"loss", m.loss},
-                           {"grad_norm", m.grad_norm},   {"lr", m.lr},
-                           {"loss_scale", m.loss_scale}, {"skipped", m.skipped},
-                           {"consumed_samples", m.consumed_samples},
-                           {"tokens_per_s", static_cast<double>(m.tokens) / m.seconds}};
-    metrics << line.dump() << "\n" << std::flush;
-    if (m.iteration % rc.train.log_interval == 0 || m.iteration == rc.train.steps) {
-      const double tflops_per_rank = flops_per_token(rc.model, seq) * static_cast<double>(m.tokens) /
-                                     m.seconds / 1e12 / layout.world();
-      std::printf(" iteration %8lld/%8lld | consumed samples %10lld | lr %.3E | loss %.6E | "
-                  "loss scale %.1f | grad norm %.3f | skipped %lld | tokens/s %.0f | "
-                  "TFLOP/s per rank %.4f\n",
-                  static_cast<long long>(m.iteration), static_cast<long long>(rc.train.steps),
-                  static_cast<long long>(m.consumed_samples), m.lr, m.loss, m.loss_scale,
-                  m.grad_norm, static_cast<long long>(skipped_total),
-                  static_cast<double>(m.tokens) / m.seconds, tflops_per_rank);
-      std::fflush(stdout);
-    }
+    log.step(m, skipped_total);
+    if (trainer.has_validation() && rc.train.eval_interval > 0 &&
+        (m.iteration % rc.train.eval_interval == 0 || m.iteration == rc.train.steps))
+      log.validation(m.iteration, trainer.evaluate());
   }
+  log.finish();
   if (vm.count("output-weights")) {
     const GlmParams& master = trainer.master();  // fp32 values (the model's own when fp32)
     NamedTensors full = rc.parallel.zero

@@ -73,3 +73,33 @@ TEST(FaultTolerance, AKilledRankEndsTheJob) {
 
 }  // namespace
 }  // namespace glmrt
+
+namespace glmrt {
+namespace {
+
+// Slurm's --signal (or a preemption) sends SIGUSR1/SIGTERM: training stops at a step boundary,
+// says so, and exits cleanly with every completed step in the metrics file.
+TEST(StopSignal, SigusrStopsTrainingAtAStepBoundary) {
+  const std::string dir = testing::temp_dir("stop_signal");
+  const std::string script = dir + "/stop.sh";
+  std::ofstream(script) << "cd " << dir << "\n"
+      << GLMRT_BINARY << " train --config " << testing::source_path("tests/golden/train_config.yaml")
+      << " --set train.steps=100000 --set train.log_interval=1 --threads 1 > out.txt 2>&1 &\n"
+      << "pid=$!\n"
+      << "for i in $(seq 1 300); do grep -q 'iteration        3/' out.txt 2>/dev/null && break; sleep 0.1; done\n"
+      << "kill -USR1 $pid; wait $pid; echo rc=$?\n";
+  auto r = testing::run_command("timeout 120 bash " + script);
+  EXPECT_NE(r.output.find("rc=0"), std::string::npos) << r.output;
+  std::ifstream out(dir + "/out.txt");
+  std::string text((std::istreambuf_iterator<char>(out)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("SIGUSR1 received: stopping at the step boundary"), std::string::npos) << text;
+  std::ifstream metrics(dir + "/run/metrics.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(metrics, line);) ++lines;
+  EXPECT_GE(lines, 3);
+  EXPECT_LT(lines, 100000);
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace glmrt
