@@ -12,5 +12,8 @@ using Args = std::vector<std::string>;
 int run_forward(const Args& args);
 int run_init(const Args& args);
 int run_train(const Args& args);
+int run_data_sample(const Args& args);
+int run_preprocess(const Args& args);
+int run_train_tokenizer(const Args& args);
 
 }  // namespace glmrt

@@ -21,7 +21,10 @@ void usage(std::ostream& os) {
         "  forward   logits of a batch: --config C.yaml --weights W.safetensors --input in.json\n"
         "            --output out.safetensors\n"
         "  init      write seeded initial weights: --config C.yaml --output W.safetensors [--seed S]\n"
-        "  train     train: --config C.yaml [--init-weights W] [--output-weights W]\n\n"
+        "  train     train: --config C.yaml [--init-weights W] [--output-weights W]\n"
+        "  train-tokenizer  a sentencepiece model: --input FILE... --vocab-size N --output M.model\n"
+        "  preprocess  text or JSON lines to token files: --config C.yaml --input FILE... --output PREFIX\n"
+        "  data-sample print GLM samples built from the token files: --config C.yaml --count N\n\n"
         "Run under mpiexec or srun for several ranks; the layout comes from the config's\n"
         "`parallel` section or --tensor/--pipeline/--data.\n"
         "`glmrt <command> --help` lists a command's options.\n";
@@ -44,6 +47,9 @@ int run(const std::string& command, const glmrt::Args& args) {
   if (command == "forward") return glmrt::run_forward(args);
   if (command == "init") return glmrt::run_init(args);
   if (command == "train") return glmrt::run_train(args);
+  if (command == "data-sample") return glmrt::run_data_sample(args);
+  if (command == "preprocess") return glmrt::run_preprocess(args);
+  if (command == "train-tokenizer") return glmrt::run_train_tokenizer(args);
   std::cerr << "glmrt: unknown command '" << command << "'\n\n";
   usage(std::cerr);
   return 2;

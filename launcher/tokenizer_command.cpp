@@ -132,7 +132,7 @@ int run_train_tokenizer(const Args& args) {
     ("max-sentences", po::value<int64_t>()->default_value(200000),
      "train on a random sample of at most this many sentences")
     ("model-type", po::value<std::string>()->default_value("unigram"), "unigram or bpe")
-    ("character-coverage", po::value<double>()->default_value(0.9995),
+    ("character-coverage", po::value<double>()->default_value(0.9995, "0.9995"),
      "share of characters with pieces of their own; rarer ones fall back to bytes")
     ("format", po::value<std::string>()->default_value("auto"),
      "input format: auto, text, lines or jsonl (as glmrt preprocess)")
@@ -150,8 +150,9 @@ int run_train_tokenizer(const Args& args) {
   const double coverage = vm["character-coverage"].as<double>();
   const TextFormat format = parse_text_format(vm["format"].as<std::string>());
   if (vocab < 1) throw ConfigError("--vocab-size: must be positive, got " + std::to_string(vocab));
-  if (max_sentences < 1)
-    throw ConfigError("--max-sentences: must be positive, got " + std::to_string(max_sentences));
+  if (max_sentences <= 100)
+    throw ConfigError("--max-sentences: sentencepiece needs more than 100, got " +
+                      std::to_string(max_sentences));
   if (type != "unigram" && type != "bpe")
     throw ConfigError("--model-type: expected unigram or bpe, got '" + type + "'");
   if (!(coverage > 0 && coverage <= 1))
@@ -169,10 +170,9 @@ int run_train_tokenizer(const Args& args) {
       throw InputError(output + ": the directory " + dir.string() + " does not exist");
   }
 
-  // The model comes back serialized (nothing is written under model_prefix); it is written to
-  // `output` atomically once it loads.
+  // The model comes back serialized (no model_prefix: sentencepiece writes no files); it is
+  // written to `output` atomically once it loads.
   const std::unordered_map<std::string, std::string> spec = {
-      {"model_prefix", output},
       {"model_type", type},
       {"vocab_size", std::to_string(vocab)},
       {"character_coverage", std::to_string(coverage)},
@@ -209,11 +209,12 @@ int run_train_tokenizer(const Args& args) {
   for (int i = 0; i < n; ++i) bytes += sp.IsByte(i) ? 1 : 0;
   std::fprintf(stderr,
                "glmrt train-tokenizer: %s model, %d pieces (%d byte pieces, unk %d, eos %d) from "
-               "%llu sentences in %.2f s -> %s\n"
+               "%llu of %llu sentences in %.2f s -> %s\n"
                "  for a config: tokenizer: {model: %s}\n"
                "                tokens: {MASK: %d, gMASK: %d, sMASK: %d, eod: %d, sop: %d, eop: %d, "
                "eos: %d, pad: %d} with model.vocab_size >= %d\n",
                type.c_str(), n, bytes, sp.unk_id(), sp.eos_id(),
+               static_cast<unsigned long long>(std::min<uint64_t>(lines.lines(), max_sentences)),
                static_cast<unsigned long long>(lines.lines()), seconds, output.c_str(),
                output.c_str(), n, n + 1, n + 2, n + 3, n + 4, n + 5, sp.eos_id(), sp.unk_id(),
                n + 6);

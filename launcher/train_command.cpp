@@ -10,6 +10,7 @@
 
 #include "checkpoint/full_weights.h"
 #include "checkpoint/gather.h"
+#include "launcher/data_setup.h"
 #include "launcher/options.h"
 #include "launcher/parallel_setup.h"
 #include "launcher/run_config.h"
@@ -45,14 +46,12 @@ int run_train(const Args& args) {
   if (!parse_options("train", desc, args, vm)) return 0;
   const ComputeOptions compute = compute_options(vm);
   RunConfig rc = load_run_config(vm["config"].as<std::string>(), config_overrides(vm));
-  if (rc.data.samples.empty())
-    throw ConfigError(rc.source + ": data.samples: no training data configured");
   ParallelRuntime rt = setup_parallel(rc, vm, compute.device);
   const Layout& layout = rt.groups->topo.layout();
   const bool root = rt.is_world_root();
   const DType dtype = compute_dtype(rc.train.precision);
-  auto samples = std::make_shared<SampleList>(read_samples_file(rc.data.samples, rc.model));
-  const int64_t seq = samples->seq_length();
+  const TrainingData data = open_training_data(rc);
+  const int64_t seq = data.train->seq_length();
 
   const int64_t pad = rc.parallel.zero ? static_cast<int64_t>(layout.data) * 64 : 1;
   GlmParams params = GlmParams::allocate(rc.model, dtype, compute.device, rt.shard, pad);
@@ -69,7 +68,7 @@ int run_train(const Args& args) {
   topt.groups = rt.groups.get();
   topt.zero = rc.parallel.zero;
   topt.bucket_elements = rc.parallel.bucket_mb * (1 << 20) / 4;
-  Trainer trainer(model, rc.train, rc.optimizer, samples, topt);
+  Trainer trainer(model, rc.train, rc.optimizer, data.train, topt, data.validation);
   if (root)
     std::printf("glmrt train: %s on %d rank(s), layout %s%s, %lld micro-batch(es) of %lld per "
                 "data-parallel rank per step, seq %lld\n",
@@ -98,6 +97,16 @@ int run_train(const Args& args) {
   TrainingLog log(root, rc.model, rc.train, seq, layout.world(),
                   measure_gemm_peak(model.dtype(), model.device()));
   install_stop_handlers();
+  double unigram = -1, last_validation = -1;
+  if (root) std::printf("data: %s\n", data.description.c_str());
+  if (root && data.validation && rc.train.eval_interval > 0) {
+    const auto counts = target_counts(*data.train, std::min<int64_t>(data.train->size(), 4000),
+                                      rc.model.vocab_size);
+    unigram = unigram_loss(counts, *data.validation, rc.train.eval_batches * rc.train.global_batch_size,
+                           rc.train.micro_batch_size);
+    std::printf("unigram baseline: validation loss %.4f (token frequencies of the training targets)\n",
+                unigram);
+  }
   // GLMRT_FAULT="rank=R,step=S[,hang]": before step S, rank R throws (or, with `hang`, stops
   // answering) — exercises the failure handling and the communication deadlines.
   int fault_rank = -1;
@@ -124,9 +133,12 @@ int run_train(const Args& args) {
     log.step(m, skipped_total);
     if (trainer.has_validation() && rc.train.eval_interval > 0 &&
         (m.iteration % rc.train.eval_interval == 0 || m.iteration == rc.train.steps))
-      log.validation(m.iteration, trainer.evaluate());
+      log.validation(m.iteration, last_validation = trainer.evaluate());
   }
   log.finish();
+  if (root && last_validation >= 0 && unigram > 0)
+    std::printf("glmrt train: final validation loss %.4f vs unigram baseline %.4f (%.1f%% of it)\n",
+                last_validation, unigram, 100.0 * last_validation / unigram);
   if (vm.count("output-weights")) {
     const GlmParams& master = trainer.master();  // fp32 values (the model's own when fp32)
     NamedTensors full = rc.parallel.zero

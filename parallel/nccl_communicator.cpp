@@ -168,7 +168,8 @@ NcclCommunicator::~NcclCommunicator() {
       // Normal end: ncclCommFinalize flushes outstanding operations and syncs with the peers;
       // waited for up to the timeout, then ncclCommDestroy frees locally. While an exception
       // unwinds (a failing job: peers may be gone or stuck elsewhere), or when finalizing fails or
-      // hangs, ncclCommAbort frees at once without waiting on anyone.
+      // hangs, ncclCommAbort frees at once without waiting on anyone. (Both destroy and abort
+      // return only when done, also on a non-blocking communicator: comm_ is not used after.)
       bool clean = std::uncaught_exceptions() == 0;
       if (clean) {
         ncclResult_t state = ncclCommFinalize(comm_);
@@ -246,7 +247,8 @@ ncclComm_t NcclCommunicator::live(const std::string& what) const {
 
 void NcclCommunicator::require_device(const Tensor& t, const std::string& what) const {
   if (!t.defined() || !t.device().is_cuda())
-    throw CommError(what + ": the NCCL communicator takes device tensors; host tensors go over MPI");
+    throw CommError(what +
+                    ": the NCCL communicator takes device tensors; host tensors go over MPI");
   if (t.device().index != device_)
     throw CommError(what + ": the tensor is on " + t.device().str() +
                     " but this rank's NCCL communicator is on cuda:" + std::to_string(device_));

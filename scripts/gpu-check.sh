@@ -1,0 +1,281 @@
+#!/usr/bin/env bash
+# Builds glmrt with the CUDA backend, runs the CUDA tests (and the CPU tests), then the CUDA op
+# benchmark, and prints a short summary last. Meant for a GPU machine (H100/H200: sm_90 only,
+# for a fast build); logs go to build-gpu/gpu-check-logs and, when $OUT is set, to $OUT too.
+#
+# Usage: scripts/gpu-check.sh [--no-cpu-tests] [--no-e2e] [--no-bench] [--quick-bench]
+# Environment: GLMRT_GPU_BUILD_DIR (build folder, default build-gpu), GLMRT_DEBS_DIR (carried
+# .deb files to unpack, default .debs).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+run_cpu_tests=1
+run_e2e=1
+run_bench=1
+bench_args=()
+for arg in "$@"; do
+  case "$arg" in
+    --no-cpu-tests) run_cpu_tests=0 ;;
+    --no-e2e) run_e2e=0 ;;
+    --no-bench) run_bench=0 ;;
+    --quick-bench) bench_args+=(--quick) ;;
+    -h | --help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) echo "gpu-check: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
+root="$PWD"
+build="$(realpath -m "${GLMRT_GPU_BUILD_DIR:-build-gpu}")"  # absolute: the e2e step changes folder
+logs="$build/gpu-check-logs"
+mkdir -p "$logs"
+jobs=$(nproc)
+declare -a summary=()
+failed=0
+
+note() { summary+=("$(printf '%-14s %s' "$1" "$2")"); }
+step() { echo; echo "==== $* ===="; }
+
+# Copies the logs to $OUT (the device tool's output folder) whenever the script ends.
+# shellcheck disable=SC2317  # called through the trap
+copy_logs() {
+  if [[ -n "${OUT:-}" && -d "$OUT" ]]; then cp "$logs"/*.log "$OUT"/ 2>/dev/null || true; fi
+}
+trap copy_logs EXIT
+
+# gtest's summary counts from a log: "passed failed skipped".
+gtest_counts() {
+  local log=$1 passed failed skipped
+  passed=$(grep -oP '^\[  PASSED  \] \K[0-9]+' "$log" | tail -1 || true)
+  failed=$(grep -oP '^\[  FAILED  \] \K[0-9]+(?= tests?, listed below)' "$log" | tail -1 || true)
+  skipped=$(grep -oP '^\[  SKIPPED \] \K[0-9]+(?= tests?[,.])' "$log" | tail -1 || true)
+  echo "${passed:-0} passed, ${failed:-0} failed, ${skipped:-0} skipped"
+}
+
+# ---- Dependencies ----------------------------------------------------------------------------
+step "dependencies"
+# The GPU machines reach no package registry: .deb files carried in $GLMRT_DEBS_DIR (default
+# .debs, e.g. made here with `apt-get download`) are unpacked into / first.
+debs_dir="${GLMRT_DEBS_DIR:-.debs}"
+if compgen -G "$debs_dir/*.deb" >/dev/null; then
+  for deb in "$debs_dir"/*.deb; do dpkg -x "$deb" / || echo "gpu-check: could not unpack $deb"; done
+  ldconfig || true
+  note debs "unpacked $(find "$debs_dir" -maxdepth 1 -name '*.deb' | wc -l) carried .deb files"
+fi
+deb_packages=(libopenblas-dev libyaml-cpp-dev nlohmann-json3-dev libboost-program-options-dev
+              libopenmpi-dev libgtest-dev pkg-config)
+if [[ -f scripts/setup.sh ]]; then
+  if bash scripts/setup.sh --deps-only 2>&1 | tee "$logs/deps.log"; then
+    note deps "scripts/setup.sh --deps-only: ok"
+  else
+    note deps "scripts/setup.sh --deps-only FAILED (see deps.log)"
+  fi
+else
+  missing=()
+  for p in "${deb_packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if ((${#missing[@]} == 0)); then
+    note deps "all present"
+  else
+    sudo=""
+    [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null && sudo="sudo"
+    echo "installing: ${missing[*]}"
+    if { $sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q \
+           "${missing[@]}"; } 2>&1 | tee "$logs/deps.log"; then
+      note deps "installed ${missing[*]}"
+    else
+      note deps "could not install ${missing[*]} (no network?); configure may fail"
+    fi
+  fi
+fi
+
+have_gpu=0
+if nvidia-smi -L >/dev/null 2>&1; then
+  have_gpu=1
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+fi
+nvcc --version | tail -1 || true
+
+# ---- Configure and build ---------------------------------------------------------------------
+step "configure"
+cmake_args=(-S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DGLMRT_CUDA=ON
+            -DCMAKE_CUDA_ARCHITECTURES=90)
+command -v ninja >/dev/null && [[ ! -f $build/CMakeCache.txt ]] && cmake_args+=(-G Ninja)
+# CMake < 3.25.2 cannot pass -std=c++20 to nvcc, and CUDA inherits CMAKE_CXX_STANDARD 20:
+# build the .cu files as C++17 there (they are valid C++17).
+cmake_version=$(cmake --version | head -1 | grep -oE '[0-9]+\.[0-9]+\.[0-9]+')
+if [[ $(printf '%s\n3.25.2\n' "$cmake_version" | sort -V | head -1) != 3.25.2 ]]; then
+  cmake_args+=(-DCMAKE_CUDA_STANDARD=17)
+fi
+if ! cmake "${cmake_args[@]}" 2>&1 | tee "$logs/configure.log"; then
+  note configure "FAILED (cmake $cmake_version; see configure.log)"
+  printf '\n==== gpu-check summary ====\n'; printf '%s\n' "${summary[@]}"
+  exit 1
+fi
+note configure "ok (cmake $cmake_version)"
+
+step "build"
+build_ok=1
+if cmake --build "$build" -j"$jobs" --target glmrt_cuda_tests cuda_ops_bench glmrt 2>&1 |
+     tee "$logs/build.log"; then
+  note build "CUDA targets ok"
+else
+  note build "CUDA targets FAILED (see build.log)"
+  build_ok=0
+  failed=1
+fi
+if ((run_cpu_tests)); then  # everything else: the CPU tests need the glmrt binary too
+  if cmake --build "$build" -j"$jobs" 2>&1 | tee -a "$logs/build.log"; then
+    note build-all "ok"
+  else
+    note build-all "FAILED (see build.log)"
+    run_cpu_tests=0
+    failed=1
+  fi
+fi
+
+# ---- Tests -----------------------------------------------------------------------------------
+if ((build_ok)); then
+  step "CUDA tests"
+  if timeout 600 "$build/tests/glmrt_cuda_tests" --gtest_brief=1 2>&1 |
+       tee "$logs/cuda-tests.log"; then
+    note cuda-tests "$(gtest_counts "$logs/cuda-tests.log")"
+    # Skipping is right without a GPU, but a GPU that the tests cannot see is a failure.
+    if ((have_gpu)) && grep -q '^\[  PASSED  \] 0 tests' "$logs/cuda-tests.log"; then
+      note cuda-tests "FAILED: nvidia-smi sees a GPU but every CUDA test skipped"
+      failed=1
+    fi
+  else
+    note cuda-tests "FAILED: $(gtest_counts "$logs/cuda-tests.log")"
+    failed=1
+  fi
+fi
+
+# The NCCL communicator across ranks: the run above covers one rank (an MPI singleton); with two
+# GPUs the same tests also run as two ranks, one GPU each (sums across ranks, separate send/recv,
+# the deadline of a peer that never answers).
+gpus=0
+if ((have_gpu)); then gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true); fi
+if ((build_ok && gpus >= 2)); then
+  step "NCCL tests, 2 ranks"
+  if OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 300 \
+       mpiexec -n 2 --oversubscribe "$build/tests/glmrt_cuda_tests" \
+       --gtest_filter='NcclCommunicatorTest.*' --gtest_brief=1 --gtest_color=no 2>&1 |
+       tee "$logs/nccl-2-ranks.log"; then
+    note nccl-2-ranks "$(gtest_counts "$logs/nccl-2-ranks.log") (per rank)"
+  else
+    note nccl-2-ranks "FAILED: $(gtest_counts "$logs/nccl-2-ranks.log") (see nccl-2-ranks.log)"
+    failed=1
+  fi
+elif ((build_ok)); then
+  note nccl-2-ranks "skipped: $gpus GPU(s); two ranks need two GPUs"
+fi
+
+if ((run_cpu_tests)); then
+  step "CPU tests"
+  if OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 timeout 600 "$build/tests/glmrt_tests" \
+       --gtest_brief=1 2>&1 | tee "$logs/cpu-tests.log"; then
+    note cpu-tests "$(gtest_counts "$logs/cpu-tests.log")"
+  else
+    note cpu-tests "FAILED: $(gtest_counts "$logs/cpu-tests.log")"
+    failed=1
+  fi
+fi
+
+# ---- End to end: the glmrt binary on the GPU against the CPU ---------------------------------
+# Relative L2 error of every tensor of safetensors file $1 against file $2 (the worst one).
+compare_safetensors() {
+  python3 - "$1" "$2" <<'PY'
+import sys
+import numpy as np
+from safetensors.numpy import load_file
+got, ref = load_file(sys.argv[1]), load_file(sys.argv[2])
+worst = 0.0
+for name, r in ref.items():
+    g = got[name].astype(np.float64)
+    r = r.astype(np.float64)
+    worst = max(worst, float(np.linalg.norm(g - r) / max(np.linalg.norm(r), 1e-30)))
+print(f"{worst:.2e}")
+PY
+}
+
+# Runs `glmrt $args`, compares output $out with $ref, and notes the result under $label.
+e2e_check() {
+  local label=$1 tol=$2 out=$3 ref=$4
+  shift 4
+  local err
+  if ! "$build/glmrt" "$@" >>"$logs/e2e.log" 2>&1; then
+    note "$label" "FAILED to run (see e2e.log)"
+    failed=1
+  elif ! err=$(compare_safetensors "$out" "$ref" 2>>"$logs/e2e.log"); then
+    note "$label" "FAILED to compare (see e2e.log)"
+    failed=1
+  elif python3 -c "import sys; sys.exit(0 if float('$err') <= $tol else 1)"; then
+    note "$label" "rel err $err <= $tol"
+  else
+    note "$label" "FAILED: rel err $err > $tol"
+    failed=1
+  fi
+}
+
+if ((build_ok && run_e2e && !have_gpu)); then
+  note e2e "skipped: no GPU"
+elif ((build_ok && run_e2e)); then
+  step "end to end"
+  e2e="$build/e2e"
+  rm -rf "$e2e" && mkdir -p "$e2e"
+  cat >"$e2e/batch.json" <<'JSON'
+{"tokens": [[11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 505, 508, 30, 31, 32, 33],
+            [40, 41, 504, 43, 508, 42, 509, 0, 50, 51, 52, 53, 54, 55, 56, 57]],
+ "position_ids": [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
+                  [0, 1, 2, 3, 2, 2, 2, 2, 0, 1, 2, 3, 4, 5, 6, 7]],
+ "sep": [[11], [4, 8]],
+ "segment_lengths": [[16], [8, 8]]}
+JSON
+  fwd=(forward --config configs/tiny.yaml --weights "$e2e/init.safetensors"
+       --input "$e2e/batch.json")
+  if "$build/glmrt" init --config configs/tiny.yaml --output "$e2e/init.safetensors" --seed 1234 \
+       >"$logs/e2e.log" 2>&1 &&
+     "$build/glmrt" "${fwd[@]}" --output "$e2e/cpu.safetensors" >>"$logs/e2e.log" 2>&1; then
+    e2e_check "fwd cuda f32" 1e-4 "$e2e/f32.safetensors" "$e2e/cpu.safetensors" \
+      "${fwd[@]}" --device cuda --dtype f32 --output "$e2e/f32.safetensors"
+    e2e_check "fwd cuda f16" 1e-2 "$e2e/f16.safetensors" "$e2e/cpu.safetensors" \
+      "${fwd[@]}" --device cuda --dtype f16 --output "$e2e/f16.safetensors"
+    e2e_check "fwd cuda bf16" 5e-2 "$e2e/bf16.safetensors" "$e2e/cpu.safetensors" \
+      "${fwd[@]}" --device cuda --dtype bf16 --output "$e2e/bf16.safetensors"
+  else
+    note e2e "FAILED: CPU init/forward (see e2e.log)"
+    failed=1
+  fi
+  # Ten fp32 training steps on the GPU against the PyTorch reference's final parameters (run in
+  # the scratch folder: the config writes its metrics relative to the working folder).
+  cd "$e2e"
+  e2e_check "train cuda f32" 1e-4 "$e2e/trained.safetensors" \
+    "$root/tests/golden/train_final_params.safetensors" \
+    train --config "$root/tests/golden/train_config.yaml" --device cuda \
+    --init-weights "$root/tests/golden/tiny_weights.safetensors" \
+    --output-weights "$e2e/trained.safetensors"
+  cd "$root"
+fi
+
+# ---- Benchmark -------------------------------------------------------------------------------
+bench_table=""
+if ((build_ok && run_bench)); then
+  step "benchmark"
+  if timeout 600 "$build/bench/cuda_ops_bench" "${bench_args[@]}" 2>&1 | tee "$logs/bench.log"; then
+    note bench "ok"
+  else
+    note bench "FAILED (see bench.log)"
+    failed=1
+  fi
+  # The table the benchmark prints last: from its header line to the end.
+  bench_table=$(sed -n '/^op  *dtype/,$p' "$logs/bench.log")
+fi
+
+# ---- Summary (last, so that the tail of the output holds it) ---------------------------------
+{
+  printf '\n==== gpu-check summary ====\n'
+  printf '%s\n' "${summary[@]}"
+  if [[ -n $bench_table ]]; then printf '\n%s\n' "$bench_table"; fi
+  if ((failed)); then printf '\nRESULT: FAILED\n'; else printf '\nRESULT: ok\n'; fi
+} | tee "$logs/summary.log"
+exit "$failed"
