@@ -1,23 +1,28 @@
 #include "data/glm_token_source.h"
 
 #include <cmath>
+#include <random>
 
 namespace glmrt {
 
 GlmTokenSource::GlmTokenSource(std::vector<std::pair<double, TokenFile>> files,
                                std::shared_ptr<const GlmSampleBuilder> builder,
-                               std::vector<double> split, Split which)
+                               std::vector<double> split, Split which, uint64_t shuffle_seed)
     : builder_(std::move(builder)) {
   GLMRT_CHECK(split.size() == 2, "GlmTokenSource: split needs two shares");
   const int64_t r = builder_->raw_length();
+  const double valid_share = split[1] / (split[0] + split[1]);
   std::vector<double> weights;
   for (auto& [w, file] : files) {
     const int64_t windows = file.num_tokens() / r;
-    const int64_t train = static_cast<int64_t>(std::floor(static_cast<double>(windows) * split[0] /
-                                                          (split[0] + split[1])));
-    FileSplit fs{file, which == Split::Train ? 0 : train,
-                 which == Split::Train ? train : windows - train};
-    if (fs.windows <= 0)
+    FileSplit fs{file, {}};
+    for (int64_t k = 0; k < windows; ++k) {
+      // Window k validates when the running count of validation windows steps up at k.
+      const bool valid = std::floor(static_cast<double>(k + 1) * valid_share) >
+                         std::floor(static_cast<double>(k) * valid_share);
+      if (valid == (which == Split::Validation)) fs.windows.push_back(k);
+    }
+    if (fs.windows.empty())
       throw ConfigError(file.prefix() + ": " + std::to_string(file.num_tokens()) + " tokens make " +
                         std::to_string(windows) + " window(s) of " + std::to_string(r) +
                         " raw tokens, none left for the " +
@@ -30,7 +35,8 @@ GlmTokenSource::GlmTokenSource(std::vector<std::pair<double, TokenFile>> files,
   // One pass over the split: as many samples as windows in all files, blended by weight.
   int64_t total = 0;
   double weight_sum = 0;
-  for (size_t d = 0; d < files_.size(); ++d) total += files_[d].windows, weight_sum += weights[d];
+  for (size_t d = 0; d < files_.size(); ++d)
+    total += static_cast<int64_t>(files_[d].windows.size()), weight_sum += weights[d];
   std::vector<int64_t> taken(files_.size(), 0);
   blend_.reserve(static_cast<size_t>(total));
   for (int64_t k = 0; k < total; ++k) {
@@ -40,8 +46,13 @@ GlmTokenSource::GlmTokenSource(std::vector<std::pair<double, TokenFile>> files,
       const double gap = weights[d] / weight_sum * static_cast<double>(k + 1) - static_cast<double>(taken[d]);
       if (gap > best_gap) best_gap = gap, best = d;
     }
-    blend_.emplace_back(static_cast<int32_t>(best), taken[best]++ % files_[best].windows);
+    blend_.emplace_back(static_cast<int32_t>(best),
+                        taken[best]++ % static_cast<int64_t>(files_[best].windows.size()));
   }
+  // A fixed shuffle (Fisher-Yates on mt19937_64, whose sequence the standard defines): batches mix
+  // every source, and every rank and every resumed run see the same order.
+  std::mt19937_64 rng(shuffle_seed ^ (which == Split::Train ? 0x7261696eULL : 0x76616c69ULL));
+  for (size_t k = blend_.size(); k > 1; --k) std::swap(blend_[k - 1], blend_[rng() % k]);
 }
 
 BuiltSample GlmTokenSource::build(int64_t index) const {
@@ -49,7 +60,7 @@ BuiltSample GlmTokenSource::build(int64_t index) const {
   const FileSplit& fs = files_[static_cast<size_t>(d)];
   const int64_t r = builder_->raw_length();
   std::vector<int32_t> raw(static_cast<size_t>(r));
-  fs.file.read((fs.first_window + w) * r, r, raw.data());
+  fs.file.read(fs.windows[static_cast<size_t>(w)] * r, r, raw.data());
   return builder_->build(raw.data(), index);
 }
 
@@ -66,13 +77,14 @@ std::vector<int64_t> target_counts(const SampleSource& samples, int64_t count, i
 
 TokenSources open_token_sources(const std::vector<std::pair<double, std::string>>& prefixes,
                                 const std::vector<double>& split,
-                                std::shared_ptr<const GlmSampleBuilder> builder) {
+                                std::shared_ptr<const GlmSampleBuilder> builder, uint64_t seed) {
   std::vector<std::pair<double, TokenFile>> files;
   for (const auto& [w, prefix] : prefixes) files.emplace_back(w, TokenFile(prefix));
   TokenSources s;
-  s.train = std::make_shared<GlmTokenSource>(files, builder, split, GlmTokenSource::Split::Train);
+  s.train = std::make_shared<GlmTokenSource>(files, builder, split, GlmTokenSource::Split::Train, seed);
   if (split[1] > 0)
-    s.validation = std::make_shared<GlmTokenSource>(files, builder, split, GlmTokenSource::Split::Validation);
+    s.validation = std::make_shared<GlmTokenSource>(files, builder, split,
+                                                    GlmTokenSource::Split::Validation, seed);
   return s;
 }
 

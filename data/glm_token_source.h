@@ -1,10 +1,11 @@
 // Samples built on the fly from token files (data.tokens) by the GLM blank-infilling builder.
 // Each file's token stream (documents separated by eod) is cut into consecutive raw windows of
-// builder.raw_length() tokens; the first split[0] / (split[0] + split[1]) of the windows train,
-// the rest validate. Several files are blended by weight with Megatron's BlendableDataset rule
-// (sample k goes to the file furthest below its weighted share). Sample i is built from its
-// window with sample index i, so a later epoch masks the same text differently and a resumed run
-// rebuilds exactly the samples it would have seen.
+// builder.raw_length() tokens; a share split[1] / (split[0] + split[1]) of them, spread evenly
+// through each file (so a corpus ordered by source still validates on all of it), validates and
+// the rest trains. Several files are blended by weight with Megatron's BlendableDataset rule
+// (sample k goes to the file furthest below its weighted share), then the order is shuffled with
+// a fixed seed. Sample i is built from its window with sample index i, so a later epoch masks the
+// same text differently and a resumed run rebuilds exactly the samples it would have seen.
 #pragma once
 
 #include <memory>
@@ -24,7 +25,7 @@ class GlmTokenSource : public SampleSource {
   // files: (weight, token file). Throws ConfigError when a file has no window for the split.
   GlmTokenSource(std::vector<std::pair<double, TokenFile>> files,
                  std::shared_ptr<const GlmSampleBuilder> builder, std::vector<double> split,
-                 Split which);
+                 Split which, uint64_t shuffle_seed);
 
   int64_t size() const override { return static_cast<int64_t>(blend_.size()); }
   Sample get(int64_t index) const override { return build(index).sample; }
@@ -34,7 +35,7 @@ class GlmTokenSource : public SampleSource {
  private:
   struct FileSplit {
     TokenFile file;
-    int64_t first_window, windows;
+    std::vector<int64_t> windows;  // this split's window indices in the file
   };
   std::vector<FileSplit> files_;
   std::shared_ptr<const GlmSampleBuilder> builder_;
@@ -47,7 +48,7 @@ struct TokenSources {
 };
 TokenSources open_token_sources(const std::vector<std::pair<double, std::string>>& prefixes,
                                 const std::vector<double>& split,
-                                std::shared_ptr<const GlmSampleBuilder> builder);
+                                std::shared_ptr<const GlmSampleBuilder> builder, uint64_t seed);
 
 // How often each id is a loss-masked target in samples [0, count) of `samples` (the unigram
 // model of what the model is trained to predict, eop included).

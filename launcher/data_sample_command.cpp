@@ -28,7 +28,7 @@ int run_data_sample(const Args& args) {
   const std::string split = vm["split"].as<std::string>();
   if (split != "train" && split != "validation")
     throw ConfigError("--split: expected train or validation, got '" + split + "'");
-  TokenSources s = open_token_sources(rc.data.tokens, rc.data.split, make_sample_builder(rc));
+  TokenSources s = open_token_sources(rc.data.tokens, rc.data.split, make_sample_builder(rc), rc.train.seed);
   const std::shared_ptr<GlmTokenSource> source = split == "train" ? s.train : s.validation;
   if (!source) throw ConfigError(rc.source + ": data.split gives no validation windows");
 

@@ -22,7 +22,7 @@ TrainingData open_training_data(const RunConfig& rc) {
   }
   if (rc.data.tokens.empty())
     throw ConfigError(rc.source + ": data: no training data configured (data.samples or data.tokens)");
-  TokenSources s = open_token_sources(rc.data.tokens, rc.data.split, make_sample_builder(rc));
+  TokenSources s = open_token_sources(rc.data.tokens, rc.data.split, make_sample_builder(rc), rc.train.seed);
   d.train = s.train;
   d.train_tokens = s.train;
   d.validation = s.validation;
