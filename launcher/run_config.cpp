@@ -46,7 +46,7 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
   YAML::Node root = load_yaml_file(path);
   for (const std::string& o : overrides) apply_override(root, path, o);
   YamlFields top(root, "", path);
-  top.expect_keys({"model", "tokens", "train", "optimizer", "data", "parallel", "tokenizer"});
+  top.expect_keys({"model", "tokens", "train", "optimizer", "data", "parallel", "tokenizer", "checkpoint"});
   if (!top.has("model")) throw ConfigError(path + ": missing required section `model`");
   YamlFields model(top.node("model"), "model", path);
   rc.model = parse_model_section(model, path);
@@ -60,6 +60,8 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
   rc.data = parse_data_section(data, std::filesystem::path(path).parent_path().string());
   YamlFields tokenizer(top.node("tokenizer"), "tokenizer", path);
   rc.tokenizer = parse_tokenizer_section(tokenizer, std::filesystem::path(path).parent_path().string());
+  YamlFields checkpoint(top.node("checkpoint"), "checkpoint", path);
+  rc.checkpoint = parse_checkpoint_section(checkpoint);
   YamlFields parallel(top.node("parallel"), "parallel", path);
   rc.parallel = parse_parallel_section(parallel);
   top.finish();

@@ -1,5 +1,5 @@
 // The whole YAML config of a run. Sections: `model` (required), `tokens`, `train`, `optimizer`,
-// `data`, `parallel`, `tokenizer`. Unknown sections and
+// `data`, `parallel`, `tokenizer`, `checkpoint`. Unknown sections and
 // keys are errors that name their key path.
 #pragma once
 
@@ -20,6 +20,7 @@ struct RunConfig {
   DataConfig data;
   ParallelConfig parallel;
   TokenizerConfig tokenizer;
+  CheckpointConfig checkpoint;
 };
 
 // Loads `path`, then applies `overrides` ("train.steps=100", "parallel.data=auto", values in YAML

@@ -16,6 +16,7 @@
 #include "launcher/run_config.h"
 #include "model/init.h"
 #include "launcher/stop_signal.h"
+#include "train/checkpointing.h"
 #include "train/memory_account.h"
 #include "train/training_log.h"
 #include "train/trainer.h"
@@ -38,7 +39,9 @@ int run_train(const Args& args) {
   desc.add_options()
     ("config", po::value<std::string>()->required(), "run config (YAML) with train/optimizer/data")
     ("init-weights", po::value<std::string>(), "start from these full weights (else a seeded init)")
-    ("output-weights", po::value<std::string>(), "write the trained full weights here at the end");
+    ("output-weights", po::value<std::string>(), "write the trained full weights here at the end")
+    ("load", po::value<std::string>(), "resume from the latest checkpoint in this folder "
+                                       "(overrides checkpoint.load; any layout)");
   add_compute_options(desc);
   add_parallel_options(desc);
   add_set_option(desc);
@@ -94,8 +97,26 @@ int run_train(const Args& args) {
                   format_bytes(a.total()).c_str());
     }
   }
+  if (vm.count("load")) rc.checkpoint.load = vm["load"].as<std::string>();
+  bool resumed = false;
+  if (!rc.checkpoint.load.empty()) {
+    std::string note;
+    const CheckpointManifest ckpt = find_checkpoint(rc.checkpoint.load, rc.model, &note);
+    if (root && !note.empty()) std::printf("glmrt train: %s\n", note.c_str());
+    load_checkpoint(ckpt, model, trainer);
+    resumed = true;
+    if (root)
+      std::printf("glmrt train: resumed from %s (iteration %lld, saved on layout %s)\n",
+                  ckpt.path.c_str(), static_cast<long long>(ckpt.iteration), ckpt.layout.str().c_str());
+  }
+  auto save = [&] {
+    if (rc.checkpoint.save.empty()) return;
+    const std::string path = save_checkpoint(rc.checkpoint.save, rc.train, rc.parallel.zero, model,
+                                             trainer, *rt.groups, rt.stage_layers, rc.checkpoint.keep);
+    if (root) std::printf("glmrt train: saved %s\n", path.c_str());
+  };
   TrainingLog log(root, rc.model, rc.train, seq, layout.world(),
-                  measure_gemm_peak(model.dtype(), model.device()));
+                  measure_gemm_peak(model.dtype(), model.device()), resumed);
   install_stop_handlers();
   double unigram = -1, last_validation = -1;
   if (root) std::printf("data: %s\n", data.description.c_str());
@@ -117,7 +138,8 @@ int run_train(const Args& args) {
     fault_hang = std::string(f).find("hang") != std::string::npos;
   }
   int64_t skipped_total = 0;
-  for (int64_t s = 0; s < rc.train.steps; ++s) {
+  while (trainer.iteration() < rc.train.steps) {
+    const int64_t s = trainer.iteration();
     if (rt.groups->topo.rank() == fault_rank && s + 1 == fault_step) {
       if (fault_hang) std::this_thread::sleep_for(std::chrono::hours(1));
       throw Error("fault injected by GLMRT_FAULT before step " + std::to_string(s + 1));
@@ -126,6 +148,7 @@ int run_train(const Args& args) {
       if (root)
         std::printf("glmrt train: %s received: stopping at the step boundary after iteration %lld\n",
                     sig == SIGUSR1 ? "SIGUSR1" : "SIGTERM", static_cast<long long>(s));
+      if (s > 0) save();
       break;
     }
     const StepMetrics m = trainer.step();
@@ -134,6 +157,18 @@ int run_train(const Args& args) {
     if (trainer.has_validation() && rc.train.eval_interval > 0 &&
         (m.iteration % rc.train.eval_interval == 0 || m.iteration == rc.train.steps))
       log.validation(m.iteration, last_validation = trainer.evaluate());
+    if (rc.checkpoint.interval > 0 && m.iteration % rc.checkpoint.interval == 0 &&
+        m.iteration != rc.train.steps)
+      save();
+    if (m.iteration == rc.train.steps) save();
+    if (rc.train.exit_interval > 0 && m.iteration % rc.train.exit_interval == 0 &&
+        m.iteration != rc.train.steps) {
+      save();
+      if (root)
+        std::printf("glmrt train: exit_interval reached at iteration %lld\n",
+                    static_cast<long long>(m.iteration));
+      break;
+    }
   }
   log.finish();
   if (root && last_validation >= 0 && unigram > 0)

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(build-essential cmake pkg-config git
   libopenblas-openmp-dev libyaml-cpp-dev nlohmann-json3-dev libboost-program-options-dev
   libdnnl-dev ocl-icd-opencl-dev opencl-headers gnuplot-nox bc
-  libopenmpi-dev openmpi-bin libgtest-dev libsentencepiece-dev
+  libopenmpi-dev openmpi-bin libgtest-dev libsentencepiece-dev libxxhash-dev
   slurmctld slurmd slurm-client munge libpmix-dev
   python3 python3-pip python3-numpy python3-torch)
 

@@ -17,6 +17,17 @@ class LossScaler {
   bool dynamic() const { return dynamic_; }
   // Records whether this step's gradients overflowed.
   void update(bool overflow);
+  // Checkpointed state: the scale and its two trackers.
+  struct State {
+    double scale;
+    int64_t growth_tracker, hysteresis_tracker;
+  };
+  State state() const { return {scale_, growth_tracker_, hysteresis_tracker_}; }
+  void restore(const State& s) {
+    scale_ = s.scale;
+    growth_tracker_ = s.growth_tracker;
+    hysteresis_tracker_ = s.hysteresis_tracker;
+  }
 
  private:
   LossScaleConfig config_;

@@ -24,7 +24,8 @@ TrainConfig parse_train_section(YamlFields& f) {
   f.expect_keys({"micro_batch_size", "global_batch_size", "steps", "precision", "seed",
                  "hidden_dropout", "attention_dropout", "embedding_grad_shrink", "recompute",
                  "metrics", "log_interval", "loss_scale", "seq_length", "eval_interval",
-                 "eval_batches", "rampup_batch_size", "rampup_increment", "rampup_samples"});
+                 "eval_batches", "rampup_batch_size", "rampup_increment", "rampup_samples",
+                 "exit_interval"});
   TrainConfig t;
   t.micro_batch_size = f.get<int64_t>("micro_batch_size", t.micro_batch_size);
   t.global_batch_size = f.get<int64_t>("global_batch_size", t.global_batch_size);
@@ -42,6 +43,7 @@ TrainConfig parse_train_section(YamlFields& f) {
   t.metrics = f.get<std::string>("metrics", t.metrics);
   t.log_interval = f.get<int64_t>("log_interval", t.log_interval);
   t.seq_length = f.get<int64_t>("seq_length", t.seq_length);
+  t.exit_interval = f.get<int64_t>("exit_interval", t.exit_interval);
   t.eval_interval = f.get<int64_t>("eval_interval", t.eval_interval);
   t.eval_batches = f.get<int64_t>("eval_batches", t.eval_batches);
   t.rampup_batch_size = f.get<int64_t>("rampup_batch_size", t.rampup_batch_size);
@@ -68,6 +70,7 @@ TrainConfig parse_train_section(YamlFields& f) {
           "must be in (0, 1]");
   require(t.log_interval > 0, f, "log_interval", "must be positive");
   require(t.seq_length >= 0, f, "seq_length", "must not be negative");
+  require(t.exit_interval >= 0, f, "exit_interval", "must not be negative");
   require(t.eval_interval >= 0, f, "eval_interval", "must not be negative");
   require(t.eval_batches > 0, f, "eval_batches", "must be positive");
   if (t.rampup_batch_size > 0) {
@@ -169,6 +172,19 @@ DataConfig parse_data_section(YamlFields& f, const std::string& config_dir) {
   if (!d.samples.empty() && !d.tokens.empty())
     throw ConfigError(f.where("samples") + ": give either data.samples or data.tokens, not both");
   return d;
+}
+
+CheckpointConfig parse_checkpoint_section(YamlFields& f) {
+  f.expect_keys({"save", "interval", "keep", "load"});
+  CheckpointConfig c;
+  c.save = f.get<std::string>("save", c.save);
+  c.interval = f.get<int64_t>("interval", c.interval);
+  c.keep = f.get<int64_t>("keep", c.keep);
+  c.load = f.get<std::string>("load", c.load);
+  f.finish();
+  require(c.interval >= 0, f, "interval", "must not be negative");
+  require(c.keep >= 0, f, "keep", "must not be negative");
+  return c;
 }
 
 TokenizerConfig parse_tokenizer_section(YamlFields& f, const std::string& config_dir) {

@@ -34,6 +34,7 @@ struct TrainConfig {
   bool recompute = false;
   std::string metrics = "run/metrics.jsonl";
   int64_t log_interval = 1;
+  int64_t exit_interval = 0;     // stop (saving a checkpoint) when iteration % N == 0 (Megatron's)
   int64_t seq_length = 0;        // samples built from token files: tokens per sample
   int64_t eval_interval = 0;     // validation every N steps (0: never)
   int64_t eval_batches = 4;      // global batches per validation
@@ -62,6 +63,13 @@ struct DataConfig {
   YAML::Node glm;                        // the builder's knobs (parse_glm_builder_section)
 };
 
+struct CheckpointConfig {
+  std::string save;       // folder of iter_NNNNNNN checkpoints ("" = none)
+  int64_t interval = 0;   // save every N steps (0: only at the end and on SIGTERM/SIGUSR1)
+  int64_t keep = 0;       // keep the newest K checkpoints (0: all)
+  std::string load;       // resume from `latest` here ("" = start fresh)
+};
+
 struct TokenizerConfig {
   std::string model;  // sentencepiece model; relative to the config file
 };
@@ -70,6 +78,7 @@ TrainConfig parse_train_section(YamlFields& f);
 OptimizerConfig parse_optimizer_section(YamlFields& f);
 DataConfig parse_data_section(YamlFields& f, const std::string& config_dir);
 TokenizerConfig parse_tokenizer_section(YamlFields& f, const std::string& config_dir);
+CheckpointConfig parse_checkpoint_section(YamlFields& f);
 
 // The learning rate of optimizer update t (1-based): linear warm-up lr·t/warmup_steps, then
 // cosine, linear or constant decay from lr to min_lr over [warmup_steps, decay_steps].

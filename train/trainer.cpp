@@ -346,3 +346,80 @@ double Trainer::evaluate() {
 }
 
 }  // namespace glmrt
+
+namespace glmrt {
+
+void Trainer::restore(const State& s) {
+  iteration_ = s.iteration;
+  updates_ = s.updates;
+  consumed_ = s.consumed_samples;
+  scaler_.restore(s.loss_scale);
+}
+
+NamedTensors Trainer::optimizer_state() {
+  const bool zero = options_.zero && options_.groups;
+  Tensor master_flat, m_flat, v_flat;  // full local flats (ZeRO: gathered over dp)
+  if (zero) {
+    const int64_t total = grads_.flat().numel();
+    auto gather = [&](const Tensor& shard) {
+      if (dp_size_ == 1) return shard.to(Device::cpu());
+      Tensor full = Tensor::empty({total}, DType::F32, shard.device());
+      options_.groups->dp->all_gather(shard, full);
+      return full.to(Device::cpu());
+    };
+    master_flat = gather(master_shard_);
+    m_flat = gather(exp_avg_shard_);
+    v_flat = gather(exp_avg_sq_shard_);
+  }
+  NamedTensors out;
+  const GlmParams& master = master_is_model_ ? model_.params() : master_;
+  for (size_t i = 0; i < grads_.size(); ++i) {
+    const std::string& name = grads_.specs()[i].name;
+    const Shape& shape = grads_.specs()[i].local_shape;
+    auto piece = [&](const Tensor& flat) {
+      const int64_t o = grads_.offset(i);
+      return flat.slice_rows(o, o + shape_numel(shape)).view(shape).clone();
+    };
+    if (zero) {
+      out.emplace_back(name + ".master", piece(master_flat));
+      out.emplace_back(name + ".exp_avg", piece(m_flat));
+      out.emplace_back(name + ".exp_avg_sq", piece(v_flat));
+    } else {
+      Tensor w = master.tensor(i).to(Device::cpu());
+      out.emplace_back(name + ".master", w.dtype() == DType::F32 ? w : w.to(DType::F32));
+      out.emplace_back(name + ".exp_avg", exp_avg_.tensor(i).to(Device::cpu()));
+      out.emplace_back(name + ".exp_avg_sq", exp_avg_sq_.tensor(i).to(Device::cpu()));
+    }
+  }
+  return out;
+}
+
+void Trainer::load_optimizer_state(const std::function<Tensor(const std::string&)>& get) {
+  const bool zero = options_.zero && options_.groups;
+  GlmParams& master = master_is_model_ ? model_.params() : master_;
+  for (size_t i = 0; i < grads_.size(); ++i) {
+    const std::string& name = grads_.specs()[i].name;
+    const Tensor w = get(name + ".master"), m = get(name + ".exp_avg"), v = get(name + ".exp_avg_sq");
+    if (zero) {
+      // Copy the part of this parameter that falls into the rank's shard.
+      const int64_t p0 = grads_.offset(i), p1 = p0 + w.numel();
+      const int64_t s0 = shard_begin_, s1 = s0 + master_shard_.numel();
+      const int64_t a = std::max(p0, s0), b = std::min(p1, s1);
+      if (a < b) {
+        master_shard_.slice_rows(a - s0, b - s0).copy_from(w.view({w.numel()}).slice_rows(a - p0, b - p0));
+        exp_avg_shard_.slice_rows(a - s0, b - s0).copy_from(m.view({m.numel()}).slice_rows(a - p0, b - p0));
+        exp_avg_sq_shard_.slice_rows(a - s0, b - s0).copy_from(v.view({v.numel()}).slice_rows(a - p0, b - p0));
+      }
+    } else {
+      if (master.tensor(i).dtype() == DType::F32) master.tensor(i).copy_from(w);
+      exp_avg_.tensor(i).copy_from(m);
+      exp_avg_sq_.tensor(i).copy_from(v);
+    }
+  }
+  if (!zero && !master_is_model_) {
+    Tensor dst = model_.params().flat();
+    convert(master_.flat(), dst);
+  }
+}
+
+}  // namespace glmrt

@@ -6,10 +6,12 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
 #include "data/sample_source.h"
+#include "checkpoint/safetensors.h"
 #include "data/samples.h"
 #include "model/glm_model.h"
 #include "parallel/process_groups.h"
@@ -59,6 +61,20 @@ class Trainer {
   const GlmParams& master() const { return master_is_model_ ? model_.params() : master_; }
   int64_t iteration() const { return iteration_; }
   int64_t micro_batches() const { return micro_batches_; }
+
+  // ---- Checkpointing
+  struct State {
+    int64_t iteration = 0, updates = 0, consumed_samples = 0;
+    LossScaler::State loss_scale{1.0, 0, 0};
+  };
+  State state() const { return {iteration_, updates_, consumed_, scaler_.state()}; }
+  void restore(const State& s);
+  // This rank's fp32 master weights and Adam moments, one host tensor per parameter it holds,
+  // named NAME.master, NAME.exp_avg, NAME.exp_avg_sq. Collective over the data-parallel group
+  // under ZeRO-1 (the shards are all-gathered).
+  NamedTensors optimizer_state();
+  // The reverse: `get(name)` returns the full local tensor of NAME.master / .exp_avg / .exp_avg_sq.
+  void load_optimizer_state(const std::function<Tensor(const std::string&)>& get);
 
  private:
   void reduce_gradients();

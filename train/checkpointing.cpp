@@ -1,0 +1,324 @@
+#include "train/checkpointing.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "checkpoint/full_weights.h"
+
+namespace glmrt {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string iter_name(int64_t iteration) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "iter_%07lld", static_cast<long long>(iteration));
+  return buf;
+}
+
+std::string model_file(int tp, int pp) {
+  return "model_tp" + std::to_string(tp) + "_pp" + std::to_string(pp) + ".safetensors";
+}
+std::string optim_file(int tp, int pp) {
+  return "optim_tp" + std::to_string(tp) + "_pp" + std::to_string(pp) + ".safetensors";
+}
+
+// XXH3-64 of a whole file (streamed through a memory map).
+uint64_t file_hash(const std::string& path, uint64_t* size) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw CheckpointError(path + ": cannot open");
+  struct stat st {};
+  ::fstat(fd, &st);
+  *size = static_cast<uint64_t>(st.st_size);
+  uint64_t h = XXH3_64bits(nullptr, 0);
+  if (st.st_size > 0) {
+    void* p = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      ::close(fd);
+      throw CheckpointError(path + ": cannot map");
+    }
+    h = XXH3_64bits(p, static_cast<size_t>(st.st_size));
+    ::munmap(p, static_cast<size_t>(st.st_size));
+  }
+  ::close(fd);
+  return h;
+}
+
+void fsync_path(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+// Writes `text` to `path` atomically (temporary file, fsync, rename, fsync of the folder).
+void write_file_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc | std::ios::binary);
+    if (!out || !(out << text) || !out.flush()) throw CheckpointError(tmp + ": cannot write");
+  }
+  fsync_path(tmp);
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw CheckpointError(path + ": cannot rename into place");
+  fsync_directory_of(path);
+}
+
+nlohmann::json model_json(const GlmConfig& c) {
+  return {{"num_layers", c.num_layers},
+          {"hidden_size", c.hidden_size},
+          {"num_attention_heads", c.num_attention_heads},
+          {"ffn_hidden_size", c.ffn_hidden_size},
+          {"vocab_size", c.vocab_size},
+          {"max_sequence_length", c.max_sequence_length},
+          {"layernorm_epsilon", c.layernorm_epsilon},
+          {"rotary_base", c.rotary_base},
+          {"rotary_fp16_tables", c.rotary_fp16_tables},
+          {"deepnorm_alpha", c.alpha()}};
+}
+
+// The stage that holds a parameter under `stage_layers`.
+int stage_of(const std::string& name, const std::vector<int64_t>& stage_layers) {
+  const std::string prefix = "transformer.layers.";
+  const int stages = static_cast<int>(stage_layers.size());
+  if (name.rfind(prefix, 0) != 0)
+    return name.find("final_layernorm") != std::string::npos ? stages - 1 : 0;
+  const int64_t layer = std::stoll(name.substr(prefix.size()));
+  int64_t end = 0;
+  for (int s = 0; s < stages; ++s)
+    if (layer < (end += stage_layers[static_cast<size_t>(s)])) return s;
+  return stages - 1;
+}
+
+}  // namespace
+
+std::string save_checkpoint(const std::string& dir, const TrainConfig& train, bool zero,
+                            GlmModel& model, Trainer& trainer, ProcessGroups& g,
+                            const std::vector<int64_t>& stage_layers, int64_t keep) {
+  const Topology& topo = g.topo;
+  const bool root = topo.rank() == 0;
+  const Trainer::State st = trainer.state();
+  const std::string name = iter_name(st.iteration);
+  const std::string final_dir = (fs::path(dir) / name).string(), tmp_dir = final_dir + ".tmp";
+  if (root) {
+    fs::create_directories(dir);
+    fs::remove_all(tmp_dir);  // a save killed earlier
+    fs::create_directories(tmp_dir);
+  }
+  g.world->barrier();
+
+  // Collective under ZeRO: every data-parallel rank contributes its shard.
+  NamedTensors optim = trainer.optimizer_state();
+  if (topo.dp_rank() == 0) {
+    NamedTensors weights;
+    const GlmParams& p = model.params();
+    for (size_t i = 0; i < p.size(); ++i) weights.emplace_back(p.specs()[i].name, p.tensor(i).to(Device::cpu()));
+    const std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "glmrt train"}};
+    for (const auto& [file, tensors] : {std::pair{model_file(topo.tp_rank(), topo.pp_rank()), &weights},
+                                        std::pair{optim_file(topo.tp_rank(), topo.pp_rank()), &optim}}) {
+      const std::string path = tmp_dir + "/" + file;
+      write_safetensors(path, *tensors, meta);
+      uint64_t size = 0;
+      const uint64_t hash = file_hash(path, &size);
+      write_file_atomic(path + ".sum", std::to_string(hash) + " " + std::to_string(size) + "\n");
+    }
+  }
+  g.world->barrier();
+
+  if (root) {
+    nlohmann::json files = nlohmann::json::object();
+    for (int p = 0; p < topo.layout().pipeline; ++p)
+      for (int t = 0; t < topo.layout().tensor; ++t)
+        for (const std::string& file : {model_file(t, p), optim_file(t, p)}) {
+          const std::string sum = tmp_dir + "/" + file + ".sum";
+          std::ifstream in(sum);
+          uint64_t hash = 0, size = 0;
+          if (!(in >> hash >> size)) throw CheckpointError(tmp_dir + ": " + file + " was not written");
+          uint64_t actual = 0;
+          if (file_hash(tmp_dir + "/" + file, &actual) != hash || actual != size)
+            throw CheckpointError(tmp_dir + ": " + file + " does not match what its writer wrote");
+          files[file] = {{"bytes", size}, {"xxh3_64", std::to_string(hash)}};
+          fs::remove(sum);
+        }
+    const nlohmann::json manifest = {
+        {"format", "glmrt-checkpoint"},
+        {"version", 1},
+        {"iteration", st.iteration},
+        {"updates", st.updates},
+        {"consumed_samples", st.consumed_samples},
+        {"loss_scale", {{"scale", st.loss_scale.scale},
+                        {"growth_tracker", st.loss_scale.growth_tracker},
+                        {"hysteresis_tracker", st.loss_scale.hysteresis_tracker}}},
+        {"layout", {{"tensor", topo.layout().tensor}, {"pipeline", topo.layout().pipeline},
+                    {"data", topo.layout().data}}},
+        {"stage_layers", stage_layers},
+        {"zero", zero},
+        {"precision", precision_name(train.precision)},
+        {"seed", train.seed},
+        {"model", model_json(model.config())},
+        {"files", files}};
+    write_file_atomic(tmp_dir + "/manifest.json", manifest.dump(2) + "\n");
+    fsync_path(tmp_dir);
+    fs::remove_all(final_dir);
+    fs::rename(tmp_dir, final_dir);
+    fsync_path(dir);
+    write_file_atomic((fs::path(dir) / "latest").string(), name + "\n");
+    if (keep > 0) {
+      std::vector<std::string> all;
+      for (const auto& e : fs::directory_iterator(dir)) {
+        const std::string n = e.path().filename().string();
+        if (e.is_directory() && n.rfind("iter_", 0) == 0 && n.find(".tmp") == std::string::npos) all.push_back(n);
+      }
+      std::sort(all.begin(), all.end());
+      for (size_t i = 0; i + static_cast<size_t>(keep) < all.size(); ++i) fs::remove_all(fs::path(dir) / all[i]);
+    }
+  }
+  g.world->barrier();
+  return final_dir;
+}
+
+namespace {
+
+CheckpointManifest read_and_verify(const std::string& path, const GlmConfig& config) {
+  const std::string mpath = path + "/manifest.json";
+  std::ifstream in(mpath);
+  if (!in) throw CheckpointError(mpath + ": missing (an incomplete checkpoint)");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw CheckpointError(mpath + ": malformed: " + e.what());
+  }
+  CheckpointManifest m;
+  try {
+    if (j.at("format") != "glmrt-checkpoint") throw CheckpointError(mpath + ": not a glmrt checkpoint");
+    m.path = path;
+    m.iteration = j.at("iteration");
+    m.state.iteration = m.iteration;
+    m.state.updates = j.at("updates");
+    m.state.consumed_samples = j.at("consumed_samples");
+    m.state.loss_scale = {j.at("loss_scale").at("scale"), j.at("loss_scale").at("growth_tracker"),
+                          j.at("loss_scale").at("hysteresis_tracker")};
+    m.layout = {j.at("layout").at("tensor"), j.at("layout").at("pipeline"), j.at("layout").at("data")};
+    m.stage_layers = j.at("stage_layers").get<std::vector<int64_t>>();
+    m.zero = j.at("zero");
+    m.precision = j.at("precision");
+    const nlohmann::json want = model_json(config);
+    for (const auto& [key, value] : want.items())
+      if (j.at("model").at(key) != value)
+        throw CheckpointError(mpath + ": saved from another model: model." + key + " is " +
+                              j.at("model").at(key).dump() + ", the config says " + value.dump());
+    m.model = config;
+    for (const auto& [file, info] : j.at("files").items()) {
+      const std::string fpath = path + "/" + file;
+      if (!fs::exists(fpath)) throw CheckpointError(fpath + ": missing");
+      uint64_t size = 0;
+      const uint64_t hash = file_hash(fpath, &size);
+      if (size != info.at("bytes").get<uint64_t>())
+        throw CheckpointError(fpath + ": " + std::to_string(size) + " bytes, the manifest says " +
+                              info.at("bytes").dump() + " (truncated or replaced)");
+      if (std::to_string(hash) != info.at("xxh3_64").get<std::string>())
+        throw CheckpointError(fpath + ": checksum mismatch (corrupted)");
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw CheckpointError(mpath + ": incomplete manifest: " + e.what());
+  }
+  return m;
+}
+
+}  // namespace
+
+CheckpointManifest find_checkpoint(const std::string& dir, const GlmConfig& config, std::string* note) {
+  if (!fs::is_directory(dir)) throw CheckpointError(dir + ": no checkpoint folder");
+  std::string latest;
+  std::ifstream in((fs::path(dir) / "latest").string());
+  if (in) std::getline(in, latest);
+  std::vector<std::string> candidates;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string n = e.path().filename().string();
+    if (e.is_directory() && n.rfind("iter_", 0) == 0 && n.find(".tmp") == std::string::npos) candidates.push_back(n);
+  }
+  std::sort(candidates.rbegin(), candidates.rend());
+  if (!latest.empty()) {
+    candidates.erase(std::remove(candidates.begin(), candidates.end(), latest), candidates.end());
+    candidates.insert(candidates.begin(), latest);
+  }
+  std::string refused;
+  for (const std::string& c : candidates) {
+    try {
+      CheckpointManifest m = read_and_verify((fs::path(dir) / c).string(), config);
+      if (note && !refused.empty())
+        *note = refused + "; loading " + m.path + " instead";
+      return m;
+    } catch (const CheckpointError& e) {
+      // A checkpoint of another model is not a damaged one: refuse outright.
+      if (std::string(e.what()).find("saved from another model") != std::string::npos) throw;
+      refused += (refused.empty() ? "" : "; ") + std::string("refused ") + e.what();
+    }
+  }
+  throw CheckpointError(dir + ": no loadable checkpoint" + (refused.empty() ? "" : " (" + refused + ")"));
+}
+
+namespace {
+// Reads the saved shards of one checkpoint and rebuilds any tensor for any shard: the full
+// tensor from the saved layout's pieces, re-split through the parameter's shard rule.
+class ShardedCheckpointReader {
+ public:
+  explicit ShardedCheckpointReader(const CheckpointManifest& m) : m_(m) {}
+  Tensor fetch(const ParamSpec& spec, const std::string& tensor, bool optimizer,
+               const ModelShard& shard) {
+    const int stage = stage_of(spec.name, m_.stage_layers);
+    std::vector<Tensor> pieces;
+    for (int t = 0; t < m_.layout.tensor; ++t) {
+      SafetensorsReader& r = reader(optimizer ? optim_file(t, stage) : model_file(t, stage));
+      if (!r.find(tensor)) throw CheckpointError(r.path() + ": missing tensor " + tensor);
+      pieces.push_back(r.tensor(tensor));
+    }
+    return shard_tensor(unshard_tensor(pieces, spec.rule), spec.rule, shard.tp_rank, shard.tp_size);
+  }
+
+ private:
+  SafetensorsReader& reader(const std::string& file) {
+    auto& r = readers_[file];
+    if (!r) r = std::make_unique<SafetensorsReader>(m_.path + "/" + file);
+    return *r;
+  }
+  const CheckpointManifest& m_;
+  std::map<std::string, std::unique_ptr<SafetensorsReader>> readers_;
+};
+}  // namespace
+
+void load_checkpoint_weights(const CheckpointManifest& m, GlmParams& params) {
+  ShardedCheckpointReader r(m);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const Tensor t = r.fetch(params.specs()[i], params.specs()[i].name, false, params.shard());
+    params.tensor(i).copy_from(t.dtype() == params.tensor(i).dtype() ? t : t.to(params.tensor(i).dtype()));
+  }
+}
+
+void load_checkpoint(const CheckpointManifest& m, GlmModel& model, Trainer& trainer) {
+  load_checkpoint_weights(m, model.params());
+  ShardedCheckpointReader r(m);
+  std::map<std::string, const ParamSpec*> specs;
+  for (const ParamSpec& s : model.params().specs()) specs[s.name] = &s;
+  trainer.load_optimizer_state([&](const std::string& name) {
+    const std::string base = name.substr(0, name.rfind('.'));
+    Tensor t = r.fetch(*specs.at(base), name, true, model.shard());
+    return t.dtype() == DType::F32 ? t : t.to(DType::F32);
+  });
+  trainer.restore(m.state);
+}
+
+}  // namespace glmrt

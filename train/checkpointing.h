@@ -1,0 +1,55 @@
+// Sharded training checkpoints. A checkpoint is a folder `iter_NNNNNNN/` holding
+//   model_tp{t}_pp{p}.safetensors  the compute weights of tensor rank t, pipeline stage p, with the
+//                                  released names and shard shapes (GLM130B.md §7)
+//   optim_tp{t}_pp{p}.safetensors  fp32 master weights and Adam moments of the same parameters
+//                                  (NAME.master, NAME.exp_avg, NAME.exp_avg_sq; ZeRO-1 shards are
+//                                  gathered, so any layout can read them)
+//   manifest.json                  model config, layout, step, consumed samples, LR and
+//                                  loss-scale state, and the size and XXH3-64 of every file
+// Commit: every writer writes into iter_NNNNNNN.tmp/ and fsyncs; after a barrier rank 0 checks
+// the files, writes the manifest, renames the folder and then atomically replaces `latest` (a
+// file holding the folder's name). A reader never sees half a checkpoint; a process killed
+// during a save leaves the previous checkpoint and `latest` intact.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/glm_model.h"
+#include "parallel/process_groups.h"
+#include "train/trainer.h"
+
+namespace glmrt {
+
+struct CheckpointManifest {
+  std::string path;  // the checkpoint folder
+  int64_t iteration = 0;
+  Trainer::State state;
+  Layout layout;
+  std::vector<int64_t> stage_layers;
+  bool zero = false;
+  std::string precision;
+  GlmConfig model;
+};
+
+// Saves this rank's part (collective over the world). `keep` > 0 removes all but the newest
+// `keep` checkpoints after the commit. Returns the committed folder.
+std::string save_checkpoint(const std::string& dir, const TrainConfig& train, bool zero,
+                            GlmModel& model, Trainer& trainer, ProcessGroups& groups,
+                            const std::vector<int64_t>& stage_layers, int64_t keep);
+
+// The checkpoint to resume from in `dir`: the one `latest` names when it is complete and intact,
+// else the newest complete one (then `note` says which was refused and why). Checks the manifest,
+// the presence, size and checksum of every file, and that the model config matches `config`.
+// Throws CheckpointError when no checkpoint in `dir` can be loaded.
+CheckpointManifest find_checkpoint(const std::string& dir, const GlmConfig& config, std::string* note);
+
+// Loads a checkpoint into this rank's model and trainer, whatever the layout it was saved in:
+// every tensor is rebuilt from the saved shards and re-split through the shard rules, one tensor
+// at a time.
+void load_checkpoint(const CheckpointManifest& manifest, GlmModel& model, Trainer& trainer);
+// Only the compute weights (for forward and generation).
+void load_checkpoint_weights(const CheckpointManifest& manifest, GlmParams& params);
+
+}  // namespace glmrt
