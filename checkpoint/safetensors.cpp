@@ -148,36 +148,51 @@ void write_all(int fd, const void* p, size_t n, const std::string& path) {
 }
 }  // namespace
 
-void write_safetensors(const std::string& path, const NamedTensors& tensors,
-                       const std::map<std::string, std::string>& metadata) {
-  // Order by alignment (larger element sizes first), then name, so every tensor is naturally
-  // aligned in the file without holes (what the reference writer does).
-  std::vector<size_t> order(tensors.size());
+namespace {
+// Order by alignment (larger element sizes first), then name, so every tensor is naturally
+// aligned in the file without holes (what the reference writer does). Returns the header bytes
+// (length prefix included) and fills `order` with the entries' indices in file order.
+std::string build_header(const std::vector<SafetensorsStreamWriter::Entry>& entries,
+                         const std::map<std::string, std::string>& metadata,
+                         std::vector<size_t>& order) {
+  order.resize(entries.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    const size_t sa = dtype_size(tensors[a].second.dtype()), sb = dtype_size(tensors[b].second.dtype());
-    return sa != sb ? sa > sb : tensors[a].first < tensors[b].first;
+    const size_t sa = dtype_size(entries[a].dtype), sb = dtype_size(entries[b].dtype);
+    return sa != sb ? sa > sb : entries[a].name < entries[b].name;
   });
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   size_t offset = 0;
   for (size_t i : order) {
-    const auto& [name, t] = tensors[i];
-    if (header.contains(name)) throw InternalError("write_safetensors: duplicate tensor " + name);
-    header[name] = {{"dtype", std::string(dtype_name(t.dtype()))},
-                    {"shape", t.shape()},
-                    {"data_offsets", {offset, offset + t.nbytes()}}};
-    offset += t.nbytes();
+    const auto& e = entries[i];
+    if (header.contains(e.name)) throw InternalError("safetensors: duplicate tensor " + e.name);
+    const size_t bytes = static_cast<size_t>(shape_numel(e.shape)) * dtype_size(e.dtype);
+    header[e.name] = {{"dtype", std::string(dtype_name(e.dtype))},
+                      {"shape", e.shape},
+                      {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
   }
   std::string h = header.dump();
   h.append((8 - (8 + h.size()) % 8) % 8, ' ');
   const uint64_t header_len = h.size();
+  std::string out(8, '\0');
+  std::memcpy(out.data(), &header_len, 8);
+  return out + h;
+}
+}  // namespace
+
+void write_safetensors(const std::string& path, const NamedTensors& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  std::vector<SafetensorsStreamWriter::Entry> entries;
+  for (const auto& [name, t] : tensors) entries.push_back({name, t.dtype(), t.shape()});
+  std::vector<size_t> order;
+  const std::string h = build_header(entries, metadata, order);
 
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw CheckpointError(path + ": cannot create: " + std::strerror(errno));
   try {
-    write_all(fd, &header_len, 8, path);
     write_all(fd, h.data(), h.size(), path);
     for (size_t i : order) {
       const Tensor& t = tensors[i].second;
@@ -197,6 +212,50 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors,
     throw CheckpointError(path + ": cannot rename into place: " + std::strerror(err));
   }
   fsync_directory_of(path);
+}
+
+}  // namespace glmrt
+
+namespace glmrt {
+
+SafetensorsStreamWriter::SafetensorsStreamWriter(const std::string& path, std::vector<Entry> entries,
+                                                 const std::map<std::string, std::string>& metadata)
+    : path_(path), tmp_(path + ".tmp." + std::to_string(::getpid())) {
+  std::vector<size_t> order;
+  const std::string h = build_header(entries, metadata, order);
+  for (size_t i : order) order_.push_back(entries[i].name);
+  for (Entry& e : entries) entries_[e.name] = e;
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw CheckpointError(path + ": cannot create: " + std::strerror(errno));
+  write_all(fd_, h.data(), h.size(), path);
+}
+
+SafetensorsStreamWriter::~SafetensorsStreamWriter() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!finished_) ::unlink(tmp_.c_str());
+}
+
+void SafetensorsStreamWriter::write(const std::string& name, const Tensor& t) {
+  GLMRT_CHECK(next_ < order_.size() && order_[next_] == name, "SafetensorsStreamWriter: ", name,
+              " written out of order (expected ", next_ < order_.size() ? order_[next_] : "nothing", ")");
+  const Entry& e = entries_.at(name);
+  GLMRT_CHECK(t.dtype() == e.dtype && t.shape() == e.shape, "SafetensorsStreamWriter: ", name,
+              " is ", t.str(), ", the header says ", dtype_name(e.dtype), shape_str(e.shape));
+  const Tensor host = t.device().is_cpu() ? t : t.to(Device::cpu());
+  if (host.nbytes()) write_all(fd_, host.data(), host.nbytes(), path_);
+  ++next_;
+}
+
+void SafetensorsStreamWriter::finish() {
+  GLMRT_CHECK(next_ == order_.size(), "SafetensorsStreamWriter: ", order_.size() - next_,
+              " tensor(s) of ", path_, " not written");
+  if (::fsync(fd_) != 0) throw CheckpointError(path_ + ": fsync failed: " + std::strerror(errno));
+  ::close(fd_);
+  fd_ = -1;
+  if (::rename(tmp_.c_str(), path_.c_str()) != 0)
+    throw CheckpointError(path_ + ": cannot rename into place: " + std::strerror(errno));
+  finished_ = true;
+  fsync_directory_of(path_);
 }
 
 }  // namespace glmrt

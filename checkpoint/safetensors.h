@@ -50,6 +50,35 @@ using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 void write_safetensors(const std::string& path, const NamedTensors& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
+// Writes a safetensors file one tensor at a time, so a file can be produced from data that never
+// sits in memory at once (resharding 260 GB of weights). The header is fixed up front from the
+// entries' names, dtypes and shapes; names() gives the order in which write() must be called.
+// Atomic like write_safetensors: nothing appears at `path` unless finish() succeeds.
+class SafetensorsStreamWriter {
+ public:
+  struct Entry {
+    std::string name;
+    DType dtype;
+    Shape shape;
+  };
+  SafetensorsStreamWriter(const std::string& path, std::vector<Entry> entries,
+                          const std::map<std::string, std::string>& metadata = {});
+  ~SafetensorsStreamWriter();
+  SafetensorsStreamWriter(const SafetensorsStreamWriter&) = delete;
+  SafetensorsStreamWriter& operator=(const SafetensorsStreamWriter&) = delete;
+  const std::vector<std::string>& names() const { return order_; }
+  void write(const std::string& name, const Tensor& t);  // the next name of names()
+  void finish();
+
+ private:
+  std::string path_, tmp_;
+  int fd_ = -1;
+  std::vector<std::string> order_;
+  std::map<std::string, Entry> entries_;
+  size_t next_ = 0;
+  bool finished_ = false;
+};
+
 // fsyncs the directory holding `path` (makes a rename durable).
 void fsync_directory_of(const std::string& path);
 

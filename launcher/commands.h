@@ -15,5 +15,6 @@ int run_train(const Args& args);
 int run_data_sample(const Args& args);
 int run_preprocess(const Args& args);
 int run_train_tokenizer(const Args& args);
+int run_reshard(const Args& args);
 
 }  // namespace glmrt

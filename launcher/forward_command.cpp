@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <memory>
 
 #include "checkpoint/full_weights.h"
 #include "checkpoint/safetensors.h"
@@ -11,6 +12,7 @@
 #include "launcher/parallel_setup.h"
 #include "launcher/run_config.h"
 #include "model/glm_model.h"
+#include "train/checkpointing.h"
 
 namespace glmrt {
 
@@ -18,7 +20,8 @@ int run_forward(const Args& args) {
   po::options_description desc("glmrt forward");
   desc.add_options()
     ("config", po::value<std::string>()->required(), "model config (YAML)")
-    ("weights", po::value<std::string>()->required(), "full (TP=1) weights, safetensors")
+    ("weights", po::value<std::string>(), "full (TP=1) weights, safetensors")
+    ("load", po::value<std::string>(), "or: the latest checkpoint in this folder (any layout)")
     ("input", po::value<std::string>()->required(),
      "batch JSON: {tokens, position_ids, sep, segment_lengths?}")
     ("output", po::value<std::string>()->required(), "output safetensors: F32 `logits` [b, s, V]");
@@ -33,10 +36,18 @@ int run_forward(const Args& args) {
   RunConfig rc = load_run_config(vm["config"].as<std::string>(), config_overrides(vm));
   const std::string input = vm["input"].as<std::string>();
   const Batch batch = build_batch(read_batch_json_file(input), rc.model, input);
-  SafetensorsReader weights(vm["weights"].as<std::string>());
+  if (vm.count("weights") == vm.count("load"))
+    throw ConfigError("give exactly one of --weights (a full weight file) and --load (a checkpoint folder)");
+  std::unique_ptr<SafetensorsReader> weights;
+  std::unique_ptr<CheckpointManifest> checkpoint;
+  std::string note;
+  if (vm.count("weights")) weights = std::make_unique<SafetensorsReader>(vm["weights"].as<std::string>());
+  else checkpoint = std::make_unique<CheckpointManifest>(find_checkpoint(vm["load"].as<std::string>(), rc.model, &note));
   ParallelRuntime rt = setup_parallel(rc, vm, compute.device);
   GlmParams params = GlmParams::allocate(rc.model, compute.dtype, compute.device, rt.shard);
-  load_full_weights(weights, rc.model, params);
+  if (weights) load_full_weights(*weights, rc.model, params);
+  else load_checkpoint_weights(*checkpoint, params);
+  if (rt.is_world_root() && !note.empty()) std::fprintf(stderr, "glmrt forward: %s\n", note.c_str());
   GlmModel model(rc.model, std::move(params), rt.tp);
 
   const auto start = std::chrono::steady_clock::now();

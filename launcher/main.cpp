@@ -24,7 +24,8 @@ void usage(std::ostream& os) {
         "  train     train: --config C.yaml [--init-weights W] [--output-weights W]\n"
         "  train-tokenizer  a sentencepiece model: --input FILE... --vocab-size N --output M.model\n"
         "  preprocess  text or JSON lines to token files: --config C.yaml --input FILE... --output PREFIX\n"
-        "  data-sample print GLM samples built from the token files: --config C.yaml --count N\n\n"
+        "  data-sample print GLM samples built from the token files: --config C.yaml --count N\n"
+        "  reshard   a checkpoint for another layout: --config C --from DIR --to DIR --tensor T --pipeline P\n\n"
         "Run under mpiexec or srun for several ranks; the layout comes from the config's\n"
         "`parallel` section or --tensor/--pipeline/--data.\n"
         "`glmrt <command> --help` lists a command's options.\n";
@@ -50,6 +51,7 @@ int run(const std::string& command, const glmrt::Args& args) {
   if (command == "data-sample") return glmrt::run_data_sample(args);
   if (command == "preprocess") return glmrt::run_preprocess(args);
   if (command == "train-tokenizer") return glmrt::run_train_tokenizer(args);
+  if (command == "reshard") return glmrt::run_reshard(args);
   std::cerr << "glmrt: unknown command '" << command << "'\n\n";
   usage(std::cerr);
   return 2;

@@ -322,3 +322,65 @@ void load_checkpoint(const CheckpointManifest& m, GlmModel& model, Trainer& trai
 }
 
 }  // namespace glmrt
+
+namespace glmrt {
+
+std::string reshard_checkpoint(const CheckpointManifest& m, const std::string& to_dir, int tensor,
+                               int pipeline, const std::vector<int64_t>& stage_layers) {
+  const std::string name = iter_name(m.iteration);
+  const std::string final_dir = (fs::path(to_dir) / name).string(), tmp_dir = final_dir + ".tmp";
+  fs::create_directories(to_dir);
+  fs::remove_all(tmp_dir);
+  fs::create_directories(tmp_dir);
+  ShardedCheckpointReader source(m);
+  SafetensorsReader probe_model(m.path + "/" + model_file(0, 0));
+  nlohmann::json files = nlohmann::json::object();
+  const std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "glmrt reshard"}};
+  for (int p = 0; p < pipeline; ++p) {
+    for (int t = 0; t < tensor; ++t) {
+      ModelShard shard{t, tensor, 0, stage_layers[static_cast<size_t>(p)], p == 0, p == pipeline - 1};
+      for (int s = 0; s < p; ++s) shard.first_layer += stage_layers[static_cast<size_t>(s)];
+      const std::vector<ParamSpec> specs = glm_param_specs(m.model, shard);
+      std::map<std::string, const ParamSpec*> by_name;
+      for (const ParamSpec& sp : specs) by_name[sp.name] = &sp;
+      for (const bool optimizer : {false, true}) {
+        std::vector<SafetensorsStreamWriter::Entry> entries;
+        for (const ParamSpec& sp : specs) {
+          if (optimizer) {
+            for (const char* suffix : {".master", ".exp_avg", ".exp_avg_sq"})
+              entries.push_back({sp.name + suffix, DType::F32, sp.local_shape});
+          } else {
+            // The compute dtype the checkpoint was saved in (every weight shares it).
+            const SafetensorsEntry* e = probe_model.entries().empty() ? nullptr : &probe_model.entries().front();
+            entries.push_back({sp.name, e ? e->dtype : DType::F32, sp.local_shape});
+          }
+        }
+        const std::string file = optimizer ? optim_file(t, p) : model_file(t, p);
+        const std::string path = tmp_dir + "/" + file;
+        SafetensorsStreamWriter writer(path, entries, meta);
+        for (const std::string& tensor_name : writer.names()) {
+          const std::string base = optimizer ? tensor_name.substr(0, tensor_name.rfind('.')) : tensor_name;
+          writer.write(tensor_name, source.fetch(*by_name.at(base), tensor_name, optimizer, shard));
+        }
+        writer.finish();
+        uint64_t size = 0;
+        const uint64_t hash = file_hash(path, &size);
+        files[file] = {{"bytes", size}, {"xxh3_64", std::to_string(hash)}};
+      }
+    }
+  }
+  std::ifstream in(m.path + "/manifest.json");
+  nlohmann::json manifest = nlohmann::json::parse(in);
+  manifest["layout"] = {{"tensor", tensor}, {"pipeline", pipeline}, {"data", m.layout.data}};
+  manifest["stage_layers"] = stage_layers;
+  manifest["files"] = files;
+  write_file_atomic(tmp_dir + "/manifest.json", manifest.dump(2) + "\n");
+  fsync_path(tmp_dir);
+  fs::remove_all(final_dir);
+  fs::rename(tmp_dir, final_dir);
+  fsync_path(to_dir);
+  write_file_atomic((fs::path(to_dir) / "latest").string(), name + "\n");
+  return final_dir;
+}
+
+}  // namespace glmrt

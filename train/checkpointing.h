@@ -49,6 +49,13 @@ CheckpointManifest find_checkpoint(const std::string& dir, const GlmConfig& conf
 // every tensor is rebuilt from the saved shards and re-split through the shard rules, one tensor
 // at a time.
 void load_checkpoint(const CheckpointManifest& manifest, GlmModel& model, Trainer& trainer);
+// Offline resharding (`glmrt reshard`): writes `manifest`'s checkpoint into `to_dir` for
+// tensor × pipeline ranks `tensor`, `pipeline` (layers per stage `stage_layers`), streaming one
+// tensor at a time: peak memory is about the largest full tensor, not the model. Returns the
+// committed folder.
+std::string reshard_checkpoint(const CheckpointManifest& manifest, const std::string& to_dir,
+                               int tensor, int pipeline, const std::vector<int64_t>& stage_layers);
+
 // Only the compute weights (for forward and generation).
 void load_checkpoint_weights(const CheckpointManifest& manifest, GlmParams& params);
 
