@@ -215,6 +215,7 @@ CheckpointManifest read_and_verify(const std::string& path, const GlmConfig& con
     m.stage_layers = j.at("stage_layers").get<std::vector<int64_t>>();
     m.zero = j.at("zero");
     m.precision = j.at("precision");
+    m.seed = j.value("seed", uint64_t{0});
     const nlohmann::json want = model_json(config);
     for (const auto& [key, value] : want.items())
       if (j.at("model").at(key) != value)
@@ -325,17 +326,17 @@ void load_checkpoint(const CheckpointManifest& m, GlmModel& model, Trainer& trai
 
 namespace glmrt {
 
-std::string reshard_checkpoint(const CheckpointManifest& m, const std::string& to_dir, int tensor,
-                               int pipeline, const std::vector<int64_t>& stage_layers) {
+std::string write_checkpoint(const std::string& to_dir, const CheckpointManifest& m, int tensor,
+                             int pipeline, const std::vector<int64_t>& stage_layers,
+                             DType weight_dtype,
+                             const std::function<Tensor(const ParamSpec&, const std::string&)>& full) {
   const std::string name = iter_name(m.iteration);
   const std::string final_dir = (fs::path(to_dir) / name).string(), tmp_dir = final_dir + ".tmp";
   fs::create_directories(to_dir);
   fs::remove_all(tmp_dir);
   fs::create_directories(tmp_dir);
-  ShardedCheckpointReader source(m);
-  SafetensorsReader probe_model(m.path + "/" + model_file(0, 0));
   nlohmann::json files = nlohmann::json::object();
-  const std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "glmrt reshard"}};
+  const std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "glmrt"}};
   for (int p = 0; p < pipeline; ++p) {
     for (int t = 0; t < tensor; ++t) {
       ModelShard shard{t, tensor, 0, stage_layers[static_cast<size_t>(p)], p == 0, p == pipeline - 1};
@@ -346,21 +347,20 @@ std::string reshard_checkpoint(const CheckpointManifest& m, const std::string& t
       for (const bool optimizer : {false, true}) {
         std::vector<SafetensorsStreamWriter::Entry> entries;
         for (const ParamSpec& sp : specs) {
-          if (optimizer) {
+          if (!optimizer) entries.push_back({sp.name, weight_dtype, sp.local_shape});
+          else
             for (const char* suffix : {".master", ".exp_avg", ".exp_avg_sq"})
               entries.push_back({sp.name + suffix, DType::F32, sp.local_shape});
-          } else {
-            // The compute dtype the checkpoint was saved in (every weight shares it).
-            const SafetensorsEntry* e = probe_model.entries().empty() ? nullptr : &probe_model.entries().front();
-            entries.push_back({sp.name, e ? e->dtype : DType::F32, sp.local_shape});
-          }
         }
         const std::string file = optimizer ? optim_file(t, p) : model_file(t, p);
         const std::string path = tmp_dir + "/" + file;
         SafetensorsStreamWriter writer(path, entries, meta);
         for (const std::string& tensor_name : writer.names()) {
           const std::string base = optimizer ? tensor_name.substr(0, tensor_name.rfind('.')) : tensor_name;
-          writer.write(tensor_name, source.fetch(*by_name.at(base), tensor_name, optimizer, shard));
+          const ParamSpec& spec = *by_name.at(base);
+          Tensor piece = shard_tensor(full(spec, tensor_name), spec.rule, t, tensor);
+          const DType want = optimizer ? DType::F32 : weight_dtype;
+          writer.write(tensor_name, piece.dtype() == want ? piece : piece.to(want));
         }
         writer.finish();
         uint64_t size = 0;
@@ -369,11 +369,22 @@ std::string reshard_checkpoint(const CheckpointManifest& m, const std::string& t
       }
     }
   }
-  std::ifstream in(m.path + "/manifest.json");
-  nlohmann::json manifest = nlohmann::json::parse(in);
-  manifest["layout"] = {{"tensor", tensor}, {"pipeline", pipeline}, {"data", m.layout.data}};
-  manifest["stage_layers"] = stage_layers;
-  manifest["files"] = files;
+  const nlohmann::json manifest = {
+      {"format", "glmrt-checkpoint"},
+      {"version", 1},
+      {"iteration", m.iteration},
+      {"updates", m.state.updates},
+      {"consumed_samples", m.state.consumed_samples},
+      {"loss_scale", {{"scale", m.state.loss_scale.scale},
+                      {"growth_tracker", m.state.loss_scale.growth_tracker},
+                      {"hysteresis_tracker", m.state.loss_scale.hysteresis_tracker}}},
+      {"layout", {{"tensor", tensor}, {"pipeline", pipeline}, {"data", m.layout.data}}},
+      {"stage_layers", stage_layers},
+      {"zero", m.zero},
+      {"precision", m.precision},
+      {"seed", m.seed},
+      {"model", model_json(m.model)},
+      {"files", files}};
   write_file_atomic(tmp_dir + "/manifest.json", manifest.dump(2) + "\n");
   fsync_path(tmp_dir);
   fs::remove_all(final_dir);
@@ -381,6 +392,18 @@ std::string reshard_checkpoint(const CheckpointManifest& m, const std::string& t
   fsync_path(to_dir);
   write_file_atomic((fs::path(to_dir) / "latest").string(), name + "\n");
   return final_dir;
+}
+
+std::string reshard_checkpoint(const CheckpointManifest& m, const std::string& to_dir, int tensor,
+                               int pipeline, const std::vector<int64_t>& stage_layers) {
+  ShardedCheckpointReader source(m);
+  SafetensorsReader probe(m.path + "/" + model_file(0, 0));
+  const DType weight_dtype = probe.entries().empty() ? DType::F32 : probe.entries().front().dtype;
+  return write_checkpoint(to_dir, m, tensor, pipeline, stage_layers, weight_dtype,
+                          [&](const ParamSpec& spec, const std::string& name) {
+                            const bool optimizer = name != spec.name;
+                            return source.fetch(spec, name, optimizer, ModelShard::whole());
+                          });
 }
 
 }  // namespace glmrt

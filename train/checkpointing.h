@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,7 @@ struct CheckpointManifest {
   std::vector<int64_t> stage_layers;
   bool zero = false;
   std::string precision;
+  uint64_t seed = 0;
   GlmConfig model;
 };
 
@@ -55,6 +57,16 @@ void load_checkpoint(const CheckpointManifest& manifest, GlmModel& model, Traine
 // committed folder.
 std::string reshard_checkpoint(const CheckpointManifest& manifest, const std::string& to_dir,
                                int tensor, int pipeline, const std::vector<int64_t>& stage_layers);
+
+// Writes a checkpoint folder `to_dir`/iter_NNNNNNN for a layout from full tensors supplied one at
+// a time: full(spec, name) returns the full (unsharded) tensor `name` of parameter `spec` —
+// the weight itself (name == spec.name, in `weight_dtype`) or NAME.master / NAME.exp_avg /
+// NAME.exp_avg_sq (F32). `manifest` provides iteration, trainer state, precision and model;
+// its layout fields are replaced. Streams: one full tensor in memory at a time.
+std::string write_checkpoint(const std::string& to_dir, const CheckpointManifest& manifest,
+                             int tensor, int pipeline, const std::vector<int64_t>& stage_layers,
+                             DType weight_dtype,
+                             const std::function<Tensor(const ParamSpec&, const std::string&)>& full);
 
 // Only the compute weights (for forward and generation).
 void load_checkpoint_weights(const CheckpointManifest& manifest, GlmParams& params);
