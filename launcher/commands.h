@@ -16,5 +16,6 @@ int run_data_sample(const Args& args);
 int run_preprocess(const Args& args);
 int run_train_tokenizer(const Args& args);
 int run_reshard(const Args& args);
+int run_import_sat(const Args& args);
 
 }  // namespace glmrt

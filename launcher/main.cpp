@@ -25,7 +25,8 @@ void usage(std::ostream& os) {
         "  train-tokenizer  a sentencepiece model: --input FILE... --vocab-size N --output M.model\n"
         "  preprocess  text or JSON lines to token files: --config C.yaml --input FILE... --output PREFIX\n"
         "  data-sample print GLM samples built from the token files: --config C.yaml --count N\n"
-        "  reshard   a checkpoint for another layout: --config C --from DIR --to DIR --tensor T --pipeline P\n\n"
+        "  reshard   a checkpoint for another layout: --config C --from DIR --to DIR --tensor T --pipeline P\n"
+        "  import-sat  the released GLM-130B (SAT) checkpoint to glmrt's: --config C --from DIR --to DIR\n\n"
         "Run under mpiexec or srun for several ranks; the layout comes from the config's\n"
         "`parallel` section or --tensor/--pipeline/--data.\n"
         "`glmrt <command> --help` lists a command's options.\n";
@@ -52,6 +53,7 @@ int run(const std::string& command, const glmrt::Args& args) {
   if (command == "preprocess") return glmrt::run_preprocess(args);
   if (command == "train-tokenizer") return glmrt::run_train_tokenizer(args);
   if (command == "reshard") return glmrt::run_reshard(args);
+  if (command == "import-sat") return glmrt::run_import_sat(args);
   std::cerr << "glmrt: unknown command '" << command << "'\n\n";
   usage(std::cerr);
   return 2;

@@ -109,11 +109,16 @@ int run_train(const Args& args) {
       std::printf("glmrt train: resumed from %s (iteration %lld, saved on layout %s)\n",
                   ckpt.path.c_str(), static_cast<long long>(ckpt.iteration), ckpt.layout.str().c_str());
   }
-  auto save = [&] {
+  CheckpointSaver saver(rc.checkpoint.save, rc.model, rc.train, rc.parallel.zero, rt.stage_layers,
+                        rc.checkpoint.keep, rc.checkpoint.async);
+  auto report = [&](const std::string& path) {
+    if (root && !path.empty()) std::printf("glmrt train: saved %s\n", path.c_str());
+  };
+  // Starts a save (in the background when checkpoint.async); `wait` commits it before returning.
+  auto save = [&](bool wait) {
     if (rc.checkpoint.save.empty()) return;
-    const std::string path = save_checkpoint(rc.checkpoint.save, rc.train, rc.parallel.zero, model,
-                                             trainer, *rt.groups, rt.stage_layers, rc.checkpoint.keep);
-    if (root) std::printf("glmrt train: saved %s\n", path.c_str());
+    saver.save(model, trainer, *rt.groups);
+    if (wait) report(saver.finish(*rt.groups));
   };
   TrainingLog log(root, rc.model, rc.train, seq, layout.world(),
                   measure_gemm_peak(model.dtype(), model.device()), resumed);
@@ -148,9 +153,10 @@ int run_train(const Args& args) {
       if (root)
         std::printf("glmrt train: %s received: stopping at the step boundary after iteration %lld\n",
                     sig == SIGUSR1 ? "SIGUSR1" : "SIGTERM", static_cast<long long>(s));
-      if (s > 0) save();
+      if (s > 0) save(true);
       break;
     }
+    if (!rc.checkpoint.save.empty()) report(saver.poll(*rt.groups));
     const StepMetrics m = trainer.step();
     skipped_total += m.skipped;
     log.step(m, skipped_total);
@@ -159,17 +165,18 @@ int run_train(const Args& args) {
       log.validation(m.iteration, last_validation = trainer.evaluate());
     if (rc.checkpoint.interval > 0 && m.iteration % rc.checkpoint.interval == 0 &&
         m.iteration != rc.train.steps)
-      save();
-    if (m.iteration == rc.train.steps) save();
+      save(false);
+    if (m.iteration == rc.train.steps) save(true);
     if (rc.train.exit_interval > 0 && m.iteration % rc.train.exit_interval == 0 &&
         m.iteration != rc.train.steps) {
-      save();
+      save(true);
       if (root)
         std::printf("glmrt train: exit_interval reached at iteration %lld\n",
                     static_cast<long long>(m.iteration));
       break;
     }
   }
+  if (!rc.checkpoint.save.empty()) report(saver.finish(*rt.groups));
   log.finish();
   if (root && last_validation >= 0 && unigram > 0)
     std::printf("glmrt train: final validation loss %.4f vs unigram baseline %.4f (%.1f%% of it)\n",

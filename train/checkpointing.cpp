@@ -104,39 +104,105 @@ int stage_of(const std::string& name, const std::vector<int64_t>& stage_layers) 
 
 }  // namespace
 
-std::string save_checkpoint(const std::string& dir, const TrainConfig& train, bool zero,
-                            GlmModel& model, Trainer& trainer, ProcessGroups& g,
-                            const std::vector<int64_t>& stage_layers, int64_t keep) {
+CheckpointSaver::CheckpointSaver(std::string dir, const GlmConfig& model, TrainConfig train,
+                                 bool zero, std::vector<int64_t> stage_layers, int64_t keep,
+                                 bool async)
+    : dir_(std::move(dir)), train_(std::move(train)), zero_(zero),
+      stage_layers_(std::move(stage_layers)), keep_(keep), async_(async), model_config_(model) {}
+
+CheckpointSaver::~CheckpointSaver() {
+  if (writer_.joinable()) writer_.join();  // never leave a thread writing into a dying process
+}
+
+void CheckpointSaver::save(GlmModel& model, Trainer& trainer, ProcessGroups& g) {
+  if (pending_) finish(g);  // one save in flight at a time
+  const Topology& topo = g.topo;
+  state_ = trainer.state();
+  const std::string name = iter_name(state_.iteration);
+  final_dir_ = (fs::path(dir_) / name).string();
+  tmp_dir_ = final_dir_ + ".tmp";
+  if (topo.rank() == 0) {
+    fs::create_directories(dir_);
+    fs::remove_all(tmp_dir_);  // a save killed earlier
+    fs::create_directories(tmp_dir_);
+  }
+  g.world->barrier();
+  // Snapshot to host memory (collective under ZeRO: every data-parallel rank gives its shard).
+  auto optim = std::make_shared<NamedTensors>(trainer.optimizer_state());
+  auto weights = std::make_shared<NamedTensors>();
+  const bool writer = topo.dp_rank() == 0;
+  if (writer) {
+    const GlmParams& p = model.params();
+    for (size_t i = 0; i < p.size(); ++i) weights->emplace_back(p.specs()[i].name, p.tensor(i).to(Device::cpu()).clone());
+  } else {
+    optim->clear();
+  }
+  const std::string model_path = tmp_dir_ + "/" + model_file(topo.tp_rank(), topo.pp_rank());
+  const std::string optim_path = tmp_dir_ + "/" + optim_file(topo.tp_rank(), topo.pp_rank());
+  done_ = false;
+  error_.clear();
+  pending_ = true;
+  auto write = [this, writer, weights, optim, model_path, optim_path] {
+    try {
+      if (writer) {
+        const std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "glmrt train"}};
+        for (const auto& [path, tensors] : {std::pair{model_path, weights}, std::pair{optim_path, optim}}) {
+          write_safetensors(path, *tensors, meta);
+          uint64_t size = 0;
+          const uint64_t hash = file_hash(path, &size);
+          write_file_atomic(path + ".sum", std::to_string(hash) + " " + std::to_string(size) + "\n");
+        }
+      }
+    } catch (const std::exception& e) {
+      error_ = e.what();
+    }
+    done_ = true;
+  };
+  if (async_) writer_ = std::thread(write);
+  else write();
+}
+
+std::string CheckpointSaver::poll(ProcessGroups& g) {
+  if (!pending_) return "";
+  // Commit only when every rank's writer is done (a tiny all-reduce at the step boundary).
+  Tensor flag = Tensor::from_floats({done_ ? 1.0f : 0.0f}, {1}, DType::F64);
+  Tensor min_flag = flag.clone();
+  {
+    // MIN = −MAX(−x)
+    min_flag.data_as<double>()[0] = -flag.item(0);
+    g.world->all_reduce(min_flag, ReduceOp::Max);
+  }
+  if (-min_flag.item(0) < 1.0) return "";
+  return commit(g);
+}
+
+std::string CheckpointSaver::finish(ProcessGroups& g) {
+  if (!pending_) return "";
+  if (writer_.joinable()) writer_.join();
+  return commit(g);
+}
+
+std::string CheckpointSaver::commit(ProcessGroups& g) {
+  if (writer_.joinable()) writer_.join();
+  pending_ = false;
+  // A failed writer fails the job on every rank (its message names the file).
+  Tensor failed = Tensor::from_floats({error_.empty() ? 0.0f : 1.0f}, {1}, DType::F64);
+  g.world->all_reduce(failed, ReduceOp::Max);
+  if (!error_.empty()) throw CheckpointError("saving " + tmp_dir_ + ": " + error_);
+  if (failed.item(0) > 0) throw CheckpointError("saving " + tmp_dir_ + ": another rank failed to write its files");
+  g.world->barrier();
   const Topology& topo = g.topo;
   const bool root = topo.rank() == 0;
-  const Trainer::State st = trainer.state();
+  const Trainer::State& st = state_;
+  const std::string& tmp_dir = tmp_dir_;
+  const std::string& final_dir = final_dir_;
+  const std::string& dir = dir_;
   const std::string name = iter_name(st.iteration);
-  const std::string final_dir = (fs::path(dir) / name).string(), tmp_dir = final_dir + ".tmp";
-  if (root) {
-    fs::create_directories(dir);
-    fs::remove_all(tmp_dir);  // a save killed earlier
-    fs::create_directories(tmp_dir);
-  }
-  g.world->barrier();
-
-  // Collective under ZeRO: every data-parallel rank contributes its shard.
-  NamedTensors optim = trainer.optimizer_state();
-  if (topo.dp_rank() == 0) {
-    NamedTensors weights;
-    const GlmParams& p = model.params();
-    for (size_t i = 0; i < p.size(); ++i) weights.emplace_back(p.specs()[i].name, p.tensor(i).to(Device::cpu()));
-    const std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "glmrt train"}};
-    for (const auto& [file, tensors] : {std::pair{model_file(topo.tp_rank(), topo.pp_rank()), &weights},
-                                        std::pair{optim_file(topo.tp_rank(), topo.pp_rank()), &optim}}) {
-      const std::string path = tmp_dir + "/" + file;
-      write_safetensors(path, *tensors, meta);
-      uint64_t size = 0;
-      const uint64_t hash = file_hash(path, &size);
-      write_file_atomic(path + ".sum", std::to_string(hash) + " " + std::to_string(size) + "\n");
-    }
-  }
-  g.world->barrier();
-
+  const TrainConfig& train = train_;
+  const bool zero = zero_;
+  const std::vector<int64_t>& stage_layers = stage_layers_;
+  const int64_t keep = keep_;
+  const GlmConfig& model_config = model_config_;
   if (root) {
     nlohmann::json files = nlohmann::json::object();
     for (int p = 0; p < topo.layout().pipeline; ++p)
@@ -167,7 +233,7 @@ std::string save_checkpoint(const std::string& dir, const TrainConfig& train, bo
         {"zero", zero},
         {"precision", precision_name(train.precision)},
         {"seed", train.seed},
-        {"model", model_json(model.config())},
+        {"model", model_json(model_config)},
         {"files", files}};
     write_file_atomic(tmp_dir + "/manifest.json", manifest.dump(2) + "\n");
     fsync_path(tmp_dir);
@@ -187,6 +253,15 @@ std::string save_checkpoint(const std::string& dir, const TrainConfig& train, bo
   }
   g.world->barrier();
   return final_dir;
+}
+
+
+std::string save_checkpoint(const std::string& dir, const TrainConfig& train, bool zero,
+                            GlmModel& model, Trainer& trainer, ProcessGroups& g,
+                            const std::vector<int64_t>& stage_layers, int64_t keep) {
+  CheckpointSaver saver(dir, model.config(), train, zero, stage_layers, keep, /*async=*/false);
+  saver.save(model, trainer, g);
+  return saver.finish(g);
 }
 
 namespace {

@@ -13,7 +13,9 @@
 #pragma once
 
 #include <cstdint>
+#include <atomic>
 #include <functional>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -35,7 +37,39 @@ struct CheckpointManifest {
   GlmConfig model;
 };
 
-// Saves this rank's part (collective over the world). `keep` > 0 removes all but the newest
+// Saves checkpoints, synchronously or in the background: save() snapshots this rank's part to
+// host memory (collective) and writes it — in a background thread when `async` — and the commit
+// (barrier, manifest, rename, `latest`) happens in poll() once every rank's writer is done, or in
+// finish(). Training only waits for the snapshot.
+class CheckpointSaver {
+ public:
+  CheckpointSaver(std::string dir, const GlmConfig& model, TrainConfig train, bool zero,
+                  std::vector<int64_t> stage_layers, int64_t keep, bool async);
+  ~CheckpointSaver();
+  void save(GlmModel& model, Trainer& trainer, ProcessGroups& groups);
+  // Collective: commits a finished background save; returns its folder, or "" when none committed.
+  std::string poll(ProcessGroups& groups);
+  // Collective: waits for a pending save and commits it.
+  std::string finish(ProcessGroups& groups);
+
+ private:
+  std::string commit(ProcessGroups& groups);
+  std::string dir_;
+  TrainConfig train_;
+  bool zero_;
+  std::vector<int64_t> stage_layers_;
+  int64_t keep_;
+  bool async_;
+  GlmConfig model_config_;
+  Trainer::State state_;
+  std::string tmp_dir_, final_dir_;
+  bool pending_ = false;
+  std::atomic<bool> done_{false};
+  std::string error_;
+  std::thread writer_;
+};
+
+// Saves this rank's part synchronously (collective over the world). `keep` > 0 removes all but the newest
 // `keep` checkpoints after the commit. Returns the committed folder.
 std::string save_checkpoint(const std::string& dir, const TrainConfig& train, bool zero,
                             GlmModel& model, Trainer& trainer, ProcessGroups& groups,

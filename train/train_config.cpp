@@ -175,12 +175,13 @@ DataConfig parse_data_section(YamlFields& f, const std::string& config_dir) {
 }
 
 CheckpointConfig parse_checkpoint_section(YamlFields& f) {
-  f.expect_keys({"save", "interval", "keep", "load"});
+  f.expect_keys({"save", "interval", "keep", "load", "async"});
   CheckpointConfig c;
   c.save = f.get<std::string>("save", c.save);
   c.interval = f.get<int64_t>("interval", c.interval);
   c.keep = f.get<int64_t>("keep", c.keep);
   c.load = f.get<std::string>("load", c.load);
+  c.async = f.get<bool>("async", c.async);
   f.finish();
   require(c.interval >= 0, f, "interval", "must not be negative");
   require(c.keep >= 0, f, "keep", "must not be negative");

@@ -68,6 +68,7 @@ struct CheckpointConfig {
   int64_t interval = 0;   // save every N steps (0: only at the end and on SIGTERM/SIGUSR1)
   int64_t keep = 0;       // keep the newest K checkpoints (0: all)
   std::string load;       // resume from `latest` here ("" = start fresh)
+  bool async = true;      // write in a background thread; commit when every rank is done
 };
 
 struct TokenizerConfig {
