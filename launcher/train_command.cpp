@@ -112,11 +112,15 @@ int run_train(const Args& args) {
   CheckpointSaver saver(rc.checkpoint.save, rc.model, rc.train, rc.parallel.zero, rt.stage_layers,
                         rc.checkpoint.keep, rc.checkpoint.async);
   auto report = [&](const std::string& path) {
-    if (root && !path.empty()) std::printf("glmrt train: saved %s\n", path.c_str());
+    if (root && !path.empty()) {
+      std::printf("glmrt train: saved %s\n", path.c_str());
+      std::fflush(stdout);
+    }
   };
   // Starts a save (in the background when checkpoint.async); `wait` commits it before returning.
   auto save = [&](bool wait) {
     if (rc.checkpoint.save.empty()) return;
+    report(saver.finish(*rt.groups));  // a background save still in flight commits first
     saver.save(model, trainer, *rt.groups);
     if (wait) report(saver.finish(*rt.groups));
   };

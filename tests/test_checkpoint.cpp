@@ -139,26 +139,29 @@ TEST_F(Checkpoints, SigkillDuringSavesNeverLeavesAnUnloadableLatest) {
   const RunConfig rc = load_run_config(source_path("tests/golden/train_config.yaml"), {"model.num_layers=4"});
   int loaded = 0;
   for (int attempt = 0; attempt < 6; ++attempt) {
-    // Save at every step and kill the whole job at a different moment each time.
+    // Save at every step; once the first save is committed, kill the whole job at a different
+    // moment each time (a save is in flight at almost every moment).
     const std::string script = dir_ + "/kill.sh";
-    std::ofstream(script) << "(" << train_cmd(dir_, 2, 2, 2, "--set train.steps=100000 --set checkpoint.save=ck "
-                                                            "--set checkpoint.interval=1 --set checkpoint.keep=2") << " > out.txt 2>&1) &\n"
-                          << "sleep " << 1.0 + 0.37 * attempt << "\n"
-                          << "pkill -9 -f 'ck --set checkpoint.interval=1' ; wait\n";
+    std::ofstream(script) << "(" << train_cmd(dir_, 2, 2, 2, "--set train.steps=100000 --set checkpoint.save=ck" + std::to_string(attempt) +
+                                                            " --set checkpoint.interval=1 --set checkpoint.keep=2") << " > out.txt 2>&1) &\n"
+                          << "for i in $(seq 1 1200); do grep -q 'glmrt train: saved' out.txt 2>/dev/null && break; sleep 0.05; done\n"
+                          << "sleep " << 0.05 + 0.23 * attempt << "\n"
+                          << "pkill -9 -f 'ck" << attempt << " --set checkpoint.interval=1' ; wait\n";
     testing::run_command("cd " + dir_ + " && bash " + script);
     std::string note;
     try {
-      const CheckpointManifest m = find_checkpoint(dir_ + "/ck", rc.model, &note);
+      const CheckpointManifest m = find_checkpoint(dir_ + "/ck" + std::to_string(attempt), rc.model, &note);
       ++loaded;
       // `latest` must name a complete checkpoint: no fallback may have been needed.
       EXPECT_TRUE(note.empty()) << "attempt " << attempt << ": " << note;
       EXPECT_GT(m.iteration, 0);
     } catch (const CheckpointError& e) {
       // Only acceptable before the very first checkpoint was committed.
-      EXPECT_FALSE(fs::exists(dir_ + "/ck/latest")) << "attempt " << attempt << ": " << e.what();
+      EXPECT_FALSE(fs::exists(dir_ + "/ck" + std::to_string(attempt) + "/latest"))
+          << "attempt " << attempt << ": " << e.what();
     }
   }
-  EXPECT_GE(loaded, 4);
+  EXPECT_EQ(loaded, 6);
 }
 
 }  // namespace

@@ -242,13 +242,17 @@ std::string CheckpointSaver::commit(ProcessGroups& g) {
     fsync_path(dir);
     write_file_atomic((fs::path(dir) / "latest").string(), name + "\n");
     if (keep > 0) {
-      std::vector<std::string> all;
+      // Keep the newest `keep` by iteration, and never the one just committed (a run started
+      // afresh in an old folder must not delete its own checkpoint).
+      std::vector<std::string> others;
       for (const auto& e : fs::directory_iterator(dir)) {
         const std::string n = e.path().filename().string();
-        if (e.is_directory() && n.rfind("iter_", 0) == 0 && n.find(".tmp") == std::string::npos) all.push_back(n);
+        if (e.is_directory() && n.rfind("iter_", 0) == 0 && n.find(".tmp") == std::string::npos && n != name)
+          others.push_back(n);
       }
-      std::sort(all.begin(), all.end());
-      for (size_t i = 0; i + static_cast<size_t>(keep) < all.size(); ++i) fs::remove_all(fs::path(dir) / all[i]);
+      std::sort(others.begin(), others.end());
+      const size_t keep_others = static_cast<size_t>(keep - 1);
+      for (size_t i = 0; i + keep_others < others.size(); ++i) fs::remove_all(fs::path(dir) / others[i]);
     }
   }
   g.world->barrier();
