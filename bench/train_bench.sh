@@ -24,7 +24,7 @@ while (($#)); do
     --threads) THREADS=$2; shift 2 ;;
     --precision) [[ $2 == both ]] && PRECISIONS="fp32 bf16" || PRECISIONS=$2; shift 2 ;;
     --profile) PROFILE="--profile"; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "train_bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done

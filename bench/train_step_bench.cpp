@@ -106,7 +106,7 @@ class LoadMeter {
 //   sep     = ctx_len + 1 (the bidirectional prefix ends after [gMASK]),
 //   loss on the generated part (positions ctx_len + 1 .. seq - 1), positions 0 .. seq - 1.
 // ctx_len ≈ 200 (199, 207, 215, … so the rows differ). Token ids are uniform over the ordinary
-// ids [1, eos) from a fixed-seed RNG.
+// ids (1 up to the lowest special id) from a fixed-seed RNG.
 std::vector<Sample> make_samples(const GlmConfig& c, int64_t count, uint64_t seed) {
   const int64_t seq = c.max_sequence_length;
   std::mt19937_64 rng(seed);
@@ -277,6 +277,7 @@ nlohmann::json profile_step(GlmModel& model, const TrainConfig& tc, const Batch&
   const Tensor dloss =
       Tensor::from_floats(std::vector<float>(static_cast<size_t>(n), 1.0f / nd), {n});
 
+  const LoadMeter load;
   OpProfile prof;
   constexpr int kPasses = 5;  // each row keeps its best pass (robust to a busy machine)
   using Fn = std::function<void()>;
@@ -411,6 +412,7 @@ nlohmann::json profile_step(GlmModel& model, const TrainConfig& tc, const Batch&
   }
 
   // ---- report
+  const double other_load = load.other_cores();
   double total = 0, layer_ops = 0;
   for (const auto& r : prof.rows()) {
     total += r.seconds * r.calls_per_step;
@@ -449,7 +451,13 @@ nlohmann::json profile_step(GlmModel& model, const TrainConfig& tc, const Batch&
                total, measured_step_seconds, 100.0 * total / measured_step_seconds);
   std::fprintf(g_info, "One layer, forward + backward of one micro-batch: %.1f ms.\n",
                layer_ops * 1e3);
-  return {{"rows", rows}, {"sum_seconds_per_step", total}, {"layer_ms", layer_ops * 1e3}};
+  if (other_load > 0.2)
+    std::fprintf(g_info, "warning: other processes used %.2f cores during the profile: its times "
+                 "are high\n", other_load);
+  return {{"rows", rows},
+          {"sum_seconds_per_step", total},
+          {"layer_ms", layer_ops * 1e3},
+          {"other_load_cores", other_load}};
 }
 
 int run(int argc, char** argv) {
