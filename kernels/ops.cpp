@@ -99,6 +99,15 @@ void attention_forward(const Tensor& qkv, const Tensor& mask_spans, int64_t batc
                  mask_spans, batch, num_heads, head_dim, query_scale_coeff, dropout, context, lse);
 }
 
+void attention_cached_forward(const Tensor& qkv, const Tensor& token_index, const Tensor& table,
+                              int64_t num_heads, int64_t head_dim, float query_scale_coeff,
+                              Tensor& k_cache, Tensor& v_cache, Tensor& context) {
+  GLMRT_DISPATCH(attention_cached_forward,
+                 GLMRT_TENSORS(&qkv, &token_index, &table, &k_cache, &v_cache, &context), qkv,
+                 token_index, table, num_heads, head_dim, query_scale_coeff, k_cache, v_cache,
+                 context);
+}
+
 void embedding_forward(const Tensor& ids, const Tensor& table, int64_t vocab_start, Tensor& out) {
   GLMRT_DISPATCH(embedding_forward, GLMRT_TENSORS(&ids, &table, &out), ids, table, vocab_start,
                  out);

@@ -26,7 +26,8 @@ void usage(std::ostream& os) {
         "  preprocess  text or JSON lines to token files: --config C.yaml --input FILE... --output PREFIX\n"
         "  data-sample print GLM samples built from the token files: --config C.yaml --count N\n"
         "  reshard   a checkpoint for another layout: --config C --from DIR --to DIR --tensor T --pipeline P\n"
-        "  import-sat  the released GLM-130B (SAT) checkpoint to glmrt's: --config C --from DIR --to DIR\n\n"
+        "  import-sat  the released GLM-130B (SAT) checkpoint to glmrt's: --config C --from DIR --to DIR\n"
+        "  serve     HTTP generation server on rank 0: --config C (--weights W | --load DIR) [--port 8000]\n\n"
         "Run under mpiexec or srun for several ranks; the layout comes from the config's\n"
         "`parallel` section or --tensor/--pipeline/--data.\n"
         "`glmrt <command> --help` lists a command's options.\n";
@@ -54,6 +55,8 @@ int run(const std::string& command, const glmrt::Args& args) {
   if (command == "train-tokenizer") return glmrt::run_train_tokenizer(args);
   if (command == "reshard") return glmrt::run_reshard(args);
   if (command == "import-sat") return glmrt::run_import_sat(args);
+  if (command == "generate") return glmrt::run_generate(args);
+  if (command == "serve") return glmrt::run_serve(args);
   std::cerr << "glmrt: unknown command '" << command << "'\n\n";
   usage(std::cerr);
   return 2;

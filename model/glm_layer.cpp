@@ -51,7 +51,8 @@ void LayerActivations::allocate(const GlmConfig& c, int tp_size, int64_t n, DTyp
 
 void glm_layer_forward(const GlmConfig& c, const LayerParams& p, const RopeTables& rope,
                        const TensorParallel& tp, const Batch& batch, int64_t layer_id,
-                       const StepContext& ctx, LayerActivations& a, Tensor& x) {
+                       const StepContext& ctx, LayerActivations& a, Tensor& x,
+                       const CachedAttention* cached) {
   const float alpha = static_cast<float>(c.alpha());
   const float eps = static_cast<float>(c.layernorm_epsilon);
   const int64_t heads = c.num_attention_heads / tp.size, d = c.head_dim(), h = c.hidden_size;
@@ -63,10 +64,15 @@ void glm_layer_forward(const GlmConfig& c, const LayerParams& p, const RopeTable
                     &a.ln1_mean, &a.ln1_rstd);
   linear_forward(a.ln1_out, p.qkv_weight, &p.qkv_bias, a.qkv);
   rope_forward(a.qkv, batch.position_ids, rope.cos, rope.sin, heads, d);
-  attention_forward(a.qkv, batch.mask_spans, batch.batch, heads, d,
-                    static_cast<float>(layer_id + 1),
-                    ctx.attention(layer_id, c.num_attention_heads, tp.rank * heads), a.context,
-                    &a.attn_lse);
+  if (cached)
+    attention_cached_forward(a.qkv, *cached->token_index, *cached->table, heads, d,
+                             static_cast<float>(layer_id + 1), *cached->k_cache,
+                             *cached->v_cache, a.context);
+  else
+    attention_forward(a.qkv, batch.mask_spans, batch.batch, heads, d,
+                      static_cast<float>(layer_id + 1),
+                      ctx.attention(layer_id, c.num_attention_heads, tp.rank * heads), a.context,
+                      &a.attn_lse);
   linear_forward(a.context, p.dense_weight, add_bias ? &p.dense_bias : nullptr, a.attn_residual);
   tp.all_reduce(a.attn_residual);  // row-parallel attention.dense
   dropout_apply(a.attn_residual, ctx.hidden(layer_id, DropoutSite::AttentionOutput, batch.seq, h));

@@ -50,11 +50,22 @@ struct LayerActivations {
   void allocate(const GlmConfig& config, int tp_size, int64_t n, DType dtype, Device device);
 };
 
+// Inference against a KV cache: the layer's cache tensors and the step's indices
+// (attention_cached_forward).
+struct CachedAttention {
+  const Tensor* token_index = nullptr;
+  const Tensor* table = nullptr;
+  Tensor* k_cache = nullptr;
+  Tensor* v_cache = nullptr;
+};
+
 // x [n, h] is replaced by the layer's output; `act` receives the intermediates (and a copy of x
-// when ctx.training). `layer_id` counts from 0.
+// when ctx.training). `layer_id` counts from 0. With `cached`, attention reads and extends the
+// KV cache instead of using batch.mask_spans (inference only).
 void glm_layer_forward(const GlmConfig& config, const LayerParams& p, const RopeTables& rope,
                        const TensorParallel& tp, const Batch& batch, int64_t layer_id,
-                       const StepContext& ctx, LayerActivations& act, Tensor& x);
+                       const StepContext& ctx, LayerActivations& act, Tensor& x,
+                       const CachedAttention* cached = nullptr);
 
 // From dout (gradient of the layer output, [n, h]) computes dx (gradient of the layer input,
 // may alias dout) and accumulates the parameter gradients into `grads`. `act` must hold the

@@ -54,6 +54,46 @@ Tensor GlmModel::forward_stage(const Batch& host_batch, const Tensor& input) {
   return head_logits(y, n).view({batch.batch, batch.seq, config_.vocab_size / tp_.size});
 }
 
+Tensor GlmModel::forward_cached(const CachedBatch& host_batch, const Tensor& input,
+                                KvCache& cache) {
+  const CachedBatch b = host_batch.tokens.device() == device() ? host_batch : host_batch.to(device());
+  const int64_t n = b.tokens_count(), h = config_.hidden_size;
+  GLMRT_CHECK(cache.k.size() == params_.layers.size(), "forward_cached: a cache of ",
+              cache.k.size(), " layers for a stage of ", params_.layers.size());
+  Batch batch;  // what the layers read besides the cache: positions (RoPE)
+  batch.batch = 1;
+  batch.seq = n;
+  batch.tokens = b.tokens;
+  batch.position_ids = b.position_ids;
+  Tensor x;
+  if (shard().first_stage) {
+    x = Tensor::empty({n, h}, dtype(), device());
+    embedding_forward(b.tokens, params_.word_embeddings, vocab_start(), x);
+    tp_.all_reduce(x);
+  } else {
+    GLMRT_CHECK(input.defined() && input.rows() == n && input.cols() == h, "forward_cached: input ",
+                input.defined() ? input.str() : "undefined", " for ", n, " tokens");
+    x = input.clone();
+  }
+  scratch_.allocate(config_, tp_.size, n, dtype(), device());
+  for (size_t i = 0; i < params_.layers.size(); ++i) {
+    const CachedAttention cached{&b.token_index, &b.table, &cache.k[i], &cache.v[i]};
+    glm_layer_forward(config_, params_.layers[i], rope_, tp_, batch,
+                      shard().first_layer + static_cast<int64_t>(i), StepContext{}, scratch_, x,
+                      &cached);
+  }
+  if (!shard().last_stage) return x;
+  // Only the tokens whose next token is wanted go through the final LayerNorm and the head
+  // (a row gather is an embedding lookup with the token indices as ids).
+  const int64_t m = b.logit_tokens.numel();
+  Tensor picked = Tensor::empty({m, h}, dtype(), device());
+  embedding_forward(b.logit_tokens, x, 0, picked);
+  Tensor y = Tensor::empty({m, h}, dtype(), device());
+  layernorm_forward(picked, params_.final_layernorm_weight, params_.final_layernorm_bias,
+                    static_cast<float>(config_.layernorm_epsilon), y, nullptr, nullptr);
+  return head_logits(y, m);
+}
+
 Tensor GlmModel::forward_train(const Batch& host_batch, const Tensor& input,
                                const Tensor& targets, const Tensor& loss_mask,
                                const TrainOptions& opt, MicroBatchState& st) {

@@ -9,6 +9,7 @@
 #include "model/batch.h"
 #include "model/glm_config.h"
 #include "model/glm_layer.h"
+#include "model/kv_cache.h"
 #include "model/parameters.h"
 #include "model/rope_tables.h"
 
@@ -35,6 +36,13 @@ class GlmModel {
   Tensor forward_stage(const Batch& batch, const Tensor& input);
   // The whole model (one stage): logits [batch, seq, vocab_size / tp].
   Tensor forward(const Batch& batch) { return forward_stage(batch, Tensor()); }
+
+  // One step of cached inference on this stage: the first stage reads batch.tokens, later
+  // stages `input` [n, h]; every layer stores the step's keys and values into `cache` and
+  // attends through it. Returns the activation [n, h] for the next stage, or on the last stage
+  // the logits [m, vocab_size / tp] of batch.logit_tokens only (the final LayerNorm and the head
+  // run on those m tokens).
+  Tensor forward_cached(const CachedBatch& batch, const Tensor& input, KvCache& cache);
 
   // ---- Training
   struct TrainOptions {

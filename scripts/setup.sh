@@ -7,10 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(build-essential cmake pkg-config git
+PACKAGES=(build-essential cmake pkg-config git curl
   libopenblas-openmp-dev libyaml-cpp-dev nlohmann-json3-dev libboost-program-options-dev
   libdnnl-dev ocl-icd-opencl-dev opencl-headers gnuplot-nox bc
-  libopenmpi-dev openmpi-bin libgtest-dev libsentencepiece-dev libxxhash-dev
+  libopenmpi-dev openmpi-bin libgtest-dev libsentencepiece-dev libxxhash-dev libcpp-httplib-dev
   slurmctld slurmd slurm-client munge libpmix-dev
   python3 python3-pip python3-numpy python3-torch)
 
@@ -34,6 +34,12 @@ if ! python3 -c "import safetensors, numpy" 2>/dev/null; then
   echo "setup: installing the safetensors reference reader (pip)"
   python3 -m pip install -q safetensors numpy 2>/dev/null ||
     python3 -m pip install -q --break-system-packages safetensors numpy
+fi
+# The OpenAI Python client, a real client for `glmrt serve`'s test (tests/serve/serve_test.sh).
+if ! python3 -c "import openai" 2>/dev/null; then
+  echo "setup: installing the openai Python client (pip)"
+  python3 -m pip install -q openai 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages openai
 fi
 
 [[ "${1:-}" == "--deps-only" ]] && exit 0

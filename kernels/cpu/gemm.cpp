@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "kernels/cpu/cpu_common.h"
+#include "kernels/cpu/small_gemm.h"
 
 namespace glmrt::cpu {
 
@@ -39,6 +40,7 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor
               w.str());
   GLMRT_CHECK(y.rows() == n && y.cols() == m, "linear_forward: output ", y.str(), " is not [", n,
               ", ", m, "]");
+  if (small_linear_forward(x, w, bias, y)) return;  // a few rows (decoding): weights read once
   float beta = 0.0f;
   if (bias && bias->defined()) {
     check_shape(*bias, {m}, "linear_forward bias");

@@ -1,8 +1,10 @@
 #include "kernels/cpu/low_precision.h"
 
+#include <cstring>
 #include <vector>
 
 #include "kernels/cpu/onednn_gemm.h"
+#include "kernels/cpu/small_gemm.h"
 #include "kernels/ops.h"
 
 namespace glmrt {
@@ -63,6 +65,8 @@ void gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, float a
 }
 
 void linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
+  // A few rows (decoding): 16-bit weights streamed once and widened in registers.
+  if (cpu::small_linear_forward(x, w, bias, y)) return;
   if (x.dtype() == DType::BF16 && w.dtype() == DType::BF16 && y.dtype() == DType::BF16) {
     if (bias && bias->defined()) {  // y = bias broadcast, then y += x·wᵀ
       for (int64_t i = 0; i < y.rows(); ++i) y.slice_rows(i, i + 1).copy_from(bias->view({1, y.cols()}));
@@ -96,6 +100,15 @@ void rope_forward(Tensor& qkv, const Tensor& position_ids, const Tensor& cos, co
   Q.commit();
 }
 
+// Reads and writes 16-bit caches natively (converting the cache per call would cost more than
+// the attention itself).
+void attention_cached_forward(const Tensor& qkv, const Tensor& token_index, const Tensor& table,
+                              int64_t num_heads, int64_t head_dim, float query_scale_coeff,
+                              Tensor& k_cache, Tensor& v_cache, Tensor& context) {
+  cpu::attention_cached_forward(qkv, token_index, table, num_heads, head_dim, query_scale_coeff,
+                                k_cache, v_cache, context);
+}
+
 void attention_forward(const Tensor& qkv, const Tensor& mask_spans, int64_t batch,
                        int64_t num_heads, int64_t head_dim, float query_scale_coeff,
                        const DropoutSpec& dropout, Tensor& context, Tensor* lse) {
@@ -106,6 +119,23 @@ void attention_forward(const Tensor& qkv, const Tensor& mask_spans, int64_t batc
 }
 
 void embedding_forward(const Tensor& ids, const Tensor& table, int64_t vocab_start, Tensor& out) {
+  if (table.dtype() == out.dtype() && ids.dtype() == DType::I32) {
+    // A lookup is a copy of rows: done on the 16-bit bits, never converting the whole table
+    // (decoding looks up one row per token in a table of the vocabulary's size).
+    const int64_t n = ids.numel(), h = table.cols(), rows = table.rows();
+    GLMRT_CHECK(out.rows() == n && out.cols() == h, "embedding_forward: output ", out.str(),
+                " for ", n, " ids and table ", table.str());
+    const size_t row_bytes = static_cast<size_t>(h) * dtype_size(table.dtype());
+    const int32_t* pid = ids.data_as<int32_t>();
+    const char* src = static_cast<const char*>(table.data());
+    char* dst = static_cast<char*>(out.data());
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t r = static_cast<int64_t>(pid[t]) - vocab_start;
+      if (r >= 0 && r < rows) std::memcpy(dst + t * row_bytes, src + r * row_bytes, row_bytes);
+      else std::memset(dst + t * row_bytes, 0, row_bytes);
+    }
+    return;
+  }
   F32 T(&table, true, false), O(&out, false, true);
   cpu::embedding_forward(ids, *T, vocab_start, *O);
   O.commit();

@@ -1,0 +1,133 @@
+// Decoding linear-layer benchmark (CPU): y[n, m] = x[n, k]·w[m, k]ᵀ through glmrt::linear_forward
+// for a few rows (n = 1 and 16, m = 8192, k = 2048, F32 and BF16), against the machine's memory
+// read bandwidth measured in the same run (all threads summing a 1 GiB buffer, best of a few).
+// At n = 1 a call cannot be faster than (weight bytes / read bandwidth): the table prints the
+// achieved weight-stream rate in GB/s and the ratio of the call time to that floor. The calls
+// cycle through enough weight matrices (like the layers of a model) that none is still in cache.
+// For reference it also times the general path on the same shapes: OpenBLAS sgemm for F32, and
+// for BF16 the conversion of w to F32 followed by sgemm (what a 16-bit call cost before).
+//
+// Usage: linear_decode_bench [--threads T] [--iterations N]
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/ops.h"
+
+namespace {
+
+using namespace glmrt;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Best (shortest) time of `runs` calls of fn.
+double best_of(int runs, const std::function<void()>& fn) {
+  double best = 1e30;
+  for (int r = 0; r < runs; ++r) {
+    const auto t0 = Clock::now();
+    fn();
+    best = std::min(best, seconds_since(t0));
+  }
+  return best;
+}
+
+// Read bandwidth in bytes/s: all threads sum a 1 GiB buffer (integer adds, which vectorize).
+double read_bandwidth() {
+  const size_t words = (size_t{1} << 30) / sizeof(uint64_t);
+  std::vector<uint64_t> buffer(words);
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < words; ++i) buffer[i] = i;
+  uint64_t sink = 0;
+  const double t = best_of(5, [&] {
+    uint64_t s = 0;
+#pragma omp parallel for schedule(static) reduction(+ : s)
+    for (size_t i = 0; i < words; ++i) s += buffer[i];
+    sink += s;
+  });
+  if (sink == 1) std::printf(" ");  // keeps the sums
+  return static_cast<double>(words * sizeof(uint64_t)) / t;
+}
+
+Tensor random_tensor(const Shape& shape, DType dtype, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 0.02f);
+  std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
+  for (float& f : v) f = dist(rng);
+  return Tensor::from_floats(v, shape, dtype);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int threads = 0, iterations = 40;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--iterations")) iterations = std::atoi(argv[i + 1]);
+    else {
+      std::fprintf(stderr, "usage: linear_decode_bench [--threads T] [--iterations N]\n");
+      return 2;
+    }
+  }
+  if (threads > 0) omp_set_num_threads(threads);
+  const int64_t m = 8192, k = 2048;
+  const double bandwidth = read_bandwidth();
+  std::printf("threads %d, memory read bandwidth %.2f GB/s (1 GiB sum, best of 5)\n\n",
+              omp_get_max_threads(), bandwidth / 1e9);
+  std::printf("%-34s %10s %9s %9s %12s\n", "linear_forward m=8192 k=2048", "time (us)", "GB/s",
+              "of bw", "time/floor");
+
+  for (DType dt : {DType::F32, DType::BF16}) {
+    // Enough distinct weight matrices to cover 8× the last-level cache (256 MiB).
+    const double w_bytes = static_cast<double>(m * k * dtype_size(dt));
+    const int copies = static_cast<int>(std::max(1.0, (256.0 * (1 << 20)) / w_bytes));
+    std::vector<Tensor> weights;
+    for (int c = 0; c < copies; ++c) weights.push_back(random_tensor({m, k}, dt, 100 + c));
+    for (int64_t n : {1, 16}) {
+      Tensor x = random_tensor({n, k}, dt, 1), y = Tensor::empty({n, m}, dt);
+      int next = 0;
+      auto call = [&] { linear_forward(x, weights[next++ % copies], nullptr, y); };
+      for (int i = 0; i < copies; ++i) call();  // warm-up: thread pool, page tables
+      const auto t0 = Clock::now();
+      for (int i = 0; i < iterations; ++i) call();
+      const double t = seconds_since(t0) / iterations;
+      const double floor = w_bytes / bandwidth;
+      char what[64];
+      std::snprintf(what, sizeof what, "%s n=%lld", std::string(dtype_name(dt)).c_str(),
+                    static_cast<long long>(n));
+      std::printf("%-34s %10.1f %9.2f %8.0f%% %12.2f", what, t * 1e6, w_bytes / t / 1e9,
+                  100.0 * floor / t, t / floor);
+      if (n > 1) std::printf("   %.1f GFLOP/s", 2.0 * n * m * k / t / 1e9);
+      std::printf("\n");
+
+      // The general path on the same shape, for reference.
+      Tensor x32 = x.to(DType::F32), y32 = Tensor::empty({n, m}, DType::F32);
+      const auto g0 = Clock::now();
+      const int general_iterations = std::max(4, iterations / 4);
+      for (int i = 0; i < general_iterations; ++i) {
+        const Tensor& w = weights[next++ % copies];
+        Tensor w32 = dt == DType::F32 ? w : w.to(DType::F32);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, m, k, 1.0f, x32.data_as<float>(),
+                    k, w32.data_as<float>(), k, 0.0f, y32.data_as<float>(), m);
+      }
+      const double tg = seconds_since(g0) / general_iterations;
+      std::snprintf(what, sizeof what, "  %s", dt == DType::F32 ? "(OpenBLAS sgemm)"
+                                                                 : "(to F32, then sgemm)");
+      std::printf("%-34s %10.1f %9.2f %8.0f%% %12.2f\n", what, tg * 1e6, w_bytes / tg / 1e9,
+                  100.0 * floor / tg, tg / floor);
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,288 @@
+// Linear layers on a few rows (decoding) at the memory-bandwidth floor: see small_gemm.h.
+//
+// Work split: the weight rows (output columns) are cut into blocks of `rw` rows (6 for n ≤ 2, 3
+// otherwise, then single rows for the remainder), which the OpenMP threads take in contiguous
+// chunks of about 128 KiB of weights, so that each weight is streamed from memory once. A block is multiplied with the rows of
+// x in tiles of up to 4 (2 for n ≤ 2) x rows: the tile keeps rx × rw accumulators of 8 fp32 lanes
+// in registers, loads rw weight vectors (widening BF16 / F16 in registers) and one x vector per x
+// row for each step of 8 along k, so each weight load feeds rx FMAs and each x load rw. x is F32
+// (16-bit x is converted once per call: n·k values, small next to the m·k weights).
+//
+// The AVX2/FMA/F16C kernels are compiled with target attributes and chosen at run time, so the
+// file builds without -march flags; other CPUs take a scalar loop with the same per-element order
+// (a product rounded before the add where the vector code fuses them).
+#include "kernels/cpu/small_gemm.h"
+
+#include <algorithm>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define GLMRT_SMALL_GEMM_X86 1
+#define GLMRT_AVX2_FMA __attribute__((target("avx2,fma,f16c")))
+#endif
+
+namespace glmrt::cpu {
+
+namespace {
+
+// Below this many multiply-adds (n·m·k) a call runs on the calling thread: an OpenMP fork costs
+// more than the work.
+constexpr int64_t parallel_min_work = int64_t{1} << 18;
+// Threads take the weight rows in chunks of about this many bytes: long enough sequential runs
+// for the memory system, short enough that a thread the OS delays does not hold up the call.
+constexpr int64_t chunk_bytes = int64_t{128} << 10;
+// How far ahead in a weight row the vector kernels prefetch.
+constexpr int64_t prefetch_bytes = 1024;
+
+inline float widen(float v) { return v; }
+inline float widen(bf16 v) { return bf16_to_float(v); }
+inline float widen(f16 v) { return f16_to_float(v); }
+
+template <class T>
+T narrow(float v);
+template <>
+float narrow<float>(float v) { return v; }
+template <>
+bf16 narrow<bf16>(float v) { return float_to_bf16(v); }
+template <>
+f16 narrow<f16>(float v) { return float_to_f16(v); }
+
+// One call's operands: x as F32 rows (the caller's, or a converted copy), w and y in T.
+template <class T>
+struct Operands {
+  const float* x;     // [n, k]
+  const T* w;         // [m, k]
+  T* y;               // [n, m]
+  const void* bias;   // [m] or null
+  DType bias_dtype;   // F32 or T's dtype
+  int64_t n, m, k;
+};
+
+float bias_at(const void* bias, DType dtype, int64_t j) {
+  switch (dtype) {
+    case DType::BF16: return bf16_to_float(static_cast<const bf16*>(bias)[j]);
+    case DType::F16: return f16_to_float(static_cast<const f16*>(bias)[j]);
+    default: return static_cast<const float*>(bias)[j];
+  }
+}
+
+// y[i0 .. i0+rx, j0 .. j0+rw] = sums (row-major rx × rw) + bias, rounded once to T.
+template <class T>
+void store_tile(const Operands<T>& op, int64_t i0, int rx, int64_t j0, int rw, const float* sums) {
+  for (int i = 0; i < rx; ++i) {
+    T* row = op.y + (i0 + i) * op.m + j0;
+    for (int j = 0; j < rw; ++j) {
+      float v = sums[i * rw + j];
+      if (op.bias) v += bias_at(op.bias, op.bias_dtype, j0 + j);
+      row[j] = narrow<T>(v);
+    }
+  }
+}
+
+// ---- Portable path ---------------------------------------------------------------------------
+
+// Σ_l x[l]·w[l] in the vector kernels' order: 8 lanes over l mod 8, then ((0+4)+(2+6))+((1+5)+(3+7)).
+template <class T>
+float dot_scalar(const float* x, const T* w, int64_t k) {
+  float lane[8] = {};
+  for (int64_t l = 0; l < k; ++l) lane[l & 7] += x[l] * widen(w[l]);
+  return ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
+}
+
+template <class T>
+void block_scalar(const Operands<T>& op, int64_t j0, int rw) {
+  for (int64_t i = 0; i < op.n; ++i)
+    for (int j = 0; j < rw; ++j) {
+      const float s = dot_scalar(op.x + i * op.k, op.w + (j0 + j) * op.k, op.k);
+      store_tile(op, i, 1, j0 + j, 1, &s);
+    }
+}
+
+// ---- AVX2 / FMA / F16C path ------------------------------------------------------------------
+#ifdef GLMRT_SMALL_GEMM_X86
+
+// 8 consecutive values as fp32 lanes.
+GLMRT_AVX2_FMA inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+GLMRT_AVX2_FMA inline __m256 load8(const bf16* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+GLMRT_AVX2_FMA inline __m256 load8(const f16* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+// The last r < 8 values, zeros after them (reads nothing past p + r).
+template <class T>
+GLMRT_AVX2_FMA inline __m256 load_partial(const T* p, int64_t r) {
+  alignas(32) float t[8] = {};
+  for (int64_t i = 0; i < r; ++i) t[i] = widen(p[i]);
+  return _mm256_load_ps(t);
+}
+// ((v0+v4)+(v2+v6)) + ((v1+v5)+(v3+v7)).
+GLMRT_AVX2_FMA inline float horizontal_sum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// acc[i][j] += x row i · w row j over the 8 values at l, lane by lane.
+template <int RX, int RW, class T>
+GLMRT_AVX2_FMA inline void fma_step(__m256 (&acc)[RX][RW], const float* x, const T* w, int64_t k,
+                                    int64_t l) {
+  __m256 wv[RW];
+  for (int j = 0; j < RW; ++j) wv[j] = load8(w + j * k + l);
+  for (int i = 0; i < RX; ++i) {
+    const __m256 xv = _mm256_loadu_ps(x + i * k + l);
+    for (int j = 0; j < RW; ++j) acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+  }
+}
+
+// sums[i·RW + j] = x row i · w row j for RX rows of x (stride k) and RW rows of w (stride k).
+//
+// Weights are consumed a 64-byte line per row at a time, prefetching the line prefetch_bytes
+// ahead in the same row or, past the row's end, in the same row of the next block: a weight row
+// is short (one 4 KiB page for 16-bit weights and k = 2048), too short for the hardware
+// prefetcher to ramp up on each of the RW streams by itself.
+template <int RX, int RW, class T>
+GLMRT_AVX2_FMA void tile_avx2(const float* x, const T* w, int64_t k, float* sums) {
+  constexpr int64_t line = 64 / sizeof(T), ahead = prefetch_bytes / sizeof(T);
+  const int64_t to_next_block = (RW - 1) * k;
+  __m256 acc[RX][RW];
+  for (int i = 0; i < RX; ++i)
+    for (int j = 0; j < RW; ++j) acc[i][j] = _mm256_setzero_ps();
+  int64_t l = 0;
+  for (; l + line <= k; l += line) {
+    const int64_t p = l + ahead < k ? l + ahead : l + ahead + to_next_block;
+    for (int j = 0; j < RW; ++j)
+      _mm_prefetch(reinterpret_cast<const char*>(w + j * k + p), _MM_HINT_T0);
+#pragma GCC unroll 1  // unrolled, the 4 × 3 tiles run out of registers
+    for (int64_t s = 0; s < line; s += 8) fma_step(acc, x, w, k, l + s);
+  }
+  for (; l + 8 <= k; l += 8) fma_step(acc, x, w, k, l);
+  if (l < k) {  // the last k % 8 values, zero-padded
+    __m256 wv[RW];
+    for (int j = 0; j < RW; ++j) wv[j] = load_partial(w + j * k + l, k - l);
+    for (int i = 0; i < RX; ++i) {
+      const __m256 xv = load_partial(x + i * k + l, k - l);
+      for (int j = 0; j < RW; ++j) acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < RX; ++i)
+    for (int j = 0; j < RW; ++j) sums[i * RW + j] = horizontal_sum(acc[i][j]);
+}
+
+// Weight rows [j0, j0 + RW) against every row of x, in tiles of up to RX_MAX x rows.
+template <int RW, int RX_MAX, class T>
+GLMRT_AVX2_FMA void block_avx2(const Operands<T>& op, int64_t j0) {
+  float sums[RX_MAX * RW];
+  const T* w = op.w + j0 * op.k;
+  int64_t i = 0;
+  for (; i + RX_MAX <= op.n; i += RX_MAX) {
+    tile_avx2<RX_MAX, RW>(op.x + i * op.k, w, op.k, sums);
+    store_tile(op, i, RX_MAX, j0, RW, sums);
+  }
+  const int rest = static_cast<int>(op.n - i);
+  if (rest == 0) return;
+  const float* x = op.x + i * op.k;
+  if constexpr (RX_MAX > 3) {
+    if (rest == 3) tile_avx2<3, RW>(x, w, op.k, sums);
+  }
+  if constexpr (RX_MAX > 2) {
+    if (rest == 2) tile_avx2<2, RW>(x, w, op.k, sums);
+  }
+  if (rest == 1) tile_avx2<1, RW>(x, w, op.k, sums);
+  store_tile(op, i, rest, j0, RW, sums);
+}
+
+#endif  // GLMRT_SMALL_GEMM_X86
+
+// Weight rows [j0, j0 + rw) against every row of x; rw is 6 (n ≤ 2), 3 (n > 2) or 1.
+template <class T>
+void run_block(const Operands<T>& op, int64_t j0, int rw, bool vectorized) {
+#ifdef GLMRT_SMALL_GEMM_X86
+  if (vectorized) {
+    if (rw == 6) return block_avx2<6, 2>(op, j0);
+    if (rw == 3) return block_avx2<3, 4>(op, j0);
+    return block_avx2<1, 4>(op, j0);
+  }
+#endif
+  block_scalar(op, j0, rw);
+}
+
+template <class T>
+void run(const Operands<T>& op, bool vectorized) {
+  const int rw = op.n <= 2 ? 6 : 3;
+  const int64_t blocks = op.m / rw;                  // full blocks of rw weight rows
+  const int64_t units = blocks + op.m - blocks * rw;  // then one unit per remaining row
+  const bool parallel = op.n * op.m * op.k >= parallel_min_work;
+  const int64_t chunk = std::max<int64_t>(1, chunk_bytes / (rw * op.k * int64_t{sizeof(T)}));
+#pragma omp parallel for schedule(dynamic, chunk) if (parallel)
+  for (int64_t u = 0; u < units; ++u) {
+    if (u < blocks) run_block(op, u * rw, rw, vectorized);
+    else run_block(op, blocks * rw + (u - blocks), 1, vectorized);
+  }
+}
+
+bool is_small_gemm_dtype(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
+
+}  // namespace
+
+bool small_gemm_vectorized() {
+#ifdef GLMRT_SMALL_GEMM_X86
+  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                                __builtin_cpu_supports("f16c");
+  return supported;
+#else
+  return false;
+#endif
+}
+
+bool small_linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y,
+                          bool allow_vectorized) {
+  const DType dt = w.dtype();
+  if (!x.defined() || !w.defined() || !y.defined() || !is_small_gemm_dtype(dt) ||
+      x.dtype() != dt || y.dtype() != dt)
+    return false;
+  if (!x.device().is_cpu() || !w.device().is_cpu() || !y.device().is_cpu()) return false;
+  if (w.ndim() != 2 || x.ndim() < 1 || y.ndim() < 1) return false;
+  const int64_t m = w.dim(0), k = w.dim(1);
+  if (m <= 0 || k <= 0 || x.dim(-1) != k || y.dim(-1) != m) return false;
+  const int64_t n = x.rows();
+  if (n < 1 || n > small_gemm_max_rows || y.rows() != n) return false;
+  const bool has_bias = bias && bias->defined();
+  if (has_bias && (!bias->device().is_cpu() || bias->ndim() != 1 || bias->dim(0) != m ||
+                   (bias->dtype() != DType::F32 && bias->dtype() != dt)))
+    return false;
+
+  // 16-bit x: one F32 copy per call, in a buffer the calling thread keeps between calls.
+  thread_local std::vector<float> x_f32;
+  const float* px;
+  if (dt == DType::F32) {
+    px = x.data_as<float>();
+  } else {
+    x_f32.resize(static_cast<size_t>(n * k));
+    convert_host(dt, x.data(), DType::F32, x_f32.data(), n * k);
+    px = x_f32.data();
+  }
+  const void* pb = has_bias ? bias->data() : nullptr;
+  const DType bias_dtype = has_bias ? bias->dtype() : DType::F32;
+  const bool vectorized = allow_vectorized && small_gemm_vectorized();
+  switch (dt) {
+    case DType::F32:
+      run(Operands<float>{px, w.data_as<float>(), y.data_as<float>(), pb, bias_dtype, n, m, k},
+          vectorized);
+      break;
+    case DType::BF16:
+      run(Operands<bf16>{px, w.data_as<bf16>(), y.data_as<bf16>(), pb, bias_dtype, n, m, k},
+          vectorized);
+      break;
+    default:
+      run(Operands<f16>{px, w.data_as<f16>(), y.data_as<f16>(), pb, bias_dtype, n, m, k},
+          vectorized);
+      break;
+  }
+  return true;
+}
+
+}  // namespace glmrt::cpu

@@ -1,0 +1,33 @@
+// Linear layers on a few rows (token-by-token decoding): y[n, m] = x[n, k] · w[m, k]ᵀ + bias with
+// n ≤ small_gemm_max_rows, run at the memory-bandwidth floor. Each weight is read exactly once per
+// call, in its stored dtype (16-bit weights are widened in registers, never copied to F32), by all
+// cores (OpenMP over blocks of output columns = weight rows), and each loaded weight vector is
+// used for every row of x. Computes and accumulates in fp32 and rounds y once, to nearest even.
+//
+// Every output element has one fixed summation order (8 fp32 lanes over k in steps of 8, then a
+// fixed horizontal sum, then + bias), whatever the thread count, the tile it falls in, n or m: the
+// results are bit-identical for any number of OpenMP threads.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/tensor.h"
+
+namespace glmrt::cpu {
+
+// The most rows of x that small_linear_forward takes; larger batches are BLAS's job.
+inline constexpr int64_t small_gemm_max_rows = 32;
+
+// Computes y = x·wᵀ + bias when it applies and returns true: CPU tensors, x, w and y all F32, all
+// BF16 or all F16, w 2-D [m, k] with k > 0, x [.., k] with 1..small_gemm_max_rows rows, y [.., m]
+// with as many rows, bias (optional) [m] in F32 or in y's dtype. Returns false, computing nothing,
+// otherwise (the caller then takes its general path, which also reports malformed shapes).
+// `allow_vectorized = false` takes the portable loop even where the AVX2 kernels run (tests).
+bool small_linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y,
+                          bool allow_vectorized = true);
+
+// True when the AVX2/FMA/F16C kernels run on this CPU (otherwise a portable scalar loop with the
+// same blocking does).
+bool small_gemm_vectorized();
+
+}  // namespace glmrt::cpu

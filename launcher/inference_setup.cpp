@@ -1,0 +1,111 @@
+#include "launcher/inference_setup.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include "checkpoint/full_weights.h"
+#include "checkpoint/safetensors.h"
+#include "train/checkpointing.h"
+
+namespace glmrt {
+
+void add_inference_options(po::options_description& desc) {
+  desc.add_options()
+    ("config", po::value<std::string>()->required(), "model config (YAML)")
+    ("weights", po::value<std::string>(), "full (TP=1) weights, safetensors")
+    ("load", po::value<std::string>(), "or: the latest checkpoint in this folder (any layout)")
+    ("max-batch", po::value<int64_t>()->default_value(16), "queries in flight at once")
+    ("max-rows", po::value<int64_t>()->default_value(0),
+     "KV cache rows (a beam query takes num_beams); 0 = 4 x max-batch")
+    ("cache-length", po::value<int64_t>()->default_value(0),
+     "tokens per KV cache row; 0 = the model's max_sequence_length")
+    ("micro-batches", po::value<int>()->default_value(0),
+     "pipeline micro-batches per decoding step; 0 = one per stage");
+  add_compute_options(desc);
+  add_parallel_options(desc);
+  add_set_option(desc);
+}
+
+void add_generation_options(po::options_description& desc) {
+  const GenerationParams d;
+  desc.add_options()
+    ("strategy", po::value<std::string>()->default_value("sample"), "greedy, sample or beam")
+    ("out-seq-length", po::value<int64_t>()->default_value(d.out_seq_length),
+     "per blank: its context (with sop) plus the generated tokens never exceed this")
+    ("min-gen-length", po::value<int64_t>()->default_value(d.min_gen_length),
+     "no end token before this many generated tokens")
+    ("temperature", po::value<double>()->default_value(d.temperature), "sampling temperature")
+    ("top-k", po::value<int64_t>()->default_value(d.top_k), "sample among the k most likely (0 = off)")
+    ("top-p", po::value<double>()->default_value(d.top_p), "nucleus sampling mass (0 = off)")
+    ("seed", po::value<uint64_t>()->default_value(d.seed), "sampling seed")
+    ("num-beams", po::value<int64_t>()->default_value(d.num_beams), "beam search: beams")
+    ("length-penalty", po::value<double>()->default_value(d.length_penalty), "beam search: length penalty")
+    ("no-repeat-ngram-size", po::value<int64_t>()->default_value(d.no_repeat_ngram_size),
+     "beam search: n-grams that may not repeat (0 = off)")
+    ("deterministic", po::bool_switch(), "beam search: take the best candidates instead of sampling them");
+}
+
+GenerationParams generation_params(const po::variables_map& vm) {
+  GenerationParams p;
+  p.strategy = parse_strategy(vm["strategy"].as<std::string>(), "--strategy");
+  p.out_seq_length = vm["out-seq-length"].as<int64_t>();
+  p.min_gen_length = vm["min-gen-length"].as<int64_t>();
+  p.temperature = vm["temperature"].as<double>();
+  p.top_k = vm["top-k"].as<int64_t>();
+  p.top_p = vm["top-p"].as<double>();
+  p.seed = vm["seed"].as<uint64_t>();
+  p.num_beams = vm["num-beams"].as<int64_t>();
+  p.length_penalty = vm["length-penalty"].as<double>();
+  p.no_repeat_ngram_size = vm["no-repeat-ngram-size"].as<int64_t>();
+  p.deterministic = vm["deterministic"].as<bool>();
+  try {
+    validate_params(p, "");
+  } catch (const InputError& e) {
+    // Name the flag, not the field.
+    std::string m = e.what();
+    for (char& c : m) if (c == '_') c = '-';
+    throw InputError("--" + m);
+  }
+  return p;
+}
+
+InferenceSetup setup_inference(const po::variables_map& vm, const std::string& command) {
+  const ComputeOptions compute = compute_options(vm);
+  InferenceSetup s;
+  s.rc = load_run_config(vm["config"].as<std::string>(), config_overrides(vm));
+  if (vm.count("weights") == vm.count("load"))
+    throw ConfigError("give exactly one of --weights (a full weight file) and --load (a checkpoint folder)");
+  std::unique_ptr<SafetensorsReader> weights;
+  std::unique_ptr<CheckpointManifest> checkpoint;
+  std::string note;
+  if (vm.count("weights")) weights = std::make_unique<SafetensorsReader>(vm["weights"].as<std::string>());
+  else checkpoint = std::make_unique<CheckpointManifest>(find_checkpoint(vm["load"].as<std::string>(), s.rc.model, &note));
+  if (!s.rc.tokenizer.model.empty())
+    s.tokenizer = std::make_unique<Tokenizer>(s.rc.tokenizer.model, s.rc.model, s.rc.source);
+  s.rt = setup_parallel(s.rc, vm, compute.device);
+  GlmParams params = GlmParams::allocate(s.rc.model, compute.dtype, compute.device, s.rt.shard);
+  if (weights) load_full_weights(*weights, s.rc.model, params);
+  else load_checkpoint_weights(*checkpoint, params);
+  if (s.rt.is_world_root() && !note.empty()) std::fprintf(stderr, "glmrt %s: %s\n", command.c_str(), note.c_str());
+  s.model = std::make_unique<GlmModel>(s.rc.model, std::move(params), s.rt.tp);
+  EngineOptions eo;
+  eo.max_batch = vm["max-batch"].as<int64_t>();
+  eo.max_rows = vm["max-rows"].as<int64_t>();
+  eo.capacity = vm["cache-length"].as<int64_t>();
+  eo.micro_batches = vm["micro-batches"].as<int>();
+  if (eo.max_batch < 1) throw InputError("--max-batch must be at least 1");
+  if (eo.max_rows < 0 || eo.capacity < 0 || eo.micro_batches < 0)
+    throw InputError("--max-rows, --cache-length and --micro-batches must be >= 0");
+  const int64_t rows = eo.max_rows > 0 ? eo.max_rows : 4 * eo.max_batch;
+  const int64_t capacity = eo.capacity > 0 ? std::min(eo.capacity, s.rc.model.max_sequence_length)
+                                           : s.rc.model.max_sequence_length;
+  const int64_t cache_bytes = KvCache::bytes_for(s.rc.model, s.rt.shard, rows, capacity, compute.dtype);
+  if (s.rt.is_world_root())
+    std::fprintf(stderr, "glmrt %s: KV cache of %lld rows x %lld tokens: %.1f MiB on each rank of stage 0\n",
+                 command.c_str(), static_cast<long long>(rows), static_cast<long long>(capacity),
+                 static_cast<double>(cache_bytes) / (1 << 20));
+  s.engine = std::make_unique<GenerationEngine>(*s.model, *s.rt.groups, eo);
+  return s;
+}
+
+}  // namespace glmrt

@@ -1,0 +1,296 @@
+#!/usr/bin/env bash
+# End-to-end test of `glmrt serve` with real clients (curl, Python threads with urllib, the
+# `openai` Python client): a tiny GLM with a sentencepiece tokenizer trained here, served on one
+# rank and on 4 MPI ranks (tensor 2 × pipeline 2). Per server:
+#   GET /health; POST /generate with text and with prompt_ids (greedy twice gives the same answer,
+#   a seeded sample twice too); 100 concurrent requests all answered 200 (greedy answers equal the
+#   ones the same prompts got alone); malformed JSON, an unknown field, a wrong type, an
+#   out-of-range value, an over-long prompt, a huge body, an unknown path and a wrong method get
+#   the right 4xx with a JSON error naming the problem, and /health still answers; the openai
+#   client's completions, streamed and not (the chunks add up to the same greedy text); a query in
+#   flight when SIGTERM arrives is still answered, and the server exits 0 within seconds.
+# The 4-rank server's greedy answers must equal the single rank's.
+#
+#   tests/serve/serve_test.sh PATH/TO/glmrt [single|mpi|all]     (default all)
+#
+# Everything lives in a temporary directory (GLMRT_SERVE_KEEP=1 keeps it); a server still running
+# on exit is killed by PID (trap). Every client call runs under `timeout`.
+set -euo pipefail
+
+GLMRT=${1:?usage: serve_test.sh PATH/TO/glmrt [single|mpi|all]}
+WHICH=${2:-all}
+PYTHON=${PYTHON:-python3}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+[[ -x $GLMRT ]] || { echo "FAIL: glmrt binary $GLMRT is not executable" >&2; exit 1; }
+for cmd in curl timeout mpiexec; do
+  command -v "$cmd" >/dev/null || { echo "FAIL: $cmd is missing (scripts/setup.sh installs it)" >&2; exit 1; }
+done
+"$PYTHON" -c "import openai" 2>/dev/null ||
+  { echo "FAIL: $PYTHON has no openai module (scripts/setup.sh installs it: pip install openai)" >&2; exit 1; }
+
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_mpi_yield_when_idle=1
+export OMPI_MCA_pml=ob1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
+WORK=$(mktemp -d /tmp/glmrt-serve.XXXXXX)
+SERVER_PID="" PORT="" LOG=""
+
+stop_server() {
+  [[ -n $SERVER_PID ]] || return 0
+  if kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+  fi
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+}
+cleanup() {
+  local rc=$?
+  stop_server
+  if [[ ${GLMRT_SERVE_KEEP:-0} == 1 || $rc -ne 0 ]]; then echo "serve_test: files kept in $WORK" >&2
+  else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+fail() {
+  echo "FAIL: $*" >&2
+  if [[ -n $LOG && -f $LOG ]]; then echo "----- server log (last 30 lines) -----" >&2; tail -n 30 "$LOG" >&2; fi
+  exit 1
+}
+pass() { echo "ok: $*"; }
+
+# ---- The model: tokenizer, config, seeded weights ------------------------------------------------
+"$GLMRT" train-tokenizer --input "$REPO/tests/data/tokenizer_corpus.txt" --vocab-size 800 \
+  --output "$WORK/tokenizer.model" --threads 2 2>"$WORK/tokenizer.log" || { cat "$WORK/tokenizer.log" >&2; fail "train-tokenizer"; }
+TOKENS=$(grep -o 'tokens: {[^}]*}' "$WORK/tokenizer.log") || fail "no tokens line from train-tokenizer"
+cat >"$WORK/serve.yaml" <<EOF
+model:
+  num_layers: 4
+  hidden_size: 64
+  num_attention_heads: 4
+  ffn_hidden_size: 170
+  vocab_size: 816
+  max_sequence_length: 128
+  layernorm_epsilon: 1.0e-5
+  rotary_base: 10000
+  rotary_fp16_tables: false
+  deepnorm_alpha: null
+$TOKENS
+tokenizer: {model: tokenizer.model}
+EOF
+"$GLMRT" init --config "$WORK/serve.yaml" --output "$WORK/weights.safetensors" --seed 7 >/dev/null 2>&1 ||
+  fail "glmrt init"
+
+# ---- Client helpers ---------------------------------------------------------------------------------
+# http METHOD PATH [BODY]: prints the body, then the status on a line of its own.
+http() {
+  local args=(-s -S -X "$1" "http://127.0.0.1:$PORT$2" -w '\n%{http_code}')
+  [[ $# -ge 3 ]] && args+=(-H 'Content-Type: application/json' --data-binary "$3")
+  timeout 60 curl "${args[@]}" || echo -e "\ncurl-failed"
+}
+# expect STATUS TEXT METHOD PATH [BODY]: the status is STATUS and the body contains TEXT.
+expect() {
+  local status=$1 text=$2 out code body
+  shift 2
+  out=$(http "$@")
+  code=${out##*$'\n'}
+  body=${out%$'\n'*}
+  [[ $code == "$status" ]] || fail "$1 $2: status $code, expected $status; body: ${body:0:300}"
+  [[ $body == *"$text"* ]] || fail "$1 $2: body does not contain '$text': ${body:0:300}"
+  if [[ $status != 200 ]]; then
+    [[ $body == *'"error"'*'"message"'* ]] || fail "$1 $2: error body is not OpenAI-shaped JSON: $body"
+  fi
+  BODY=$body
+}
+
+# start_server LABEL [LAUNCHER... --] [GLMRT FLAGS...]: starts `glmrt serve`, reads its port.
+start_server() {
+  local label=$1 launcher=() flags=()
+  shift
+  if [[ " $* " == *" -- "* ]]; then
+    while [[ $1 != -- ]]; do launcher+=("$1"); shift; done
+    shift
+  fi
+  flags=("$@")
+  LOG=$WORK/server-$label.log
+  "${launcher[@]}" "$GLMRT" serve --config "$WORK/serve.yaml" --weights "$WORK/weights.safetensors" \
+    --port 0 "${flags[@]}" 2>"$LOG" >"$WORK/server-$label.out" &
+  SERVER_PID=$!
+  PORT=""
+  for ((i = 0; i < 1200; i++)); do
+    PORT=$(grep -o 'glmrt serve: listening on http://127\.0\.0\.1:[0-9]*' "$LOG" | sed 's/.*://') || true
+    [[ -n $PORT ]] && break
+    kill -0 "$SERVER_PID" 2>/dev/null || fail "$label: the server exited before listening"
+    sleep 0.1
+  done
+  [[ -n $PORT ]] || fail "$label: no 'listening on' line within 120 s"
+  pass "$label: listening on port $PORT"
+}
+
+# The pid of world rank 0 among the children of mpiexec.
+rank0_pid() {
+  local pid
+  for pid in $(pgrep -P "$SERVER_PID"); do
+    tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx 'OMPI_COMM_WORLD_RANK=0' && { echo "$pid"; return; }
+  done
+}
+
+checks() {  # checks LABEL: every check against the running server; writes $WORK/answers-LABEL.json
+  local label=$1
+  expect 200 '"status":"ok"' GET /health
+
+  # /generate: text and prompt_ids; greedy and a seeded sample are repeatable.
+  local greedy='{"text": "The museum opened a new hall", "sampling_strategy": "greedy", "out_seq_length": 24}'
+  expect 200 '"output_ids"' POST /generate "$greedy"
+  local first=$BODY
+  [[ $first == *'"text"'* && $first == *'"spans"'* ]] || fail "/generate lacks text or spans: $first"
+  expect 200 '"output_ids"' POST /generate "$greedy"
+  [[ $BODY == "$first" ]] || fail "greedy /generate twice gave different answers: $first vs $BODY"
+  local sample='{"text": "Light travels", "sampling_strategy": "BaseStrategy", "seed": 42, "temperature": 0.9, "topk": 40, "topp": 0.9, "out_seq_length": 20}'
+  expect 200 '"output_ids"' POST /generate "$sample"
+  first=$BODY
+  expect 200 '"output_ids"' POST /generate "$sample"
+  [[ $BODY == "$first" ]] || fail "a seeded sample twice gave different answers: $first vs $BODY"
+  expect 200 '"output_ids"' POST /generate '{"prompt_ids": [10, 20, 30, 40], "sampling_strategy": "greedy", "out_seq_length": 16}'
+  expect 200 '"output_ids"' POST /generate '{"text": "A [MASK] in the lake.", "sampling_strategy": "BeamSearchStrategy", "num_beams": 2, "out_seq_length": 20}'
+  pass "$label: /generate (text, prompt_ids, greedy and seeded sampling repeatable, beam search)"
+
+  # Errors, then the server still answers.
+  expect 400 'JSON' POST /generate '{"text": "a", '
+  expect 400 'bogus_field' POST /generate '{"text": "a", "bogus_field": 1}'
+  expect 400 '"topk"' POST /generate '{"text": "a", "topk": "many"}'
+  expect 400 '"temperature"' POST /generate '{"text": "a", "temperature": -1}'
+  expect 400 'sampling_strategy' POST /generate '{"text": "a", "sampling_strategy": "nucleus"}'
+  local ids
+  ids=$(printf '5,%.0s' {1..200})
+  expect 400 '200 tokens, over the limit of 128' POST /generate "{\"prompt_ids\": [${ids%,}]}"
+  expect 400 'max_tokens' POST /v1/completions '{"prompt": "a", "max_tokens": "ten"}'
+  expect 400 'stop' POST /v1/completions '{"prompt": "a", "stop": ["."]}'
+  head -c 2000000 /dev/zero | tr '\0' 'a' | sed 's/^/{"text": "/; s/$/"}/' >"$WORK/huge.json"
+  local out
+  out=$(timeout 60 curl -s -o "$WORK/huge.out" -w '%{http_code}' -H 'Content-Type: application/json' \
+    --data-binary @"$WORK/huge.json" "http://127.0.0.1:$PORT/generate") || true
+  [[ $out == 413 ]] || fail "a 2 MB body got status $out, expected 413"
+  grep -q '"error"' "$WORK/huge.out" || fail "the 413 body is not a JSON error: $(head -c 300 "$WORK/huge.out")"
+  expect 404 'no such endpoint' GET /nowhere
+  expect 405 'not allowed' GET /generate
+  expect 405 'not allowed' POST /health '{}'
+  expect 200 '"status":"ok"' GET /health
+  pass "$label: bad requests get 400/404/405/413 with JSON errors; the server still answers"
+
+  # 100 concurrent requests (Python threads, urllib): all 200; greedy and seeded-sample answers
+  # equal the ones the same queries get alone (a seed reproduces its text in any batch). Writes
+  # the solo answers for the comparison across layouts.
+  timeout 300 "$PYTHON" - "$PORT" "$WORK/answers-$label.json" <<'PY' || fail "$label: concurrent requests"
+import json, sys, threading, urllib.request, urllib.error
+port, out = sys.argv[1], sys.argv[2]
+prompts = ["The museum opened", "Every morning the baker", "地图上标出了", "Light travels about"]
+def post(path, body):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=240) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+def query(k):  # 8 distinct queries: 4 prompts, greedy or a seeded sample
+    q = {"text": prompts[k % 4], "out_seq_length": 24}
+    q.update({"sampling_strategy": "greedy"} if k < 4 else {"seed": 100 + k, "temperature": 1.0, "topp": 0.95})
+    return q
+solo = [post("/generate", query(k)) for k in range(8)]
+assert all(s == 200 for s, _ in solo), solo
+results = [None] * 100
+def worker(i):
+    if i % 5 == 4:
+        results[i] = post("/v1/completions", {"prompt": prompts[i % 4], "max_tokens": 6, "temperature": 0.8, "seed": i})
+    else:
+        results[i] = post("/generate", query(i % 8))
+threads = [threading.Thread(target=worker, args=(i,)) for i in range(100)]
+for t in threads: t.start()
+for t in threads: t.join()
+bad = [(i, r) for i, r in enumerate(results) if r is None or r[0] != 200]
+assert not bad, f"{len(bad)} of 100 failed, e.g. {bad[:3]}"
+for i, (status, body) in enumerate(results):
+    if i % 5 != 4 and body != solo[i % 8][1]:
+        sys.exit(f"request {i}: answer in a batch {body} differs from alone {solo[i % 8][1]}")
+json.dump([b for _, b in solo], open(out, "w"), ensure_ascii=False)
+print("ok: 100 concurrent requests answered 200; greedy and seeded answers equal the solo ones")
+PY
+  expect 200 '"status":"ok"' GET /health
+
+  # The openai client: plain and streamed completions; the chunks add up to the plain text.
+  timeout 120 "$PYTHON" - "$PORT" <<'PY' || fail "$label: openai client"
+import sys, openai
+client = openai.OpenAI(base_url=f"http://127.0.0.1:{sys.argv[1]}/v1", api_key="x", max_retries=0, timeout=60)
+def complete(**kw):
+    r = client.completions.create(model="glm", **kw)
+    assert r.object == "text_completion" and r.id.startswith("cmpl-"), r
+    assert r.choices[0].finish_reason in ("stop", "length"), r
+    assert 0 < r.usage.prompt_tokens and r.usage.completion_tokens <= kw["max_tokens"], r.usage
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens, r.usage
+    return r
+def stream(**kw):
+    chunks = list(client.completions.create(model="glm", stream=True, **kw))
+    assert chunks and all(c.choices[0].finish_reason is None for c in chunks[:-1]), chunks
+    return "".join(c.choices[0].text for c in chunks), chunks[-1].choices[0].finish_reason, len(chunks)
+# Greedy (temperature 0; top_k 1 through extra_body is the same) and a seeded sample (varied
+# tokens: byte pieces, Chinese), each plain twice and streamed: the chunks add up to the text.
+for prompt in ["The cook quickly repairs", "大型语言模型"]:
+    for kw in [dict(temperature=0), dict(temperature=1.0, top_p=1.0, seed=11)]:
+        r = complete(prompt=prompt, max_tokens=12, **kw)
+        text = r.choices[0].text
+        assert complete(prompt=prompt, max_tokens=12, **kw).choices[0].text == text
+        streamed, reason, n = stream(prompt=prompt, max_tokens=12, **kw)
+        assert streamed == text, f"streamed {streamed!r} != {text!r}"
+        assert reason == r.choices[0].finish_reason, (reason, r)
+        assert n >= 2, n
+        print(f"ok: openai client {kw}: {prompt!r} -> {text!r} ({n} chunks)")
+    top_k = complete(prompt=prompt, max_tokens=12, extra_body={"top_k": 1})
+    assert top_k.choices[0].text == complete(prompt=prompt, max_tokens=12, temperature=0).choices[0].text
+try:
+    client.completions.create(model="glm", prompt="a", max_tokens=4, n=2)
+    sys.exit("n=2 was accepted")
+except openai.BadRequestError as e:
+    assert "n" in str(e), e
+PY
+  pass "$label: openai client, plain and streamed"
+}
+
+# stop_and_check LABEL PID: a query in flight when SIGTERM reaches PID is answered; exit 0 in 20 s.
+stop_and_check() {
+  local label=$1 pid=$2
+  timeout 60 curl -s -o "$WORK/inflight.out" -w '%{http_code}' -H 'Content-Type: application/json' \
+    --data-binary '{"text": "Children in the village", "sampling_strategy": "greedy", "out_seq_length": 100}' \
+    "http://127.0.0.1:$PORT/generate" >"$WORK/inflight.code" &
+  local curl_pid=$!
+  sleep 0.3
+  kill -TERM "$pid"
+  local rc=0
+  for ((i = 0; i < 200; i++)); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$SERVER_PID" 2>/dev/null && fail "$label: still running 20 s after SIGTERM"
+  wait "$SERVER_PID" || rc=$?
+  SERVER_PID=""
+  [[ $rc -eq 0 ]] || fail "$label: exit code $rc after SIGTERM"
+  wait "$curl_pid" || true
+  [[ $(cat "$WORK/inflight.code") == 200 ]] ||
+    fail "$label: the query in flight at SIGTERM got $(cat "$WORK/inflight.code"): $(cat "$WORK/inflight.out")"
+  grep -q 'glmrt serve: stopped' "$LOG" || fail "$label: no 'stopped' line"
+  pass "$label: SIGTERM: the query in flight answered, exit 0"
+}
+
+if [[ $WHICH == single || $WHICH == all ]]; then
+  start_server single
+  checks single
+  stop_and_check single "$SERVER_PID"
+fi
+if [[ $WHICH == mpi || $WHICH == all ]]; then
+  start_server mpi mpiexec -n 4 --oversubscribe -- --tensor 2 --pipeline 2
+  checks mpi
+  pid=$(rank0_pid)
+  [[ -n $pid ]] || fail "mpi: cannot find world rank 0 among mpiexec's children"
+  stop_and_check mpi "$pid"
+fi
+if [[ $WHICH == all ]]; then
+  cmp -s "$WORK/answers-single.json" "$WORK/answers-mpi.json" ||
+    fail "greedy answers on 4 ranks differ from 1 rank: $(cat "$WORK/answers-single.json") vs $(cat "$WORK/answers-mpi.json")"
+  pass "greedy answers on tensor 2 × pipeline 2 equal the single rank's"
+fi
+echo "PASS: glmrt serve end to end ($WHICH)"

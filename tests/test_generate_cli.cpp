@@ -1,0 +1,70 @@
+// `glmrt generate` refuses bad input with a message naming what is wrong, a non-zero exit and
+// no output file; a prompt that is too long for the model is named with its length.
+#include <filesystem>
+#include <fstream>
+
+#include "tests/test_util.h"
+
+namespace glmrt {
+namespace {
+
+using testing::run_glmrt;
+using testing::source_path;
+
+std::string model_args() {
+  return "generate --config " + source_path("tests/golden/tiny_fp16rope.yaml") + " --weights " +
+         source_path("tests/golden/tiny_weights.safetensors") + " --threads 1 ";
+}
+
+void expect_refused(const std::string& args, const std::string& needle) {
+  const auto r = run_glmrt(model_args() + args);
+  EXPECT_NE(r.exit_code, 0) << args << "\n" << r.output;
+  EXPECT_NE(r.output.find(needle), std::string::npos) << args << "\n" << r.output;
+}
+
+TEST(GenerateCli, BadInputIsRefusedByName) {
+  expect_refused("--prompt-ids 5,x,7", "'x' is not a token id");
+  expect_refused("--prompt-ids 5,300,7", "prompt token 1 is 300, outside the vocabulary");
+  expect_refused("--prompt-ids 5,6 --strategy bogus", "'bogus' is not a strategy");
+  expect_refused("--prompt-ids 5,6 --top-p 1.5", "--top-p");
+  expect_refused("--prompt-ids 5,6 --temperature 0", "--temperature");
+  expect_refused("--prompt-ids 5,6 --num-beams 0 --strategy beam", "--num-beams");
+  expect_refused("--prompt 'hello'", "needs a tokenizer");
+  expect_refused("--prompt-ids 5,6 --prompt 'x'", "at most one of");
+  expect_refused("--input-file /nonexistent/q.txt", "no such file");
+  expect_refused("--prompt-ids 5,6 --tensor 3", "");
+  // The tiny golden model takes 2048 positions: 2050 ids plus sop do not fit.
+  std::string ids = "1";
+  for (int i = 1; i < 2050; ++i) ids += ",1";
+  expect_refused("--prompt-ids " + ids, "the prompt is too long: 2052 tokens");
+}
+
+TEST(GenerateCli, ABadLineNamesFileAndLineAndWritesNothing) {
+  const std::string dir = testing::temp_dir("generate_cli_bad_line");
+  const std::string queries = dir + "/q.txt", out = dir + "/out.jsonl";
+  std::ofstream(queries) << "5,6,250,7\n\n8,9,oops\n";
+  const auto r = run_glmrt(model_args() + "--input-file " + queries + " --output " + out + " --json");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find(queries + ":3: 'oops' is not a token id"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(out));
+}
+
+TEST(GenerateCli, AnswersEveryQueryOfAFileInOrder) {
+  const std::string dir = testing::temp_dir("generate_cli_file");
+  const std::string queries = dir + "/q.txt", out = dir + "/out.jsonl";
+  std::ofstream(queries) << "5,6,250,7\n1,2,3\n9,252,9,250\n";
+  const auto r = run_glmrt(model_args() + "--input-file " + queries + " --output " + out +
+                           " --json --strategy greedy --out-seq-length 12");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::ifstream in(out);
+  std::string line;
+  int n = 0;
+  while (std::getline(in, line)) {
+    EXPECT_NE(line.find("\"query\":" + std::to_string(n)), std::string::npos) << line;
+    ++n;
+  }
+  EXPECT_EQ(n, 3);
+}
+
+}  // namespace
+}  // namespace glmrt

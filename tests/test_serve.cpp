@@ -1,0 +1,336 @@
+// The HTTP layer of `glmrt serve` (inference/http_server.h) against a fake engine: a thread that
+// drains the RequestQueue and answers every query with a fixed text (English, Chinese and an
+// emoji, so byte-fallback pieces make streamed UTF-8 arrive in pieces), cut at out_seq_length.
+// The real engine behind the real server is tests/serve/serve_test.sh's business.
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <atomic>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "data/tokenizer.h"
+#include "inference/http_server.h"
+#include "launcher/commands.h"
+#include "test_util.h"
+
+namespace glmrt {
+namespace {
+
+using json = nlohmann::ordered_json;  // keys in the order written
+using testing::source_path;
+
+const std::string kAnswer = " the lake 地图上的小路 🙂 ok";
+
+GlmConfig serve_config() {
+  GlmConfig c;
+  c.vocab_size = 816;
+  c.max_sequence_length = 64;
+  c.tokens = TokenIds{.mask = 800, .gmask = 801, .smask = 802, .eod = 803, .sop = 804, .eop = 805,
+                      .eos = 2, .pad = 0};
+  return c;
+}
+
+const Tokenizer& tokenizer() {
+  static const std::string dir = testing::temp_dir("serve_tokenizer");
+  static const Tokenizer tok = [] {
+    const std::string path = dir + "/t.model";
+    if (run_train_tokenizer({"--input", source_path("tests/data/tokenizer_corpus.txt"), "--vocab-size",
+                             "800", "--output", path, "--threads", "2"}) != 0)
+      throw std::runtime_error("train-tokenizer failed");
+    return Tokenizer(path, serve_config());
+  }();
+  return tok;
+}
+
+// Answers each query with kAnswer's tokens (cut at out_seq_length), streaming them through
+// on_token and ending the blank with eop, as the engine does.
+class FakeEngine {
+ public:
+  FakeEngine(RequestQueue& queue, const GlmConfig& config, bool start_paused)
+      : paused(start_paused), queue_(queue), config_(config), answer_(tokenizer().encode(kAnswer)),
+        thread_([this] { run(); }) {}
+  ~FakeEngine() {
+    paused = false;
+    queue_.close();
+    thread_.join();
+  }
+  std::atomic<bool> paused{false};
+  std::atomic<size_t> largest_batch{0};
+  std::atomic<int64_t> answered{0};
+
+ private:
+  void run() {
+    for (;;) {
+      if (paused.load()) {  // leaves the queries in the queue
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        continue;
+      }
+      std::vector<PendingRequest> batch = queue_.take(128, std::chrono::milliseconds(30));
+      if (batch.empty() && queue_.closed()) return;
+      largest_batch = std::max(largest_batch.load(), batch.size());
+      for (auto& p : batch) answer(p);
+    }
+  }
+  void answer(PendingRequest& p) {
+    const auto& r = p.request;
+    const int64_t limit = std::min(r.params.out_seq_length, config_.max_sequence_length);
+    const int64_t room = std::max<int64_t>(0, limit - prepared_context_length(r.prompt_ids, config_.tokens));
+    GenerationResult result;
+    std::vector<int32_t> span(answer_.begin(), answer_.begin() + std::min<int64_t>(room, answer_.size()));
+    for (int32_t t : span)
+      if (p.on_token) p.on_token(t, 0);
+    const bool cut = static_cast<int64_t>(answer_.size()) > room;
+    if (!cut && p.on_token) p.on_token(config_.tokens.eop, 0);
+    result.output_ids = r.prompt_ids;
+    result.output_ids.insert(result.output_ids.end(), span.begin(), span.end());
+    result.spans = {span};
+    result.generated_tokens = static_cast<int64_t>(span.size());
+    result.finish_reason = cut ? "length" : "stop";
+    p.on_done(result);
+    ++answered;
+  }
+
+  RequestQueue& queue_;
+  GlmConfig config_;
+  std::vector<int32_t> answer_;
+  std::thread thread_;
+};
+
+struct Fixture {
+  explicit Fixture(bool with_tokenizer = true, bool paused = false, size_t max_body = 4096)
+      : config(serve_config()), engine(queue, config, paused),
+        server(HttpServerOptions{.host = "127.0.0.1", .port = 0, .max_body_bytes = max_body},
+               queue, with_tokenizer ? &tokenizer() : nullptr, config, defaults()),
+        port(server.start()), client("127.0.0.1", port) {
+    client.set_read_timeout(30, 0);
+  }
+  static GenerationParams defaults() {
+    GenerationParams p;
+    p.out_seq_length = 64;
+    return p;
+  }
+  httplib::Result post(const std::string& path, const std::string& body) {
+    return client.Post(path.c_str(), body, "application/json");
+  }
+  GlmConfig config;
+  RequestQueue queue;
+  FakeEngine engine;
+  HttpServer server;
+  int port;
+  httplib::Client client;
+};
+
+// The status, and the body as JSON (errors: OpenAI's shape).
+std::pair<int, json> call(httplib::Result r) {
+  if (!r) return {-1, json()};
+  json body;
+  try {
+    body = json::parse(r->body);
+  } catch (...) {
+    body = r->body;
+  }
+  return {r->status, body};
+}
+
+void expect_error(httplib::Result r, int status, const std::string& in_message) {
+  const auto [code, body] = call(std::move(r));
+  ASSERT_EQ(code, status) << body.dump();
+  ASSERT_TRUE(body.contains("error")) << body.dump();
+  EXPECT_NE(body["error"]["message"].get<std::string>().find(in_message), std::string::npos)
+      << "message: " << body["error"]["message"] << ", expected to contain: " << in_message;
+  EXPECT_TRUE(body["error"].contains("type"));
+  EXPECT_TRUE(body["error"].contains("code"));
+}
+
+// The `data:` payloads of a server-sent event stream.
+std::vector<std::string> events(const std::string& stream) {
+  std::vector<std::string> out;
+  size_t pos = 0;
+  while ((pos = stream.find("data: ", pos)) != std::string::npos) {
+    const size_t end = stream.find("\n\n", pos);
+    out.push_back(stream.substr(pos + 6, end - pos - 6));
+    pos = end;
+  }
+  return out;
+}
+
+TEST(ServeHttp, Utf8StablePrefix) {
+  EXPECT_EQ(utf8_stable_prefix("abc"), 3u);
+  EXPECT_EQ(utf8_stable_prefix("ab\xE5\x9C"), 2u);            // 地 without its last byte
+  EXPECT_EQ(utf8_stable_prefix("ab\xE5\x9C\xB0"), 5u);        // 地
+  EXPECT_EQ(utf8_stable_prefix("ab\xF0\x9F\x99"), 2u);        // 🙂 cut
+  EXPECT_EQ(utf8_stable_prefix("ab\xEF\xBF\xBD"), 2u);        // trailing U+FFFD held back
+  EXPECT_EQ(utf8_stable_prefix("a\xEF\xBF\xBD" "b"), 5u);     // not trailing: kept
+}
+
+TEST(ServeHttp, CompletionLength) {
+  const GlmConfig c = serve_config();
+  // No mask: + [gMASK] + sop; ending in a mask: + sop; a mask inside: + eos + sop.
+  EXPECT_EQ(prepared_context_length({5, 6, 7}, c.tokens), 5);
+  EXPECT_EQ(prepared_context_length({5, 800}, c.tokens), 3);
+  EXPECT_EQ(prepared_context_length({5, 800, 7}, c.tokens), 5);
+  EXPECT_EQ(completion_out_seq_length({5, 6, 7}, 8, c), 13);
+  EXPECT_EQ(completion_out_seq_length({5, 6, 7}, 1000, c), 64);  // capped at max_sequence_length
+}
+
+TEST(ServeHttp, HealthAndGenerate) {
+  Fixture f;
+  auto [status, health] = call(f.client.Get("/health"));
+  ASSERT_EQ(status, 200);
+  EXPECT_EQ(health["status"], "ok");
+  EXPECT_EQ(health["queued"], 0);
+
+  auto [s1, g1] = call(f.post("/generate", R"({"text": "Light travels", "sampling_strategy": "greedy"})"));
+  ASSERT_EQ(s1, 200) << g1.dump();
+  const auto ids = g1["output_ids"].get<std::vector<int32_t>>();
+  EXPECT_EQ(g1["text"][0].get<std::string>(), tokenizer().decode(ids));
+  EXPECT_EQ(g1["text"][0].get<std::string>(), "Light travels" + kAnswer);
+  ASSERT_EQ(g1["spans"].size(), 1u);
+  EXPECT_EQ(tokenizer().decode(g1["spans"][0].get<std::vector<int32_t>>()), kAnswer);
+
+  // The released server's fields, and prompt_ids instead of text.
+  auto [s2, g2] = call(f.post("/generate", R"({"prompt_ids": [10, 11, 800, 12], "seed": 7,
+      "out_seq_length": 8, "min_gen_length": 0, "sampling_strategy": "BaseStrategy", "num_beams": 2,
+      "length_penalty": 0.5, "no_repeat_ngram_size": 2, "temperature": 0.7, "topk": 3, "topp": 0.9,
+      "deterministic": true})"));
+  ASSERT_EQ(s2, 200) << g2.dump();
+  EXPECT_EQ(g2["spans"][0].size(), 2u);  // 8 - (4 + eos + sop)
+}
+
+TEST(ServeHttp, RequestErrors) {
+  Fixture f;
+  expect_error(f.post("/generate", "{\"text\": "), 400, "not valid JSON");
+  expect_error(f.post("/generate", "[1, 2]"), 400, "JSON object");
+  expect_error(f.post("/generate", R"({"text": "a", "top_k": 3, "bogus": 1})"), 400, "\"top_k\", \"bogus\"");
+  expect_error(f.post("/generate", R"({"text": "a", "topk": "3"})"), 400, "\"topk\" must be an integer");
+  expect_error(f.post("/generate", R"({"text": "a", "topk": -1})"), 400, "\"topk\"");
+  expect_error(f.post("/generate", R"({"text": "a", "temperature": 0})"), 400, "\"temperature\"");
+  expect_error(f.post("/generate", R"({"text": "a", "topp": 1.5})"), 400, "\"topp\"");
+  expect_error(f.post("/generate", R"({"text": 5})"), 400, "\"text\" must be a string");
+  expect_error(f.post("/generate", R"({"text": "a", "sampling_strategy": "nucleus"})"), 400, "nucleus");
+  expect_error(f.post("/generate", R"({"seed": 1})"), 400, "missing \"text\"");
+  expect_error(f.post("/generate", R"({"prompt_ids": [1, 816]})"), 400, "prompt_ids[1]");
+  expect_error(f.post("/generate", R"({"prompt_ids": [1, -3]})"), 400, "prompt_ids[1]");
+  std::string long_ids = "[1";
+  for (int i = 0; i < 70; ++i) long_ids += ", 1";
+  expect_error(f.post("/generate", R"({"prompt_ids": )" + long_ids + "]}"), 400, "71 tokens, over the limit of 64");
+  long_ids = "[1";
+  for (int i = 0; i < 62; ++i) long_ids += ", 1";  // 63 tokens + [gMASK] + sop = 65 > 64
+  expect_error(f.post("/generate", R"({"prompt_ids": )" + long_ids + "]}"), 400, "max_sequence_length 64");
+  expect_error(f.post("/generate", R"({"text": ")" + std::string(5000, 'a') + "\"}"), 413, "4096");
+  expect_error(f.client.Get("/nowhere"), 404, "no such endpoint");
+  expect_error(f.client.Get("/generate"), 405, "not allowed");
+  expect_error(f.client.Delete("/health"), 405, "not allowed");
+  expect_error(f.post("/v1/completions", R"({"prompt": "a", "stop": ["\n"]})"), 400, "\"stop\"");
+  expect_error(f.post("/v1/completions", R"({"prompt": "a", "n": 2})"), 400, "\"n\"");
+  expect_error(f.post("/v1/completions", R"({"prompt": ["a", "b"]})"), 400, "one prompt");
+  expect_error(f.post("/v1/completions", R"({"prompt": "a", "max_tokens": -1})"), 400, "\"max_tokens\"");
+  // The server still answers.
+  EXPECT_EQ(call(f.client.Get("/health")).first, 200);
+  EXPECT_EQ(call(f.post("/generate", R"({"text": "a"})")).first, 200);
+
+  Fixture ids_only(false);
+  expect_error(ids_only.post("/generate", R"({"text": "a"})"), 400, "tokenizer");
+  auto [s, g] = call(ids_only.post("/generate", R"({"prompt_ids": [5, 6]})"));
+  ASSERT_EQ(s, 200);
+  EXPECT_FALSE(g.contains("text"));
+}
+
+TEST(ServeHttp, CompletionsAndStream) {
+  Fixture f;
+  auto [s, c] = call(f.post("/v1/completions", R"({"model": "m", "prompt": "Light", "max_tokens": 100,
+                                                   "temperature": 0})"));
+  ASSERT_EQ(s, 200) << c.dump();
+  EXPECT_EQ(c["object"], "text_completion");
+  EXPECT_EQ(c["model"], "m");
+  EXPECT_EQ(c["id"].get<std::string>().rfind("cmpl-", 0), 0u);
+  EXPECT_EQ(c["choices"][0]["text"], kAnswer);
+  EXPECT_EQ(c["choices"][0]["finish_reason"], "stop");
+  const int64_t prompt_tokens = tokenizer().encode("Light").size();
+  const int64_t answer_tokens = tokenizer().encode(kAnswer).size();
+  EXPECT_EQ(c["usage"]["prompt_tokens"], prompt_tokens);
+  EXPECT_EQ(c["usage"]["completion_tokens"], answer_tokens);
+  EXPECT_EQ(c["usage"]["total_tokens"], prompt_tokens + answer_tokens);
+
+  auto [s3, c3] = call(f.post("/v1/completions", R"({"prompt": "Light", "max_tokens": 3, "echo": true})"));
+  ASSERT_EQ(s3, 200);
+  EXPECT_EQ(c3["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(c3["usage"]["completion_tokens"], 3);
+  EXPECT_EQ(c3["choices"][0]["text"].get<std::string>().rfind("Light", 0), 0u);
+
+  // Streamed: the chunks add up to the same text; no chunk splits a character.
+  auto r = f.post("/v1/completions", R"({"prompt": "Light", "max_tokens": 100, "stream": true,
+                                         "stream_options": {"include_usage": true}})");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  EXPECT_EQ(r->get_header_value("Content-Type"), "text/event-stream");
+  const auto ev = events(r->body);
+  ASSERT_GE(ev.size(), 4u) << r->body;
+  EXPECT_EQ(ev.back(), "[DONE]");
+  std::string text;
+  int finished = 0;
+  for (size_t i = 0; i + 1 < ev.size(); ++i) {
+    const json chunk = json::parse(ev[i]);
+    if (chunk.contains("usage")) {
+      EXPECT_EQ(chunk["usage"]["completion_tokens"], answer_tokens);
+      continue;
+    }
+    const std::string piece = chunk["choices"][0]["text"];
+    EXPECT_EQ(utf8_stable_prefix(piece), piece.size()) << "a chunk splits a character: " << piece;
+    text += piece;
+    if (!chunk["choices"][0]["finish_reason"].is_null()) {
+      ++finished;
+      EXPECT_EQ(chunk["choices"][0]["finish_reason"], "stop");
+    }
+  }
+  EXPECT_EQ(finished, 1);
+  EXPECT_EQ(text, kAnswer);
+  EXPECT_GT(ev.size(), 6u);  // one chunk per token that completes text
+
+  // Token ids as the prompt.
+  auto [s4, c4] = call(f.post("/v1/completions", R"({"prompt": [5, 6, 7], "max_tokens": 2})"));
+  ASSERT_EQ(s4, 200) << c4.dump();
+  EXPECT_EQ(c4["usage"]["completion_tokens"], 2);
+}
+
+TEST(ServeHttp, HundredConcurrentRequestsAreBatched) {
+  Fixture f(true, /*paused=*/true);  // let them all queue up
+  std::vector<std::thread> clients;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 100; ++i)
+    clients.emplace_back([&, i] {
+      httplib::Client c("127.0.0.1", f.port);
+      c.set_read_timeout(60, 0);
+      const std::string body = i % 2 ? R"({"text": "Light", "out_seq_length": 10})"
+                                     : R"({"prompt": "Light", "max_tokens": 4, "stream": )" +
+                                           std::string(i % 4 ? "true" : "false") + "}";
+      auto r = c.Post(i % 2 ? "/generate" : "/v1/completions", body, "application/json");
+      if (r && r->status == 200) ++ok;
+    });
+  for (int i = 0; i < 200 && f.queue.size() < 100; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(call(f.client.Get("/health")).second["queued"], f.queue.size());
+  f.engine.paused = false;
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(ok.load(), 100);
+  EXPECT_GE(f.engine.largest_batch.load(), 90u);
+}
+
+TEST(ServeHttp, ClosedQueueAndStop) {
+  Fixture f(true, /*paused=*/true);
+  std::thread waiting([&] {
+    httplib::Client c("127.0.0.1", f.port);
+    expect_error(c.Post("/generate", R"({"text": "a"})", "application/json"), 503, "stopped");
+  });
+  while (f.queue.size() < 1) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  f.queue.close();
+  expect_error(f.post("/generate", R"({"text": "a"})"), 503, "shutting down");
+  const auto start = std::chrono::steady_clock::now();
+  f.server.stop(std::chrono::milliseconds(200));  // the paused query is answered 503
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+  waiting.join();
+}
+
+}  // namespace
+}  // namespace glmrt

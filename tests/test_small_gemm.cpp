@@ -1,0 +1,170 @@
+// The few-rows linear kernel (kernels/cpu/small_gemm): against a double-precision reference for
+// odd sizes, F32/BF16/F16, with and without bias; 16-bit outputs are exactly the round-to-nearest-
+// even of the F32 kernel's result on the same values; results do not depend on the thread count,
+// on n or on the tile a row falls in; the op-level linear_forward takes this path for a few rows.
+#include <omp.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu/small_gemm.h"
+#include "kernels/ops.h"
+#include "tests/test_util.h"
+
+namespace glmrt {
+namespace {
+
+using testing::random_tensor;
+
+struct Case {
+  int64_t n, k, m;
+};
+
+// The values of a CPU tensor as doubles.
+std::vector<double> values(const Tensor& t) {
+  std::vector<double> v(static_cast<size_t>(t.numel()));
+  for (int64_t i = 0; i < t.numel(); ++i) v[i] = t.item(i);
+  return v;
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.dtype() == b.dtype() && a.nbytes() == b.nbytes() &&
+         std::memcmp(a.data(), b.data(), a.nbytes()) == 0;
+}
+
+// Checks an F32 result against the exact (double) x·wᵀ + bias: per element within the worst-case
+// bound of fp32 accumulation in 8 lanes (⌈k/8⌉ fused steps, 3 horizontal adds, the bias add).
+void expect_near_reference(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& y,
+                           const char* what) {
+  const int64_t n = x.rows(), k = w.dim(1), m = w.dim(0);
+  const std::vector<double> xv = values(x), wv = values(w), yv = values(y);
+  const std::vector<double> bv = bias ? values(*bias) : std::vector<double>(m, 0.0);
+  const double u = std::ldexp(1.0, -24), steps = static_cast<double>((k + 7) / 8 + 4);
+  const double gamma = steps * u / (1 - steps * u);
+  int failures = 0;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < m; ++j) {
+      double exact = bv[j], magnitude = std::abs(bv[j]);
+      for (int64_t l = 0; l < k; ++l) {
+        exact += xv[i * k + l] * wv[j * k + l];
+        magnitude += std::abs(xv[i * k + l] * wv[j * k + l]);
+      }
+      const double got = yv[i * m + j];
+      if (!(std::abs(got - exact) <= gamma * magnitude) && failures++ < 5)
+        ADD_FAILURE() << what << ": y[" << i << ", " << j << "] = " << got << ", exact " << exact
+                      << ", bound " << gamma * magnitude;
+    }
+}
+
+// The F32 tensor holding the same values as `t`.
+Tensor widened(const Tensor& t) { return t.dtype() == DType::F32 ? t : t.to(DType::F32); }
+
+class SmallGemm : public ::testing::TestWithParam<DType> {
+ protected:
+  DType dt() const { return GetParam(); }
+};
+
+// Every size and bias combination, on the vectorized kernels (or the portable loop).
+void check_sizes(DType dt, bool allow_vectorized) {
+  const Case cases[] = {{1, 72, 33},  {2, 100, 257}, {3, 2053, 33}, {7, 72, 257}, {16, 100, 33},
+                        {17, 2053, 1}, {32, 72, 1},   {1, 2053, 257}, {16, 2053, 257},
+                        {32, 100, 257}, {2, 72, 1},   {3, 100, 1},    {7, 2053, 33}};
+  uint32_t seed = 1;
+  for (const Case& c : cases)
+    for (bool with_bias : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << dtype_name(dt) << " n=" << c.n << " k=" << c.k
+                                        << " m=" << c.m << (with_bias ? " bias" : ""));
+      Tensor x = random_tensor({c.n, c.k}, seed++, dt), w = random_tensor({c.m, c.k}, seed++, dt);
+      Tensor bias = random_tensor({c.m}, seed++, dt);
+      Tensor y = Tensor::empty({c.n, c.m}, dt);
+      ASSERT_TRUE(cpu::small_linear_forward(x, w, with_bias ? &bias : nullptr, y, allow_vectorized))
+          << "the fast path declined";
+      // The F32 kernel on the same values: the 16-bit result must be exactly its rounding.
+      Tensor x32 = widened(x), w32 = widened(w), b32 = widened(bias);
+      Tensor y32 = Tensor::empty({c.n, c.m}, DType::F32);
+      ASSERT_TRUE(
+          cpu::small_linear_forward(x32, w32, with_bias ? &b32 : nullptr, y32, allow_vectorized));
+      expect_near_reference(x32, w32, with_bias ? &b32 : nullptr, y32, "F32 kernel");
+      if (dt != DType::F32) {
+        EXPECT_TRUE(same_bits(y, y32.to(dt))) << "not the RNE of the fp32 sum";
+      }
+    }
+}
+
+TEST_P(SmallGemm, MatchesReferenceForOddSizes) { check_sizes(dt(), true); }
+
+TEST_P(SmallGemm, PortableLoopMatchesReference) { check_sizes(dt(), false); }
+
+TEST_P(SmallGemm, BiasInF32WithSixteenBitTensors) {
+  Tensor x = random_tensor({3, 100}, 40, dt()), w = random_tensor({33, 100}, 41, dt());
+  Tensor bias16 = random_tensor({33}, 42, dt()), bias32 = widened(bias16);
+  Tensor a = Tensor::empty({3, 33}, dt()), b = Tensor::empty({3, 33}, dt());
+  ASSERT_TRUE(cpu::small_linear_forward(x, w, &bias16, a));
+  ASSERT_TRUE(cpu::small_linear_forward(x, w, &bias32, b));
+  EXPECT_TRUE(same_bits(a, b));
+}
+
+// Bit-identical on 1 and 2 threads, and a row's result is the same whatever n and tile it is in.
+TEST_P(SmallGemm, IndependentOfThreadCountAndBatch) {
+  const int saved = omp_get_max_threads();
+  for (const Case& c : {Case{1, 2053, 257}, Case{16, 2053, 257}, Case{7, 1000, 301}}) {
+    SCOPED_TRACE(::testing::Message() << "n=" << c.n << " k=" << c.k << " m=" << c.m);
+    Tensor x = random_tensor({c.n, c.k}, 50, dt()), w = random_tensor({c.m, c.k}, 51, dt());
+    Tensor bias = random_tensor({c.m}, 52, dt());
+    Tensor one = Tensor::empty({c.n, c.m}, dt()), two = Tensor::empty({c.n, c.m}, dt());
+    omp_set_num_threads(1);
+    ASSERT_TRUE(cpu::small_linear_forward(x, w, &bias, one));
+    omp_set_num_threads(2);
+    ASSERT_TRUE(cpu::small_linear_forward(x, w, &bias, two));
+    EXPECT_TRUE(same_bits(one, two));
+    // The last row alone (n = 1 uses other tiles than n > 2).
+    Tensor last = Tensor::empty({1, c.m}, dt());
+    ASSERT_TRUE(cpu::small_linear_forward(x.slice_rows(c.n - 1, c.n), w, &bias, last));
+    EXPECT_TRUE(same_bits(last, one.slice_rows(c.n - 1, c.n).clone()));
+  }
+  omp_set_num_threads(saved);
+}
+
+// linear_forward (the op) takes this path for a few rows: same bits as the kernel called directly,
+// on a 3-D input; more rows than small_gemm_max_rows go to BLAS / oneDNN and still agree.
+TEST_P(SmallGemm, LinearForwardUsesItForFewRows) {
+  Tensor x = random_tensor({2, 3, 72}, 60, dt()), w = random_tensor({33, 72}, 61, dt());
+  Tensor bias = random_tensor({33}, 62, dt());
+  Tensor direct = Tensor::empty({2, 3, 33}, dt()), op = Tensor::empty({2, 3, 33}, dt());
+  ASSERT_TRUE(cpu::small_linear_forward(x, w, &bias, direct));
+  linear_forward(x, w, &bias, op);
+  EXPECT_TRUE(same_bits(direct, op));
+
+  const int64_t many = cpu::small_gemm_max_rows + 1;
+  Tensor xl = random_tensor({many, 72}, 63, dt()), yl = Tensor::empty({many, 33}, dt());
+  EXPECT_FALSE(cpu::small_linear_forward(xl, w, &bias, yl));
+  linear_forward(xl, w, &bias, yl);
+  Tensor first = Tensor::empty({1, 33}, dt());
+  ASSERT_TRUE(cpu::small_linear_forward(xl.slice_rows(0, 1), w, &bias, first));
+  const double tol = dt() == DType::F32 ? 1e-5 : dt() == DType::BF16 ? 1e-2 : 2e-3;
+  EXPECT_LT(testing::max_rel_diff(yl.slice_rows(0, 1), first), tol);
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, SmallGemm,
+                         ::testing::Values(DType::F32, DType::BF16, DType::F16),
+                         [](const auto& info) { return std::string(dtype_name(info.param)); });
+
+TEST(SmallGemmDeclines, WhatItDoesNotCover) {
+  Tensor w = random_tensor({5, 8}, 70), x = random_tensor({2, 8}, 71), y = Tensor::empty({2, 5}, DType::F32);
+  Tensor x64 = random_tensor({2, 8}, 72, DType::F64), w64 = random_tensor({5, 8}, 73, DType::F64);
+  Tensor y64 = Tensor::empty({2, 5}, DType::F64);
+  EXPECT_FALSE(cpu::small_linear_forward(x64, w64, nullptr, y64));  // F64
+  Tensor x16 = random_tensor({2, 8}, 74, DType::BF16);
+  EXPECT_FALSE(cpu::small_linear_forward(x16, w, nullptr, y));  // mixed dtypes
+  Tensor wrong_k = random_tensor({2, 9}, 75);
+  EXPECT_FALSE(cpu::small_linear_forward(wrong_k, w, nullptr, y));
+  Tensor wrong_bias = random_tensor({4}, 76);
+  EXPECT_FALSE(cpu::small_linear_forward(x, w, &wrong_bias, y));
+  Tensor f16_bias = random_tensor({5}, 77, DType::F16);  // neither F32 nor y's dtype
+  EXPECT_FALSE(cpu::small_linear_forward(x, w, &f16_bias, y));
+  EXPECT_TRUE(cpu::small_linear_forward(x, w, nullptr, y));
+}
+
+}  // namespace
+}  // namespace glmrt
