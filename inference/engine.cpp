@@ -140,7 +140,15 @@ struct GenerationEngine::Impl {
     rows_total = opt.max_rows > 0 ? opt.max_rows : 4 * opt.max_batch;
     capacity = opt.capacity > 0 ? std::min(opt.capacity, cfg.max_sequence_length) : cfg.max_sequence_length;
     max_length = capacity;
-    cache = KvCache::allocate(cfg, model.shard(), rows_total, capacity, model.dtype(), model.device());
+    try {
+      cache = KvCache::allocate(cfg, model.shard(), rows_total, capacity, model.dtype(), model.device());
+    } catch (const std::exception& e) {
+      throw ConfigError(detail::concat(
+          "cannot allocate the KV cache: ", rows_total, " rows x ", capacity, " tokens = ",
+          KvCache::bytes_for(cfg, model.shard(), rows_total, capacity, model.dtype()) >> 20,
+          " MiB on ", model.device().str(), " (", e.what(),
+          "); lower --max-rows, --max-batch or --cache-length"));
+    }
     table.assign(static_cast<size_t>(rows_total * capacity), 0);
     for (int64_t r = rows_total; r-- > 0;) free_rows.push_back(static_cast<int32_t>(r));
     decider = g.topo.rank_of({0, 0, L.pipeline - 1});

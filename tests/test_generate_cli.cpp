@@ -2,6 +2,7 @@
 // no output file; a prompt that is too long for the model is named with its length.
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "tests/test_util.h"
 
@@ -64,6 +65,45 @@ TEST(GenerateCli, AnswersEveryQueryOfAFileInOrder) {
     ++n;
   }
   EXPECT_EQ(n, 3);
+}
+
+}  // namespace
+}  // namespace glmrt
+
+namespace glmrt {
+namespace {
+
+// A checkpoint written by a (tensor 2, pipeline 2) training run serves on one rank and on
+// (1, 2), resharded on load, with the answers of its full weight file.
+TEST(GenerateCli, LoadsACheckpointOfAnyLayout) {
+  const std::string dir = testing::temp_dir("generate_cli_load");
+  const std::string env =
+      "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_mpi_yield_when_idle=1 "
+      "OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_pml=ob1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 ";
+  const std::string config = source_path("tests/golden/train_config.yaml");
+  const std::string common = " --config " + config + " --set model.num_layers=4 ";
+  auto train = testing::run_command(
+      "cd " + dir + " && " + env + "timeout 300 mpiexec -n 4 " + GLMRT_BINARY + " train" + common +
+      "--tensor 2 --pipeline 2 --data 1 --set train.steps=2 --set checkpoint.save=ck "
+      "--output-weights full.safetensors");
+  ASSERT_EQ(train.exit_code, 0) << train.output;
+  const std::string query = " --prompt-ids 5,6,7,250,9,10,250,3 --strategy beam --deterministic "
+                            "--out-seq-length 24 --json --threads 1";
+  auto answer = [&](const std::string& launch, const std::string& source) {
+    auto r = testing::run_command("cd " + dir + " && " + env + launch + " generate" + common +
+                                  source + query);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    std::string json;  // the answer line, without the log lines
+    std::istringstream lines(r.output);
+    for (std::string line; std::getline(lines, line);)
+      if (!line.empty() && line[0] == '{') json += line + "\n";
+    return json;
+  };
+  const std::string from_weights = answer(std::string(GLMRT_BINARY), "--weights full.safetensors");
+  ASSERT_NE(from_weights.find("\"output_ids\""), std::string::npos) << from_weights;
+  EXPECT_EQ(answer(std::string(GLMRT_BINARY), "--load ck"), from_weights);
+  EXPECT_EQ(answer("timeout 300 mpiexec -n 2 " + std::string(GLMRT_BINARY), "--load ck --pipeline 2 --data 1"),
+            from_weights);
 }
 
 }  // namespace
