@@ -1,6 +1,6 @@
 // `glmrt serve`'s HTTP front end (cpp-httplib) on world rank 0: turns HTTP queries into
 // PendingRequests on a RequestQueue that the generation engine drains, and the engine's callbacks
-// back into responses. Endpoints:
+// back into responses (the request and response JSON is inference/http_api.h's). Endpoints:
 //
 //   GET  /health          {"status": "ok", "queued": n, "active": m}
 //   POST /generate        the released GLM-130B server's API (GLM130B.md §5):
@@ -28,7 +28,6 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <vector>
 
 #include "inference/generation.h"
 #include "inference/request_queue.h"
@@ -69,22 +68,5 @@ class HttpServer {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
-
-// ---- Pieces of the HTTP layer, exposed for tests -------------------------------------------------
-
-// The length of the first blank's context as the engine prepares `prompt_ids`
-// (inference/SEMANTICS.md): the prompt, + [gMASK] when it holds no mask, + eos when it does not
-// end with a mask, + sop.
-int64_t prepared_context_length(const std::vector<int32_t>& prompt_ids, const TokenIds& tokens);
-
-// out_seq_length for OpenAI's max_tokens: prepared_context_length + max_tokens, capped at the
-// model's max_sequence_length. Exact for the first blank (a plain continuation has only one).
-int64_t completion_out_seq_length(const std::vector<int32_t>& prompt_ids, int64_t max_tokens,
-                                  const GlmConfig& config);
-
-// How many leading bytes of `text` can be sent now without splitting a character: everything but
-// an incomplete UTF-8 sequence at the end and a trailing U+FFFD (a decoder's stand-in for bytes
-// whose character is not complete yet).
-size_t utf8_stable_prefix(const std::string& text);
 
 }  // namespace glmrt

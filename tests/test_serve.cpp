@@ -1,6 +1,7 @@
-// The HTTP layer of `glmrt serve` (inference/http_server.h) against a fake engine: a thread that
-// drains the RequestQueue and answers every query with a fixed text (English, Chinese and an
-// emoji, so byte-fallback pieces make streamed UTF-8 arrive in pieces), cut at out_seq_length.
+// The HTTP layer of `glmrt serve` (inference/http_server.h, inference/http_api.h) against a fake
+// engine: a thread that drains the RequestQueue and answers every query with a fixed text (English,
+// Chinese and an emoji, so byte-fallback pieces make streamed UTF-8 arrive in pieces), cut at
+// out_seq_length.
 // The real engine behind the real server is tests/serve/serve_test.sh's business.
 #include <gtest/gtest.h>
 #include <httplib.h>
@@ -11,6 +12,7 @@
 #include <thread>
 
 #include "data/tokenizer.h"
+#include "inference/http_api.h"
 #include "inference/http_server.h"
 #include "launcher/commands.h"
 #include "test_util.h"

@@ -1,0 +1,130 @@
+// The JSON API of `glmrt serve` (served by inference/http_server.h): the bodies of POST /generate
+// and POST /v1/completions parsed and validated into GenerationRequests (field names, types,
+// ranges, unknown fields, OpenAI's max_tokens → out_seq_length), the response bodies, the
+// OpenAI-shaped error bodies, and the UTF-8 hold-back of streamed text. Nothing here knows HTTP
+// connections or threads; every body goes in and comes out as JSON text.
+//
+// Errors are HttpErrors in OpenAI's shape {"error": {"message", "type", "param", "code"}}: 400 for
+// bad JSON, wrong types, out-of-range values, unknown fields and over-long prompts (each naming the
+// field), 413 for a body over the limit.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "inference/generation.h"
+#include "model/glm_config.h"
+
+namespace glmrt {
+
+class Tokenizer;
+
+// An error to answer a request with; error_body() is its JSON.
+struct HttpError {
+  HttpError(int s, std::string m, std::string c, std::string p = "")
+      : status(s), message(std::move(m)), code(std::move(c)), param(std::move(p)) {}
+  int status;
+  std::string message, code, param;  // param: the request field at fault, if any
+};
+
+// {"error": {"message", "type", "param", "code"}}, the type following the status
+// (invalid_request_error, not_found_error, method_not_allowed, request_too_large, server_error);
+// an empty param is null.
+std::string error_body(int status, const std::string& message, const std::string& code,
+                       const std::string& param = "");
+inline std::string error_body(const HttpError& e) {
+  return error_body(e.status, e.message, e.code, e.param);
+}
+
+// ---- Requests -----------------------------------------------------------------------------------
+
+// A POST /v1/completions query: the GenerationRequest and what shapes its answer.
+struct CompletionQuery {
+  GenerationRequest request;
+  std::string model;           // "model" of the response
+  bool stream = false;         // server-sent events
+  bool include_usage = false;  // stream_options.include_usage: a usage chunk before [DONE]
+  std::string echo_text;       // the prompt's text when "echo" is set, else empty
+};
+
+// Parses request bodies against one model and the server's limits.
+class HttpApi {
+ public:
+  // `tokenizer` (null = token ids only, no text) must outlive the api. `defaults` are the
+  // generation parameters of a query that does not set them. max_prompt_tokens 0 = the model's
+  // max_sequence_length; model_name is "model" of a completion whose request names none.
+  HttpApi(const Tokenizer* tokenizer, const GlmConfig& config, const GenerationParams& defaults,
+          size_t max_body_bytes, int64_t max_prompt_tokens, std::string model_name);
+
+  // POST /generate: {"text" | "prompt_ids", "seed", "out_seq_length", "min_gen_length",
+  // "sampling_strategy", "num_beams", "length_penalty", "no_repeat_ngram_size", "temperature",
+  // "topk", "topp", "deterministic"}. Throws HttpError.
+  GenerationRequest parse_generate(const std::string& body) const;
+  // POST /v1/completions (text only, n = 1; GLM blank filling on the prompt, a prompt without a
+  // mask is continued). Throws HttpError.
+  CompletionQuery parse_completion(const std::string& body) const;
+
+  // POST /generate's answer: {"text": [answer], "output_ids": [...], "spans": [[...], ...]}
+  // ("text" only with a tokenizer).
+  std::string generate_response(const GenerationResult& result) const;
+  // GET /v1/models: the one model.
+  std::string models_response() const;
+
+ private:
+  const Tokenizer* tokenizer_;
+  GlmConfig config_;
+  GenerationParams defaults_;
+  size_t max_body_bytes_;
+  int64_t max_prompt_tokens_;
+  std::string model_name_;
+};
+
+// The length of the first blank's context as the engine prepares `prompt_ids`
+// (inference/SEMANTICS.md): the prompt, + [gMASK] when it holds no mask, + eos when it does not
+// end with a mask, + sop.
+int64_t prepared_context_length(const std::vector<int32_t>& prompt_ids, const TokenIds& tokens);
+
+// out_seq_length for OpenAI's max_tokens: prepared_context_length + max_tokens, capped at the
+// model's max_sequence_length. Exact for the first blank (a plain continuation has only one).
+int64_t completion_out_seq_length(const std::vector<int32_t>& prompt_ids, int64_t max_tokens,
+                                  const GlmConfig& config);
+
+// ---- Responses ----------------------------------------------------------------------------------
+
+// GET /health: {"status": "ok", "queued": n, "active": m}.
+std::string health_response(size_t queued, int64_t active);
+
+// What a completion chunk or response carries besides its choice.
+struct CompletionMeta {
+  std::string id;
+  int64_t created;
+  std::string model;
+};
+
+// A fresh "cmpl-…" id.
+std::string completion_id();
+
+// The finish_reason of a finished query ("stop" when the engine gave none).
+std::string finish_reason(const GenerationResult& result);
+
+// A text_completion object with one choice; finish_reason null while streaming.
+std::string completion_chunk(const CompletionMeta& meta, const std::string& text,
+                             const std::optional<std::string>& finish_reason);
+// The non-streamed answer: the completion with its finish_reason and usage.
+std::string completion_response(const CompletionMeta& meta, const std::string& text,
+                                 const std::string& finish_reason, int64_t prompt_tokens,
+                                 int64_t completion_tokens);
+// The last chunk of a stream with include_usage: no choices, the usage.
+std::string usage_chunk(const CompletionMeta& meta, int64_t prompt_tokens,
+                        int64_t completion_tokens);
+
+// How many leading bytes of `text` can be sent now without splitting a character: everything but
+// an incomplete UTF-8 sequence at the end and a trailing U+FFFD (a decoder's stand-in for bytes
+// whose character is not complete yet).
+size_t utf8_stable_prefix(const std::string& text);
+
+}  // namespace glmrt
