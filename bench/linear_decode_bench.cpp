@@ -2,8 +2,9 @@
 // for a few rows (n = 1 and 16, m = 8192, k = 2048, F32 and BF16), against the machine's memory
 // read bandwidth measured in the same run (all threads summing a 1 GiB buffer, best of a few).
 // At n = 1 a call cannot be faster than (weight bytes / read bandwidth): the table prints the
-// achieved weight-stream rate in GB/s and the ratio of the call time to that floor. The calls
-// cycle through enough weight matrices (like the layers of a model) that none is still in cache.
+// median and best time of a call, the weight-stream rate in GB/s and the ratio of the call time
+// to that floor (both at the median), and GFLOP/s. The calls cycle through enough weight matrices
+// (like the layers of a model) that none is still in cache.
 // For reference it also times the general path on the same shapes: OpenBLAS sgemm for F32, and
 // for BF16 the conversion of w to F32 followed by sgemm (what a 16-bit call cost before).
 //
@@ -61,6 +62,33 @@ double read_bandwidth() {
   return static_cast<double>(words * sizeof(uint64_t)) / t;
 }
 
+struct Timing {
+  double median, best;  // seconds per call
+};
+
+// Times each of `calls` calls: the median is what a decoding step sees on a machine shared with
+// other work, the best what the hardware does.
+Timing time_calls(int calls, const std::function<void()>& fn) {
+  std::vector<double> t(static_cast<size_t>(calls));
+  for (double& s : t) {
+    const auto t0 = Clock::now();
+    fn();
+    s = seconds_since(t0);
+  }
+  std::sort(t.begin(), t.end());
+  return {t[t.size() / 2], t.front()};
+}
+
+// One table row: times, the weight-stream rate and the ratio to the bandwidth floor at the
+// median, and GFLOP/s for n > 1.
+void print_row(const std::string& what, Timing t, double w_bytes, double floor_s, int64_t n,
+               int64_t m, int64_t k) {
+  std::printf("%-26s %11.1f %9.1f %9.2f %11.2f", what.c_str(), t.median * 1e6, t.best * 1e6,
+              w_bytes / t.median / 1e9, t.median / floor_s);
+  if (n > 1) std::printf(" %9.1f", 2.0 * n * m * k / t.median / 1e9);
+  std::printf("\n");
+}
+
 Tensor random_tensor(const Shape& shape, DType dtype, uint32_t seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> dist(0.0f, 0.02f);
@@ -86,12 +114,13 @@ int main(int argc, char** argv) {
   const double bandwidth = read_bandwidth();
   std::printf("threads %d, memory read bandwidth %.2f GB/s (1 GiB sum, best of 5)\n\n",
               omp_get_max_threads(), bandwidth / 1e9);
-  std::printf("%-34s %10s %9s %9s %12s\n", "linear_forward m=8192 k=2048", "time (us)", "GB/s",
-              "of bw", "time/floor");
+  std::printf("%-26s %11s %9s %9s %11s %9s\n", "m=8192 k=2048", "median (us)", "best (us)",
+              "GB/s", "time/floor", "GFLOP/s");
 
   for (DType dt : {DType::F32, DType::BF16}) {
     // Enough distinct weight matrices to cover 8× the last-level cache (256 MiB).
     const double w_bytes = static_cast<double>(m * k * dtype_size(dt));
+    const double floor_s = w_bytes / bandwidth;  // a call's time at the read bandwidth
     const int copies = static_cast<int>(std::max(1.0, (256.0 * (1 << 20)) / w_bytes));
     std::vector<Tensor> weights;
     for (int c = 0; c < copies; ++c) weights.push_back(random_tensor({m, k}, dt, 100 + c));
@@ -100,33 +129,18 @@ int main(int argc, char** argv) {
       int next = 0;
       auto call = [&] { linear_forward(x, weights[next++ % copies], nullptr, y); };
       for (int i = 0; i < copies; ++i) call();  // warm-up: thread pool, page tables
-      const auto t0 = Clock::now();
-      for (int i = 0; i < iterations; ++i) call();
-      const double t = seconds_since(t0) / iterations;
-      const double floor = w_bytes / bandwidth;
-      char what[64];
-      std::snprintf(what, sizeof what, "%s n=%lld", std::string(dtype_name(dt)).c_str(),
-                    static_cast<long long>(n));
-      std::printf("%-34s %10.1f %9.2f %8.0f%% %12.2f", what, t * 1e6, w_bytes / t / 1e9,
-                  100.0 * floor / t, t / floor);
-      if (n > 1) std::printf("   %.1f GFLOP/s", 2.0 * n * m * k / t / 1e9);
-      std::printf("\n");
-
+      const std::string what = std::string(dtype_name(dt)) + " n=" + std::to_string(n);
+      print_row(what, time_calls(iterations, call), w_bytes, floor_s, n, m, k);
       // The general path on the same shape, for reference.
       Tensor x32 = x.to(DType::F32), y32 = Tensor::empty({n, m}, DType::F32);
-      const auto g0 = Clock::now();
-      const int general_iterations = std::max(4, iterations / 4);
-      for (int i = 0; i < general_iterations; ++i) {
+      auto general = [&] {
         const Tensor& w = weights[next++ % copies];
         Tensor w32 = dt == DType::F32 ? w : w.to(DType::F32);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, m, k, 1.0f, x32.data_as<float>(),
                     k, w32.data_as<float>(), k, 0.0f, y32.data_as<float>(), m);
-      }
-      const double tg = seconds_since(g0) / general_iterations;
-      std::snprintf(what, sizeof what, "  %s", dt == DType::F32 ? "(OpenBLAS sgemm)"
-                                                                 : "(to F32, then sgemm)");
-      std::printf("%-34s %10.1f %9.2f %8.0f%% %12.2f\n", what, tg * 1e6, w_bytes / tg / 1e9,
-                  100.0 * floor / tg, tg / floor);
+      };
+      print_row(dt == DType::F32 ? "  (OpenBLAS sgemm)" : "  (to F32, then sgemm)",
+                time_calls(std::max(4, iterations / 4), general), w_bytes, floor_s, n, m, k);
     }
   }
   return 0;

@@ -1,12 +1,17 @@
 // Linear layers on a few rows (decoding) at the memory-bandwidth floor: see small_gemm.h.
 //
-// Work split: the weight rows (output columns) are cut into blocks of `rw` rows (6 for n ≤ 2, 3
-// otherwise, then single rows for the remainder), which the OpenMP threads take in contiguous
-// chunks of about 128 KiB of weights, so that each weight is streamed from memory once. A block is multiplied with the rows of
-// x in tiles of up to 4 (2 for n ≤ 2) x rows: the tile keeps rx × rw accumulators of 8 fp32 lanes
-// in registers, loads rw weight vectors (widening BF16 / F16 in registers) and one x vector per x
-// row for each step of 8 along k, so each weight load feeds rx FMAs and each x load rw. x is F32
-// (16-bit x is converted once per call: n·k values, small next to the m·k weights).
+// Work split: the weight rows (output columns) are cut into blocks of rw rows (6 for n = 1, 3
+// otherwise, then single rows for the remainder), which the OpenMP threads take in chunks of
+// about 128 KiB of consecutive weights, so that each weight is streamed from memory once. A block
+// is multiplied with the rows of x in tiles of up to 4 x rows: the tile keeps rx × rw accumulators
+// of 8 fp32 lanes in registers and, for each step of 8 along k, loads rw weight vectors (widening
+// BF16 / F16 in registers) and one x vector per x row, so each weight load feeds rx FMAs and each
+// x load rw. x is F32 (16-bit x is converted once per call: n·k values, small next to m·k).
+//
+// n = 1..4 (one tile of x rows) is bound by memory: the tile prefetches its weight rows a little
+// ahead, on into the next block. With more rows each block is read by several tiles and the call
+// is bound by the FMAs; the tiles of a block then prefetch the next block into L2, so that the
+// first tile of a block does not wait on memory.
 //
 // The AVX2/FMA/F16C kernels are compiled with target attributes and chosen at run time, so the
 // file builds without -march flags; other CPUs take a scalar loop with the same per-element order
@@ -32,8 +37,8 @@ constexpr int64_t parallel_min_work = int64_t{1} << 18;
 // Threads take the weight rows in chunks of about this many bytes: long enough sequential runs
 // for the memory system, short enough that a thread the OS delays does not hold up the call.
 constexpr int64_t chunk_bytes = int64_t{128} << 10;
-// How far ahead in a weight row the vector kernels prefetch.
-constexpr int64_t prefetch_bytes = 1024;
+// How far ahead of its loads a memory-bound tile prefetches each weight row.
+constexpr int64_t rows_ahead_bytes = 256;
 
 inline float widen(float v) { return v; }
 inline float widen(bf16 v) { return bf16_to_float(v); }
@@ -138,24 +143,38 @@ GLMRT_AVX2_FMA inline void fma_step(__m256 (&acc)[RX][RW], const float* x, const
   }
 }
 
+// What a tile prefetches while it computes.
+struct Prefetch {
+  // Lines of the next block, into L2, spread over the tile's steps (blocks of several tiles).
+  const char* begin = nullptr;
+  int64_t lines = 0;
+  // Each weight row a few lines ahead of the loads (the only tile of a block: bound by memory),
+  // running on into the same row of the next block near the row's end when `into_next_block`.
+  // The hardware prefetcher stops at every 4 KiB page, and a row of 2048 16-bit weights is one.
+  bool rows_ahead = false;
+  bool into_next_block = false;
+};
+
 // sums[i·RW + j] = x row i · w row j for RX rows of x (stride k) and RW rows of w (stride k).
-//
-// Weights are consumed a 64-byte line per row at a time, prefetching the line prefetch_bytes
-// ahead in the same row or, past the row's end, in the same row of the next block: a weight row
-// is short (one 4 KiB page for 16-bit weights and k = 2048), too short for the hardware
-// prefetcher to ramp up on each of the RW streams by itself.
+// Steps along k go a cache line of each weight row at a time (16 F32 or 32 16-bit weights).
 template <int RX, int RW, class T>
-GLMRT_AVX2_FMA void tile_avx2(const float* x, const T* w, int64_t k, float* sums) {
-  constexpr int64_t line = 64 / sizeof(T), ahead = prefetch_bytes / sizeof(T);
-  const int64_t to_next_block = (RW - 1) * k;
+GLMRT_AVX2_FMA void tile_avx2(const float* x, const T* w, int64_t k, float* sums, Prefetch pf) {
+  constexpr int64_t line = 64 / sizeof(T), ahead = rows_ahead_bytes / sizeof(T);
+  const int64_t line_steps = std::max<int64_t>(1, k / line);
+  const int64_t per_line = (pf.lines + line_steps - 1) / line_steps;  // L2 prefetches per step
+  const char* p = pf.begin;
+  const char* const p_end = pf.begin + pf.lines * 64;
   __m256 acc[RX][RW];
   for (int i = 0; i < RX; ++i)
     for (int j = 0; j < RW; ++j) acc[i][j] = _mm256_setzero_ps();
   int64_t l = 0;
   for (; l + line <= k; l += line) {
-    const int64_t p = l + ahead < k ? l + ahead : l + ahead + to_next_block;
-    for (int j = 0; j < RW; ++j)
-      _mm_prefetch(reinterpret_cast<const char*>(w + j * k + p), _MM_HINT_T0);
+    for (int64_t q = 0; q < per_line && p < p_end; ++q, p += 64) _mm_prefetch(p, _MM_HINT_T1);
+    if (pf.rows_ahead && (l + ahead < k || pf.into_next_block)) {
+      const int64_t a = l + ahead < k ? l + ahead : l + ahead + (RW - 1) * k;
+      for (int j = 0; j < RW; ++j)
+        _mm_prefetch(reinterpret_cast<const char*>(w + j * k + a), _MM_HINT_T0);
+    }
 #pragma GCC unroll 1  // unrolled, the 4 × 3 tiles run out of registers
     for (int64_t s = 0; s < line; s += 8) fma_step(acc, x, w, k, l + s);
   }
@@ -173,38 +192,52 @@ GLMRT_AVX2_FMA void tile_avx2(const float* x, const T* w, int64_t k, float* sums
 }
 
 // Weight rows [j0, j0 + RW) against every row of x, in tiles of up to RX_MAX x rows.
+// `prefetch_next`: the next RW weight rows are this thread's next block, worth prefetching.
 template <int RW, int RX_MAX, class T>
-GLMRT_AVX2_FMA void block_avx2(const Operands<T>& op, int64_t j0) {
+GLMRT_AVX2_FMA void block_avx2(const Operands<T>& op, int64_t j0, bool prefetch_next) {
+  const int64_t k = op.k, tiles = (op.n + RX_MAX - 1) / RX_MAX;
+  const T* w = op.w + j0 * k;
+  // Several tiles share out the next block's lines, from the one holding its first byte.
+  const auto next = reinterpret_cast<uintptr_t>(w + RW * k);
+  const auto next_line = reinterpret_cast<const char*>(next & ~uintptr_t{63});
+  const int64_t lines =
+      prefetch_next && tiles > 1
+          ? static_cast<int64_t>((next + RW * k * sizeof(T) - (next & ~uintptr_t{63}) + 63) / 64)
+          : 0;
+  auto share = [&](int64_t t) {  // tile t's prefetch
+    const int64_t b = t * lines / tiles, e = (t + 1) * lines / tiles;
+    return Prefetch{next_line + b * 64, e - b, tiles == 1, prefetch_next};
+  };
   float sums[RX_MAX * RW];
-  const T* w = op.w + j0 * op.k;
   int64_t i = 0;
   for (; i + RX_MAX <= op.n; i += RX_MAX) {
-    tile_avx2<RX_MAX, RW>(op.x + i * op.k, w, op.k, sums);
+    tile_avx2<RX_MAX, RW>(op.x + i * k, w, k, sums, share(i / RX_MAX));
     store_tile(op, i, RX_MAX, j0, RW, sums);
   }
   const int rest = static_cast<int>(op.n - i);
   if (rest == 0) return;
-  const float* x = op.x + i * op.k;
+  const float* x = op.x + i * k;
+  const Prefetch pf = share(i / RX_MAX);
   if constexpr (RX_MAX > 3) {
-    if (rest == 3) tile_avx2<3, RW>(x, w, op.k, sums);
+    if (rest == 3) tile_avx2<3, RW>(x, w, k, sums, pf);
   }
   if constexpr (RX_MAX > 2) {
-    if (rest == 2) tile_avx2<2, RW>(x, w, op.k, sums);
+    if (rest == 2) tile_avx2<2, RW>(x, w, k, sums, pf);
   }
-  if (rest == 1) tile_avx2<1, RW>(x, w, op.k, sums);
+  if (rest == 1) tile_avx2<1, RW>(x, w, k, sums, pf);
   store_tile(op, i, rest, j0, RW, sums);
 }
 
 #endif  // GLMRT_SMALL_GEMM_X86
 
-// Weight rows [j0, j0 + rw) against every row of x; rw is 6 (n ≤ 2), 3 (n > 2) or 1.
+// Weight rows [j0, j0 + rw) against every row of x; rw is 6 (n = 1), 3 (n > 1) or 1.
 template <class T>
-void run_block(const Operands<T>& op, int64_t j0, int rw, bool vectorized) {
+void run_block(const Operands<T>& op, int64_t j0, int rw, bool prefetch_next, bool vectorized) {
 #ifdef GLMRT_SMALL_GEMM_X86
   if (vectorized) {
-    if (rw == 6) return block_avx2<6, 2>(op, j0);
-    if (rw == 3) return block_avx2<3, 4>(op, j0);
-    return block_avx2<1, 4>(op, j0);
+    if (rw == 6) return block_avx2<6, 1>(op, j0, prefetch_next);
+    if (rw == 3) return block_avx2<3, 4>(op, j0, prefetch_next);
+    return block_avx2<1, 4>(op, j0, false);
   }
 #endif
   block_scalar(op, j0, rw);
@@ -212,15 +245,16 @@ void run_block(const Operands<T>& op, int64_t j0, int rw, bool vectorized) {
 
 template <class T>
 void run(const Operands<T>& op, bool vectorized) {
-  const int rw = op.n <= 2 ? 6 : 3;
+  const int rw = op.n == 1 ? 6 : 3;
   const int64_t blocks = op.m / rw;                  // full blocks of rw weight rows
   const int64_t units = blocks + op.m - blocks * rw;  // then one unit per remaining row
+  const int64_t per_chunk =
+      std::max<int64_t>(1, chunk_bytes / (rw * op.k * static_cast<int64_t>(sizeof(T))));
   const bool parallel = op.n * op.m * op.k >= parallel_min_work;
-  const int64_t chunk = std::max<int64_t>(1, chunk_bytes / (rw * op.k * int64_t{sizeof(T)}));
-#pragma omp parallel for schedule(dynamic, chunk) if (parallel)
+#pragma omp parallel for schedule(dynamic, per_chunk) if (parallel)
   for (int64_t u = 0; u < units; ++u) {
-    if (u < blocks) run_block(op, u * rw, rw, vectorized);
-    else run_block(op, blocks * rw + (u - blocks), 1, vectorized);
+    if (u < blocks) run_block(op, u * rw, rw, u + 1 < blocks, vectorized);
+    else run_block(op, blocks * rw + (u - blocks), 1, false, vectorized);
   }
 }
 
