@@ -1,5 +1,6 @@
 #include "kernels/cpu/low_precision.h"
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -64,6 +65,8 @@ void gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, float a
   C.commit();
 }
 
+constexpr int64_t kChunkedMaxRows = 256;
+
 void linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
   // A few rows (decoding): 16-bit weights streamed once and widened in registers.
   if (cpu::small_linear_forward(x, w, bias, y)) return;
@@ -74,6 +77,17 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor
     } else if (cpu::onednn_bf16_gemm(x, false, w, true, y, 1.0f, 0.0f)) {
       return;
     }
+  }
+  // A prompt's prefill (up to a few hundred rows) on 16-bit weights: chunks of rows through the
+  // same kernel beat widening the whole weight matrix to an F32 copy for BLAS on every call.
+  if (x.dtype() == w.dtype() && y.dtype() == w.dtype() && x.rows() <= kChunkedMaxRows) {
+    bool done = true;
+    for (int64_t r = 0; done && r < x.rows(); r += cpu::small_gemm_max_rows) {
+      const int64_t e = std::min(x.rows(), r + cpu::small_gemm_max_rows);
+      Tensor ys = y.slice_rows(r, e);
+      done = cpu::small_linear_forward(x.slice_rows(r, e), w, bias, ys);
+    }
+    if (done) return;
   }
   F32 X(&x, true, false), W(&w, true, false), B(bias, true, false), Y(&y, false, true);
   cpu::linear_forward(*X, *W, B.ptr(), *Y);
