@@ -43,30 +43,8 @@ cmake --build "$BUILD_DIR" -j "${JOBS:-2}" --target train_step_bench >/dev/null
 BENCH=$BUILD_DIR/bench/train_step_bench
 
 # ---- a quiet machine -------------------------------------------------------------------------
-# Busy cores over the last second, from /proc/stat (user nice system idle iowait irq softirq).
-busy_cores() {
-  local a b a1 a2 a3 a4 a5 a6 a7 b1 b2 b3 b4 b5 b6 b7
-  read -r _ a1 a2 a3 a4 a5 a6 a7 _ < /proc/stat
-  sleep 1
-  read -r _ b1 b2 b3 b4 b5 b6 b7 _ < /proc/stat
-  a=$((a1 + a2 + a3 + a6 + a7)); b=$((b1 + b2 + b3 + b6 + b7))
-  awk -v d=$((b - a)) -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", d / hz }'
-}
-# Waits (up to QUIET_WAIT_S) until other processes use less than a quarter of a core: the
-# figures are only meaningful on an otherwise idle machine.
-wait_quiet() {
-  local waited=0 limit=${QUIET_WAIT_S:-180} load
-  while :; do
-    load=$(busy_cores)
-    if awk -v l="$load" 'BEGIN { exit !(l < 0.25) }'; then return; fi
-    if ((waited >= limit)); then
-      echo "train_bench: other processes still use $load cores; measuring anyway" >&2
-      return
-    fi
-    ((waited == 0)) && echo "train_bench: waiting for the CPUs to go quiet (busy: $load cores)" >&2
-    sleep 4; waited=$((waited + 5))
-  done
-}
+BENCH_NAME=train_bench QUIET_WAIT_S=${QUIET_WAIT_S:-180}
+source bench/quiet.sh
 
 # ---- runs ------------------------------------------------------------------------------------
 RESULTS=$(mktemp)
