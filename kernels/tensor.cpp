@@ -1,7 +1,5 @@
 #include "kernels/tensor.h"
 
-#include <sys/mman.h>
-
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -59,16 +57,9 @@ std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
   auto& counter = g_allocated[static_cast<int>(device.kind)];
   auto& peak = g_peak[static_cast<int>(device.kind)];
   if (device.is_cpu()) {
-    // Large buffers (weights, KV caches, activations) sit on 2 MiB pages where the kernel offers
-    // transparent huge pages on request: streaming a model's weights through the TLB of 4 KiB
-    // pages costs a third of the read bandwidth on the CPUs measured (bench/RESULTS.md).
-    constexpr size_t kHuge = size_t{2} << 20;
-    const bool huge = bytes >= 2 * kHuge;
-    const size_t align = huge ? kHuge : 64;
-    size_t rounded = (bytes + align - 1) / align * align;
-    void* p = rounded ? std::aligned_alloc(align, rounded) : nullptr;
+    size_t rounded = (bytes + 63) / 64 * 64;
+    void* p = rounded ? std::aligned_alloc(64, rounded) : nullptr;
     if (rounded && !p) throw Error(detail::concat("out of host memory allocating ", bytes, " bytes"));
-    if (huge) madvise(p, rounded, MADV_HUGEPAGE);  // advice only: without THP nothing changes
     count_allocation(counter, peak, bytes);
     return std::make_shared<Storage>(p, bytes, device, [bytes, &counter](void* q) {
       std::free(q);
