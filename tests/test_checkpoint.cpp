@@ -144,7 +144,7 @@ TEST_F(Checkpoints, SigkillDuringSavesNeverLeavesAnUnloadableLatest) {
     const std::string script = dir_ + "/kill.sh";
     std::ofstream(script) << "(" << train_cmd(dir_, 2, 2, 2, "--set train.steps=100000 --set checkpoint.save=ck" + std::to_string(attempt) +
                                                             " --set checkpoint.interval=1 --set checkpoint.keep=2") << " > out.txt 2>&1) &\n"
-                          << "for i in $(seq 1 1200); do grep -q 'glmrt train: saved' out.txt 2>/dev/null && break; sleep 0.05; done\n"
+                          << "for i in $(seq 1 3600); do grep -q 'glmrt train: saved' out.txt 2>/dev/null && break; sleep 0.05; done\n"
                           << "sleep " << 0.05 + 0.23 * attempt << "\n"
                           << "pkill -9 -f 'ck" << attempt << " --set checkpoint.interval=1' ; wait\n";
     testing::run_command("cd " + dir_ + " && bash " + script);
