@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "inference/blank_filling.h"
+#include "inference/pipeline_forward.h"
 #include "inference/strategies.h"
 #include "kernels/ops.h"
 #include "parallel/schedule.h"
@@ -397,7 +398,7 @@ struct GenerationEngine::Impl {
     const Layout& L = g.topo.layout();
     const int stage = g.topo.pp_rank();
     const int m = static_cast<int>(mbs.size());
-    const int64_t h = cfg.hidden_size, vl = cfg.vocab_size / L.tensor;
+    const int64_t h = cfg.hidden_size;
     std::map<int, Tensor> inputs, outputs;
     std::vector<int32_t> decisions;
     for (const PipeInstruction& in : forward_only_schedule(L.pipeline, stage, m)) {
@@ -417,21 +418,7 @@ struct GenerationEngine::Impl {
           }
           // Logits of this rank's vocabulary shard; gathered over the tensor-parallel group,
           // only here, only for the tokens that predict.
-          const int64_t rows = out.rows();
-          Tensor local = out.to(Device::cpu());
-          if (local.dtype() != DType::F32) local = local.to(DType::F32);
-          Tensor full = local;
-          if (L.tensor > 1) {
-            Tensor gathered = Tensor::empty({L.tensor * rows, vl}, DType::F32);
-            g.tp->all_gather(local.view({rows, vl}), gathered);
-            full = Tensor::empty({rows, cfg.vocab_size}, DType::F32);
-            const float* src = gathered.data_as<float>();
-            float* dst = full.data_as<float>();
-            for (int64_t r = 0; r < L.tensor; ++r)
-              for (int64_t i = 0; i < rows; ++i)
-                std::memcpy(dst + i * cfg.vocab_size + r * vl, src + (r * rows + i) * vl,
-                            static_cast<size_t>(vl) * sizeof(float));
-          }
+          const Tensor full = gather_vocab_logits(out, *g.tp, L.tensor);
           if (deciding) decide(mb, full, decisions);
           break;
         }

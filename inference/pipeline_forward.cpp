@@ -16,17 +16,23 @@ Batch row_of(const Batch& b, int64_t r) {
   return out;
 }
 
-// [T, s, V/T] from the all-gather → [s, V] (vocabulary shards side by side).
-Tensor join_vocab_shards(const Tensor& gathered, int64_t t, int64_t s, int64_t vl) {
-  Tensor out = Tensor::empty({s, t * vl}, DType::F32);
+}  // namespace
+
+Tensor gather_vocab_logits(const Tensor& local_logits, Communicator& tp, int tp_size) {
+  Tensor local = local_logits.to(Device::cpu());
+  if (local.dtype() != DType::F32) local = local.to(DType::F32);
+  if (tp_size == 1) return local;
+  const int64_t rows = local.rows(), vl = local.cols();
+  Tensor gathered = Tensor::empty({tp_size * rows, vl}, DType::F32);
+  tp.all_gather(local.view({rows, vl}), gathered);
+  Tensor out = Tensor::empty({rows, tp_size * vl}, DType::F32);
   const float* src = gathered.data_as<float>();
   float* dst = out.data_as<float>();
-  for (int64_t r = 0; r < t; ++r)
-    for (int64_t i = 0; i < s; ++i)
-      std::memcpy(dst + i * t * vl + r * vl, src + (r * s + i) * vl, static_cast<size_t>(vl) * 4);
+  for (int64_t r = 0; r < tp_size; ++r)
+    for (int64_t i = 0; i < rows; ++i)
+      std::memcpy(dst + (i * tp_size + r) * vl, src + (r * rows + i) * vl, static_cast<size_t>(vl) * 4);
   return out;
 }
-}  // namespace
 
 Tensor pipeline_forward(GlmModel& model, ProcessGroups& g, const Batch& batch) {
   const Topology& topo = g.topo;
@@ -55,11 +61,7 @@ Tensor pipeline_forward(GlmModel& model, ProcessGroups& g, const Batch& batch) {
             outputs[j] = out;
             break;
           }
-          Tensor local = out.to(Device::cpu());
-          if (local.dtype() != DType::F32) local = local.to(DType::F32);
-          Tensor gathered = Tensor::empty({L.tensor * S, vl}, DType::F32);
-          g.tp->all_gather(local.view({S, vl}), gathered);
-          my_logits[static_cast<size_t>(j)] = join_vocab_shards(gathered, L.tensor, S, vl);
+          my_logits[static_cast<size_t>(j)] = gather_vocab_logits(out.view({S, vl}), *g.tp, L.tensor);
           break;
         }
         case PipeOp::SendActivation:

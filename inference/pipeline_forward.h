@@ -8,6 +8,11 @@
 
 namespace glmrt {
 
+// The full-vocabulary logits F32 [rows, vocab] on the host from this rank's shard
+// [rows, vocab / tp_size] (any device and dtype): all-gathered over the tensor-parallel group,
+// shards side by side. Collective over `tp` when tp_size > 1.
+Tensor gather_vocab_logits(const Tensor& local, Communicator& tp, int tp_size);
+
 // Logits F32 [batch, seq, vocab_size] of every row of `batch` on world rank 0 (an undefined
 // tensor elsewhere). Collective over every rank of the job; all ranks pass the same batch.
 Tensor pipeline_forward(GlmModel& model, ProcessGroups& groups, const Batch& batch);
