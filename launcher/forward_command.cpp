@@ -8,6 +8,7 @@
 #include "checkpoint/full_weights.h"
 #include "checkpoint/safetensors.h"
 #include "inference/pipeline_forward.h"
+#include "launcher/model_source.h"
 #include "launcher/options.h"
 #include "launcher/parallel_setup.h"
 #include "launcher/run_config.h"
@@ -36,18 +37,12 @@ int run_forward(const Args& args) {
   RunConfig rc = load_run_config(vm["config"].as<std::string>(), config_overrides(vm));
   const std::string input = vm["input"].as<std::string>();
   const Batch batch = build_batch(read_batch_json_file(input), rc.model, input);
-  if (vm.count("weights") == vm.count("load"))
-    throw ConfigError("give exactly one of --weights (a full weight file) and --load (a checkpoint folder)");
-  std::unique_ptr<SafetensorsReader> weights;
-  std::unique_ptr<CheckpointManifest> checkpoint;
-  std::string note;
-  if (vm.count("weights")) weights = std::make_unique<SafetensorsReader>(vm["weights"].as<std::string>());
-  else checkpoint = std::make_unique<CheckpointManifest>(find_checkpoint(vm["load"].as<std::string>(), rc.model, &note));
+  const ModelSource source(vm, rc.model);
   ParallelRuntime rt = setup_parallel(rc, vm, compute.device);
   GlmParams params = GlmParams::allocate(rc.model, compute.dtype, compute.device, rt.shard);
-  if (weights) load_full_weights(*weights, rc.model, params);
-  else load_checkpoint_weights(*checkpoint, params);
-  if (rt.is_world_root() && !note.empty()) std::fprintf(stderr, "glmrt forward: %s\n", note.c_str());
+  source.load(rc.model, params);
+  if (rt.is_world_root() && !source.note().empty())
+    std::fprintf(stderr, "glmrt forward: %s\n", source.note().c_str());
   GlmModel model(rc.model, std::move(params), rt.tp);
 
   const auto start = std::chrono::steady_clock::now();

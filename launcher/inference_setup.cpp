@@ -3,9 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 
-#include "checkpoint/full_weights.h"
-#include "checkpoint/safetensors.h"
-#include "train/checkpointing.h"
+#include "launcher/model_source.h"
 
 namespace glmrt {
 
@@ -73,20 +71,14 @@ InferenceSetup setup_inference(const po::variables_map& vm, const std::string& c
   const ComputeOptions compute = compute_options(vm);
   InferenceSetup s;
   s.rc = load_run_config(vm["config"].as<std::string>(), config_overrides(vm));
-  if (vm.count("weights") == vm.count("load"))
-    throw ConfigError("give exactly one of --weights (a full weight file) and --load (a checkpoint folder)");
-  std::unique_ptr<SafetensorsReader> weights;
-  std::unique_ptr<CheckpointManifest> checkpoint;
-  std::string note;
-  if (vm.count("weights")) weights = std::make_unique<SafetensorsReader>(vm["weights"].as<std::string>());
-  else checkpoint = std::make_unique<CheckpointManifest>(find_checkpoint(vm["load"].as<std::string>(), s.rc.model, &note));
+  const ModelSource source(vm, s.rc.model);
   if (!s.rc.tokenizer.model.empty())
     s.tokenizer = std::make_unique<Tokenizer>(s.rc.tokenizer.model, s.rc.model, s.rc.source);
   s.rt = setup_parallel(s.rc, vm, compute.device);
   GlmParams params = GlmParams::allocate(s.rc.model, compute.dtype, compute.device, s.rt.shard);
-  if (weights) load_full_weights(*weights, s.rc.model, params);
-  else load_checkpoint_weights(*checkpoint, params);
-  if (s.rt.is_world_root() && !note.empty()) std::fprintf(stderr, "glmrt %s: %s\n", command.c_str(), note.c_str());
+  source.load(s.rc.model, params);
+  if (s.rt.is_world_root() && !source.note().empty())
+    std::fprintf(stderr, "glmrt %s: %s\n", command.c_str(), source.note().c_str());
   s.model = std::make_unique<GlmModel>(s.rc.model, std::move(params), s.rt.tp);
   EngineOptions eo;
   eo.max_batch = vm["max-batch"].as<int64_t>();
