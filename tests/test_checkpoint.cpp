@@ -140,11 +140,12 @@ TEST_F(Checkpoints, SigkillDuringSavesNeverLeavesAnUnloadableLatest) {
   int loaded = 0;
   for (int attempt = 0; attempt < 6; ++attempt) {
     // Save at every step; once the first save is committed, kill the whole job at a different
-    // moment each time (a save is in flight at almost every moment).
+    // moment each time (a save is in flight at almost every moment). Each attempt has its own
+    // output file: waiting on a shared one could see the previous attempt's "saved" line.
     const std::string script = dir_ + "/kill.sh";
     std::ofstream(script) << "(" << train_cmd(dir_, 2, 2, 2, "--set train.steps=100000 --set checkpoint.save=ck" + std::to_string(attempt) +
-                                                            " --set checkpoint.interval=1 --set checkpoint.keep=2") << " > out.txt 2>&1) &\n"
-                          << "for i in $(seq 1 3600); do grep -q 'glmrt train: saved' out.txt 2>/dev/null && break; sleep 0.05; done\n"
+                                                            " --set checkpoint.interval=1 --set checkpoint.keep=2") << " > out" << attempt << ".txt 2>&1) &\n"
+                          << "for i in $(seq 1 3600); do grep -q 'glmrt train: saved' out" << attempt << ".txt 2>/dev/null && break; sleep 0.05; done\n"
                           << "sleep " << 0.05 + 0.23 * attempt << "\n"
                           << "pkill -9 -f 'ck" << attempt << " --set checkpoint.interval=1' ; wait\n";
     testing::run_command("cd " + dir_ + " && bash " + script);
