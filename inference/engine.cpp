@@ -10,7 +10,6 @@
 #include "inference/pipeline_forward.h"
 #include "inference/strategies.h"
 #include "kernels/ops.h"
-#include "parallel/schedule.h"
 
 namespace glmrt {
 
@@ -395,42 +394,21 @@ struct GenerationEngine::Impl {
 
   // ---- 3. The step through the pipeline; returns the decisions (on every rank).
   std::vector<int32_t> run_step(std::vector<MicroBatch>& mbs) {
-    const Layout& L = g.topo.layout();
-    const int stage = g.topo.pp_rank();
-    const int m = static_cast<int>(mbs.size());
-    const int64_t h = cfg.hidden_size;
-    std::map<int, Tensor> inputs, outputs;
+    const int tensor = g.topo.layout().tensor;
     std::vector<int32_t> decisions;
-    for (const PipeInstruction& in : forward_only_schedule(L.pipeline, stage, m)) {
-      const int j = in.micro_batch;
-      MicroBatch& mb = mbs[static_cast<size_t>(j)];
-      switch (in.op) {
-        case PipeOp::RecvActivation:
-          inputs[j] = Tensor::empty({static_cast<int64_t>(mb.tokens.size()), h}, model.dtype(), model.device());
-          g.pp->recv(inputs[j], stage - 1);
-          break;
-        case PipeOp::Forward: {
-          Tensor out = model.forward_cached(mb.batch, inputs[j], cache);
-          inputs.erase(j);
-          if (!model.shard().last_stage) {
-            outputs[j] = out;
-            break;
-          }
-          // Logits of this rank's vocabulary shard; gathered over the tensor-parallel group,
-          // only here, only for the tokens that predict.
-          const Tensor full = gather_vocab_logits(out, *g.tp, L.tensor);
-          if (deciding) decide(mb, full, decisions);
-          break;
-        }
-        case PipeOp::SendActivation:
-          g.pp->send(outputs[j], stage + 1);
-          outputs.erase(j);
-          break;
-        default:
-          GLMRT_CHECK(false, "generation: unexpected pipeline instruction ", pipe_op_name(in.op));
-      }
-    }
-    g.pp->wait_sends();
+    run_forward_only(model, g, static_cast<int>(mbs.size()),
+                     [&](int j) { return static_cast<int64_t>(mbs[static_cast<size_t>(j)].tokens.size()); },
+                     [&](int j, const Tensor& input) {
+                       const MicroBatch& mb = mbs[static_cast<size_t>(j)];
+                       Tensor out = model.forward_cached(mb.batch, input, cache);
+                       // The last stage gathers the logits over the tensor-parallel group, only
+                       // here, only for the tokens that predict, and decides.
+                       if (model.shard().last_stage) {
+                         const Tensor full = gather_vocab_logits(out, *g.tp, tensor);
+                         if (deciding) decide(mb, full, decisions);
+                       }
+                       return out;
+                     });
     broadcast_vector(*g.world, decisions, decider, DType::I32);
     return decisions;
   }

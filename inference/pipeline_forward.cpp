@@ -18,6 +18,36 @@ Batch row_of(const Batch& b, int64_t r) {
 
 }  // namespace
 
+void run_forward_only(GlmModel& model, ProcessGroups& g, int micro_batches,
+                      const std::function<int64_t(int)>& tokens,
+                      const std::function<Tensor(int, const Tensor&)>& forward) {
+  if (micro_batches == 0) return;
+  const int stage = g.topo.pp_rank();
+  std::map<int, Tensor> inputs, outputs;
+  for (const PipeInstruction& in : forward_only_schedule(g.topo.layout().pipeline, stage, micro_batches)) {
+    const int j = in.micro_batch;
+    switch (in.op) {
+      case PipeOp::RecvActivation:
+        inputs[j] = Tensor::empty({tokens(j), model.config().hidden_size}, model.dtype(), model.device());
+        g.pp->recv(inputs[j], stage - 1);
+        break;
+      case PipeOp::Forward: {
+        Tensor out = forward(j, inputs[j]);
+        inputs.erase(j);
+        if (!model.shard().last_stage) outputs[j] = std::move(out);
+        break;
+      }
+      case PipeOp::SendActivation:
+        g.pp->send(outputs[j], stage + 1);
+        outputs.erase(j);
+        break;
+      default:
+        GLMRT_CHECK(false, "forward-only pipeline: unexpected ", pipe_op_name(in.op));
+    }
+  }
+  g.pp->wait_sends();
+}
+
 Tensor gather_vocab_logits(const Tensor& local_logits, Communicator& tp, int tp_size) {
   Tensor local = local_logits.to(Device::cpu());
   if (local.dtype() != DType::F32) local = local.to(DType::F32);
@@ -39,41 +69,17 @@ Tensor pipeline_forward(GlmModel& model, ProcessGroups& g, const Batch& batch) {
   const Layout& L = topo.layout();
   const GlmConfig& c = model.config();
   const int64_t B = batch.batch, S = batch.seq, vl = c.vocab_size / L.tensor;
-  const int stage = topo.pp_rank();
   // This replica's rows: b ≡ dp (mod D).
   std::vector<int64_t> rows;
   for (int64_t b = topo.dp_rank(); b < B; b += L.data) rows.push_back(b);
   const int m = static_cast<int>(rows.size());
-  std::map<int, Tensor> inputs, outputs;
   std::vector<Tensor> my_logits(rows.size());
-  if (m > 0) {
-    for (const PipeInstruction& in : forward_only_schedule(L.pipeline, stage, m)) {
-      const int j = in.micro_batch;
-      switch (in.op) {
-        case PipeOp::RecvActivation:
-          inputs[j] = Tensor::empty({S, c.hidden_size}, model.dtype(), model.device());
-          g.pp->recv(inputs[j], stage - 1);
-          break;
-        case PipeOp::Forward: {
-          Tensor out = model.forward_stage(row_of(batch, rows[static_cast<size_t>(j)]), inputs[j]);
-          inputs.erase(j);
-          if (!model.shard().last_stage) {
-            outputs[j] = out;
-            break;
-          }
-          my_logits[static_cast<size_t>(j)] = gather_vocab_logits(out.view({S, vl}), *g.tp, L.tensor);
-          break;
-        }
-        case PipeOp::SendActivation:
-          g.pp->send(outputs[j], stage + 1);
-          outputs.erase(j);
-          break;
-        default:
-          GLMRT_CHECK(false, "pipeline_forward: unexpected ", pipe_op_name(in.op));
-      }
-    }
-    g.pp->wait_sends();
-  }
+  run_forward_only(model, g, m, [&](int) { return S; }, [&](int j, const Tensor& input) {
+    Tensor out = model.forward_stage(row_of(batch, rows[static_cast<size_t>(j)]), input);
+    if (model.shard().last_stage)
+      my_logits[static_cast<size_t>(j)] = gather_vocab_logits(out.view({S, vl}), *g.tp, L.tensor);
+    return out;
+  });
   // Tensor-parallel rank 0 of each last stage sends its rows to world rank 0.
   const bool sender = model.shard().last_stage && topo.tp_rank() == 0;
   if (sender && topo.rank() != 0)
