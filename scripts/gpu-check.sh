@@ -3,7 +3,9 @@
 # benchmark, and prints a short summary last. Meant for a GPU machine (H100/H200: sm_90 only,
 # for a fast build); logs go to build-gpu/gpu-check-logs and, when $OUT is set, to $OUT too.
 #
-# Usage: scripts/gpu-check.sh [--no-cpu-tests] [--no-e2e] [--no-bench] [--quick-bench]
+# Usage: scripts/gpu-check.sh [--bundle FILE] [--no-cpu-tests] [--no-e2e] [--no-bench] [--quick-bench]
+#   --bundle FILE: run the prebuilt binaries packed by scripts/gpu-bundle.sh (with the Debian
+#   libraries they need) instead of configuring and building here; implies --no-cpu-tests.
 # Environment: GLMRT_GPU_BUILD_DIR (build folder, default build-gpu), GLMRT_DEBS_DIR (carried
 # .deb files to unpack, default .debs).
 set -euo pipefail
@@ -14,13 +16,17 @@ run_cpu_tests=1
 run_e2e=1
 run_bench=1
 bench_args=()
-for arg in "$@"; do
+bundle=""
+while (($#)); do
+  arg=$1
+  shift
   case "$arg" in
+    --bundle) bundle=$(realpath "${1:?--bundle needs a file}"); shift; run_cpu_tests=0 ;;
     --no-cpu-tests) run_cpu_tests=0 ;;
     --no-e2e) run_e2e=0 ;;
     --no-bench) run_bench=0 ;;
     --quick-bench) bench_args+=(--quick) ;;
-    -h | --help) sed -n '2,8p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -52,7 +58,62 @@ gtest_counts() {
   echo "${passed:-0} passed, ${failed:-0} failed, ${skipped:-0} skipped"
 }
 
+# Open MPI as root (the GPU machines run commands as root): an MPI singleton starts orted.
+if [[ $(id -u) -eq 0 ]]; then
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi
+export OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader OMPI_MCA_mca_base_component_show_load_errors=0
+
+have_gpu=0
+if nvidia-smi -L >/dev/null 2>&1; then
+  have_gpu=1
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader || true
+fi
+
+# ---- Prebuilt bundle (scripts/gpu-bundle.sh) --------------------------------------------------
+# The directory holding library $1 on this machine, if the loader does not find it already.
+find_cuda_lib() {
+  ldconfig -p | grep -q "^[[:space:]]*$1 " && return 0
+  local d
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib; do
+    [[ -e $d/$1 ]] && { echo "$d"; return 0; }
+  done
+  find /usr/local /opt /usr/lib -name "$1" -print -quit 2>/dev/null | xargs -r dirname
+}
+
+if [[ -n $bundle ]]; then
+  step "bundle"
+  unpacked="$build/bundle"
+  rm -rf "$unpacked" && mkdir -p "$unpacked" "$build/tests" "$build/bench"
+  xz -dc "$bundle" | tar -C "$unpacked" -xf -
+  # Open MPI's and PMIx's trees at their installed paths, never over a file already there.
+  cp -rn "$unpacked/root/." / || true
+  # Libraries this machine has stay its own; the bundle fills in the missing ones only.
+  for lib in "$unpacked"/lib/*; do
+    if ldconfig -p | grep -q "^[[:space:]]*$(basename "$lib") "; then rm -f "$lib"; fi
+  done
+  libpath="$unpacked/lib"
+  for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libnccl.so.2; do
+    dir=$(find_cuda_lib "$lib")
+    echo "$lib: ${dir:-found by the loader}"
+    [[ -n $dir ]] && libpath="$libpath:$dir"
+  done
+  export LD_LIBRARY_PATH="$libpath${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  cp "$unpacked/bin/glmrt" "$build/glmrt"
+  cp "$unpacked/bin/tests/glmrt_cuda_tests" "$build/tests/"
+  cp "$unpacked/bin/bench/cuda_ops_bench" "$build/bench/"
+  missing=$(ldd "$build/glmrt" "$build/tests/glmrt_cuda_tests" | grep 'not found' | sort -u || true)
+  if [[ -n $missing ]]; then
+    echo "$missing"
+    note bundle "FAILED: libraries not found: $(echo "$missing" | awk '{print $1}' | tr '\n' ' ')"
+    failed=1
+  else
+    note bundle "ok ($(ls "$unpacked/lib" | wc -l) libraries from the bundle)"
+  fi
+fi
+
 # ---- Dependencies ----------------------------------------------------------------------------
+if [[ -z $bundle ]]; then
 step "dependencies"
 # The GPU machines reach no package registry: .deb files carried in $GLMRT_DEBS_DIR (default
 # .debs, e.g. made here with `apt-get download`) are unpacked into / first.
@@ -88,11 +149,6 @@ else
   fi
 fi
 
-have_gpu=0
-if nvidia-smi -L >/dev/null 2>&1; then
-  have_gpu=1
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-fi
 nvcc --version | tail -1 || true
 
 # ---- Configure and build ---------------------------------------------------------------------
@@ -132,11 +188,14 @@ if ((run_cpu_tests)); then  # everything else: the CPU tests need the glmrt bina
     failed=1
   fi
 fi
+else
+  build_ok=1
+fi
 
 # ---- Tests -----------------------------------------------------------------------------------
 if ((build_ok)); then
   step "CUDA tests"
-  if timeout 600 "$build/tests/glmrt_cuda_tests" --gtest_brief=1 2>&1 |
+  if timeout -k 5 300 "$build/tests/glmrt_cuda_tests" --gtest_brief=1 --gtest_color=no 2>&1 |
        tee "$logs/cuda-tests.log"; then
     note cuda-tests "$(gtest_counts "$logs/cuda-tests.log")"
     # Skipping is right without a GPU, but a GPU that the tests cannot see is a failure.
@@ -203,7 +262,7 @@ e2e_check() {
   local label=$1 tol=$2 out=$3 ref=$4
   shift 4
   local err
-  if ! "$build/glmrt" "$@" >>"$logs/e2e.log" 2>&1; then
+  if ! timeout -k 5 120 "$build/glmrt" "$@" >>"$logs/e2e.log" 2>&1; then
     note "$label" "FAILED to run (see e2e.log)"
     failed=1
   elif ! err=$(compare_safetensors "$out" "$ref" 2>>"$logs/e2e.log"); then
@@ -255,13 +314,27 @@ JSON
     --init-weights "$root/tests/golden/tiny_weights.safetensors" \
     --output-weights "$e2e/trained.safetensors"
   cd "$root"
+  # Generation on the GPU (KV cache, attention with a slot table, sampling, beam search): the
+  # golden cases of the float64 reference, batched as in the CPU test; f32 must match them all,
+  # bf16 is reported only (its rounding may flip a near tie).
+  step "generate"
+  if timeout -k 5 300 python3 scripts/gpu_generate_check.py "$build/glmrt" "$e2e/generate" \
+       --device cuda --dtype f32 >"$logs/generate.log" 2>&1; then
+    note "gen cuda f32" "$(tail -1 "$logs/generate.log")"
+  else
+    note "gen cuda f32" "FAILED: $(tail -1 "$logs/generate.log") (see generate.log)"
+    failed=1
+  fi
+  timeout -k 5 300 python3 scripts/gpu_generate_check.py "$build/glmrt" "$e2e/generate-bf16" \
+    --device cuda --dtype bf16 >"$logs/generate-bf16.log" 2>&1 || true
+  note "gen cuda bf16" "$(tail -1 "$logs/generate-bf16.log") (reported only)"
 fi
 
 # ---- Benchmark -------------------------------------------------------------------------------
 bench_table=""
 if ((build_ok && run_bench)); then
   step "benchmark"
-  if timeout 600 "$build/bench/cuda_ops_bench" "${bench_args[@]}" 2>&1 | tee "$logs/bench.log"; then
+  if timeout -k 5 300 "$build/bench/cuda_ops_bench" "${bench_args[@]}" 2>&1 | tee "$logs/bench.log"; then
     note bench "ok"
   else
     note bench "FAILED (see bench.log)"
