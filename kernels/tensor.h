@@ -66,7 +66,12 @@ class Tensor {
   DType dtype() const { return dtype_; }
   Device device() const { return storage_ ? storage_->device() : Device::cpu(); }
   // Number of rows when the tensor is viewed as 2-D [numel / last_dim, last_dim].
-  int64_t rows() const { return ndim() == 0 ? 1 : numel() / dim(-1); }
+  // (The product of the leading dimensions, not numel / last_dim: a [6, 0] tensor has 6 rows.)
+  int64_t rows() const {
+    int64_t r = 1;
+    for (int i = 0; i + 1 < ndim(); ++i) r *= shape_[i];
+    return r;
+  }
   int64_t cols() const { return ndim() == 0 ? 1 : dim(-1); }
 
   void* data() const;

@@ -44,6 +44,20 @@ TEST_P(CpuOps, GemmBetaZeroIgnoresNanInOutput) {
   for (int64_t i = 0; i < c.numel(); ++i) EXPECT_FALSE(std::isnan(c.item(i)));
 }
 
+// An empty inner dimension (K = 0): c = beta · c, and a [6, 0] tensor still has 6 rows.
+TEST_P(CpuOps, GemmEmptyInnerDimensionScalesOutput) {
+  Tensor a = Tensor::empty({6, 0}, dt()), b = Tensor::empty({0, 5}, dt());
+  EXPECT_EQ(a.rows(), 6);
+  EXPECT_EQ(Tensor::empty({2, 3, 0}, dt()).rows(), 6);
+  Tensor c = random_tensor({6, 5}, 9, dt());
+  Tensor ref = Tensor::empty({6, 5}, DType::F64);
+  for (int64_t i = 0; i < 30; ++i) ref.data_as<double>()[i] = 0.5 * c.item(i);
+  gemm(a, false, b, false, c, 1.0f, 0.5f);
+  EXPECT_LT(max_rel_diff(c, ref), tol());
+  gemm(a, false, b, false, c, 1.0f, 0.0f);
+  for (int64_t i = 0; i < c.numel(); ++i) EXPECT_EQ(c.item(i), 0.0);
+}
+
 TEST_P(CpuOps, LinearWithBias) {
   const int64_t n = 6, k = 8, m = 5;
   Tensor x = random_tensor({2, 3, k}, 6, dt()), w = random_tensor({m, k}, 7, dt());
