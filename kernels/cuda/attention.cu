@@ -4,13 +4,15 @@
 // visible iff start <= j < end and (j < sep or j <= t), i.e. j < max(sep, t + 1): the visible keys
 // are the single contiguous range [start, min(end, max(sep, t + 1))).
 //
+// 16-bit qkv with head dim 64 or 128 (GLM-130B's 128 among them) goes to the tensor-core kernel
+// of attention_flash.cuh; everything else (F32, other head dims) to the kernel below.
+//
 // Design (simple and exact, linear memory): one warp per (batch, head, query), see
 // attention_common.cuh. For each visible key the warp computes the score with a butterfly
 // reduction (every lane gets the identical value), then updates an online softmax:
 //   m' = max(m, s),  l' = l·e^(m-m') + e^(s-m'),  acc' = acc·e^(m-m') + e^(s-m')·v
 // and finally writes acc / l and lse = m + log(l). Warps of a block take consecutive queries of
 // one (batch, head), so they walk the same keys and share them through L1/L2.
-// A tiled tensor-core (flash) kernel is the obvious next step for speed.
 //
 // Dropout (when enabled) drops softmax probabilities after lse is taken: l sums every visible
 // key's weight, acc only the kept ones, and the result is scaled by 1 / (1 - p). The decision for
@@ -21,6 +23,7 @@
 // which keeps fp16 scores in range: q is divided by sqrt(d)·c and rounded to fp16, the fp32 dot
 // product is rounded to fp16 (the reference's fp16 GEMM output) and multiplied by c in fp32.
 #include "kernels/cuda/attention_common.cuh"
+#include "kernels/cuda/attention_flash.cuh"
 
 namespace glmrt::cuda {
 
@@ -103,6 +106,11 @@ void attention_forward(const Tensor& qkv, const Tensor& mask_spans, int64_t batc
   const unsigned blocks = static_cast<unsigned>((s.items + kAttentionWarps - 1) / kAttentionWarps);
   dispatch_float(qkv.dtype(), "attention_forward", [&](auto zero) {
     using T = decltype(zero);
+    if (flash_attention_forward<T>(static_cast<const T*>(qkv.data()),
+                                   static_cast<const int32_t*>(mask_spans.data()), batch, s.seq,
+                                   num_heads, head_dim, s.q_divisor, query_scale_coeff, dropout,
+                                   s.total_heads, static_cast<T*>(context.data()), lse_ptr))
+      return;
     dispatch_head_dim(head_dim, [&](auto per_lane) {
       constexpr int R = decltype(per_lane)::value;
       const auto launch = [&](auto kernel) {

@@ -1,5 +1,6 @@
 // Every CUDA forward op (and the runtime) against the CPU op on fresh random inputs; the
 // method (tolerances, poisoning, seeds) is described in tests/cuda/test_cuda_util.h.
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -274,6 +275,43 @@ TEST_P(CudaOps, AttentionDropoutMatchesCpu) {
   cpu::attention_forward(qkv.to(DType::F32), spans, batch, heads, d, 1.0f, kNoDropout, undropped,
                          nullptr);
   EXPECT_FALSE(close(out, undropped, 0.05)) << "dropout changed nothing";
+}
+
+// Rows longer than one 64-key tile of the tensor-core kernel (head dims 64 and 128 in 16-bit):
+// a long bidirectional prefix then causal tokens, a fully causal segment beside a fully
+// bidirectional one (whole tiles skipped, a tile shared by two segments), partial last tiles; with
+// and without dropout.
+TEST_P(CudaOps, AttentionLongRowsAcrossKeyTiles) {
+  const int64_t batch = 2, seq = 300, heads = 2;
+  // {start, sep, end} per segment: row 0 one segment with prefix 131, row 1 two segments.
+  const std::vector<std::vector<std::array<int32_t, 3>>> segments = {
+      {{0, 131, 300}}, {{0, 0, 170}, {170, 300, 300}}};
+  std::vector<int32_t> span_values;
+  for (const auto& row : segments)
+    for (const auto& seg : row)
+      for (int32_t t = seg[0]; t < seg[2]; ++t) span_values.insert(span_values.end(), seg.begin(), seg.end());
+  const Tensor spans = Tensor::from_ints(span_values, {batch * seq, 3});
+  for (int64_t d : {64, 128}) {
+    for (bool with_dropout : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "head_dim=" << d << " dropout=" << with_dropout);
+      DropoutSpec dropout;
+      if (with_dropout) {
+        dropout.p = 0.1f;
+        dropout.key = rng_();
+        dropout.stream = dropout_stream(3, 1, DropoutSite::Attention);
+        dropout.row_offset = 2;
+      }
+      const Tensor qkv = random_dt({batch * seq, heads * 3 * d});
+      Tensor ref = Tensor::empty({batch * seq, heads * d}, DType::F32);
+      Tensor ref_lse = Tensor::empty({batch, heads, seq}, DType::F32);
+      cpu::attention_forward(qkv.to(DType::F32), spans, batch, heads, d, 4.0f, dropout, ref, &ref_lse);
+      Tensor out = poisoned({batch * seq, heads * d}, dt());
+      Tensor lse = poisoned({batch, heads, seq}, DType::F32);
+      cuda::attention_forward(gpu(qkv), gpu(spans), batch, heads, d, 4.0f, dropout, out, &lse);
+      EXPECT_TRUE(close(out, ref, tolerance(dt())));
+      EXPECT_TRUE(close(lse, ref_lse, tolerance(dt())));
+    }
+  }
 }
 
 TEST_P(CudaOps, DropoutApplyMatchesCpu) {
