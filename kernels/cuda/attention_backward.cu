@@ -11,7 +11,10 @@
 // Each pass recomputes the scores exactly as the forward did (same lanes, same reduction order,
 // the F16 rounding trick included), so exp(score - lse) are the forward's probabilities.
 // Gradients flow through the F16 score rounding as the identity: the scale is 1/sqrt(d).
+// 16-bit qkv with head dim 64 or 128 goes to the tensor-core passes of
+// attention_flash_backward.cuh instead (same passes, same recomputation, tiles on mma.sync).
 #include "kernels/cuda/attention_common.cuh"
+#include "kernels/cuda/attention_flash_backward.cuh"
 
 namespace glmrt::cuda {
 
@@ -180,6 +183,14 @@ void attention_backward(const Tensor& qkv, const Tensor& mask_spans, int64_t bat
                                query_scale_coeff,
                                static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim))),
                                dropout};
+    const flash::BackwardParams<T> flash_args{args.qkv,        args.spans,      args.context,
+                                              args.dcontext,   args.lse,        args.delta,
+                                              args.dqkv,       static_cast<int>(s.seq),
+                                              static_cast<int>(num_heads),      s.q_divisor,
+                                              query_scale_coeff, args.grad_scale, dropout,
+                                              s.total_heads};
+    if (s.seq <= (int64_t{1} << 30) && flash_attention_backward<T>(flash_args, batch, head_dim))
+      return;
     dispatch_head_dim(head_dim, [&](auto per_lane) {
       constexpr int R = decltype(per_lane)::value;
       // Pass 1 writes Δ, which pass 2 reads: the two launches are ordered on the default stream.

@@ -25,12 +25,19 @@ class CudaGrads : public CudaOps {
 
   // attention_backward against the CPU op; the GPU backward consumes the GPU forward's context
   // and lse, as training does.
+  // Short rows of random segments for every head dim, then rows of several 64-token tiles
+  // (long_spans) for the tensor-core kernels' head dims.
   void check_attention_backward(const DropoutSpec& dropout) {
-    const int64_t batch = 2, seq = 37, heads = 2;
-    for (int64_t d : {16, 64, 80, 128}) {
+    check_attention_backward(dropout, 2, 37, {16, 64, 80, 128}, Tensor());
+    check_attention_backward(dropout, kLongSpansBatch, kLongSpansSeq, {64, 128}, long_spans());
+  }
+  void check_attention_backward(const DropoutSpec& dropout, int64_t batch, int64_t seq,
+                                std::vector<int64_t> head_dims, const Tensor& fixed_spans) {
+    const int64_t heads = 2;
+    for (int64_t d : head_dims) {
       for (float coeff : {1.0f, 5.0f}) {
-        SCOPED_TRACE(::testing::Message() << "head_dim=" << d << " coeff=" << coeff);
-        const Tensor spans = make_spans(batch, seq, rng_);
+        SCOPED_TRACE(::testing::Message() << "seq=" << seq << " head_dim=" << d << " coeff=" << coeff);
+        const Tensor spans = fixed_spans.defined() ? fixed_spans : make_spans(batch, seq, rng_);
         const Tensor qkv = random_dt({batch * seq, heads * 3 * d});
         const Tensor dctx = random_dt({batch * seq, heads * d});
         const Tensor qkv32 = qkv.to(DType::F32);

@@ -1,6 +1,5 @@
 // Every CUDA forward op (and the runtime) against the CPU op on fresh random inputs; the
 // method (tolerances, poisoning, seeds) is described in tests/cuda/test_cuda_util.h.
-#include <array>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -277,20 +276,11 @@ TEST_P(CudaOps, AttentionDropoutMatchesCpu) {
   EXPECT_FALSE(close(out, undropped, 0.05)) << "dropout changed nothing";
 }
 
-// Rows longer than one 64-key tile of the tensor-core kernel (head dims 64 and 128 in 16-bit):
-// a long bidirectional prefix then causal tokens, a fully causal segment beside a fully
-// bidirectional one (whole tiles skipped, a tile shared by two segments), partial last tiles; with
-// and without dropout.
+// Rows longer than one 64-key tile of the tensor-core kernel (head dims 64 and 128 in 16-bit),
+// with and without dropout (test_cuda_util.h: long_spans).
 TEST_P(CudaOps, AttentionLongRowsAcrossKeyTiles) {
-  const int64_t batch = 2, seq = 300, heads = 2;
-  // {start, sep, end} per segment: row 0 one segment with prefix 131, row 1 two segments.
-  const std::vector<std::vector<std::array<int32_t, 3>>> segments = {
-      {{0, 131, 300}}, {{0, 0, 170}, {170, 300, 300}}};
-  std::vector<int32_t> span_values;
-  for (const auto& row : segments)
-    for (const auto& seg : row)
-      for (int32_t t = seg[0]; t < seg[2]; ++t) span_values.insert(span_values.end(), seg.begin(), seg.end());
-  const Tensor spans = Tensor::from_ints(span_values, {batch * seq, 3});
+  const int64_t batch = kLongSpansBatch, seq = kLongSpansSeq, heads = 2;
+  const Tensor spans = long_spans();
   for (int64_t d : {64, 128}) {
     for (bool with_dropout : {false, true}) {
       SCOPED_TRACE(::testing::Message() << "head_dim=" << d << " dropout=" << with_dropout);

@@ -11,6 +11,8 @@
 // prints it, and GLMRT_TEST_SEED=<seed> replays it.
 #pragma once
 
+#include <array>
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -137,6 +139,21 @@ inline Tensor make_spans(int64_t batch, int64_t seq, std::mt19937& rng) {
     }
   }
   return Tensor::from_ints(spans, {batch * seq, 3});
+}
+
+// Two rows of 300 tokens spanning several 64-token tiles of the tensor-core attention kernels:
+// row 0 one segment with a bidirectional prefix of 131 tokens; row 1 a fully causal segment of
+// 170 tokens beside a fully bidirectional one of 130 (whole tiles skipped, a tile shared by two
+// segments, partial last tiles).
+constexpr int64_t kLongSpansBatch = 2, kLongSpansSeq = 300;
+inline Tensor long_spans() {
+  const std::vector<std::vector<std::array<int32_t, 3>>> segments = {
+      {{0, 131, 300}}, {{0, 0, 170}, {170, 300, 300}}};
+  std::vector<int32_t> values;
+  for (const auto& row : segments)
+    for (const auto& seg : row)
+      for (int32_t t = seg[0]; t < seg[2]; ++t) values.insert(values.end(), seg.begin(), seg.end());
+  return Tensor::from_ints(values, {kLongSpansBatch * kLongSpansSeq, 3});
 }
 
 }  // namespace glmrt::cuda_testing
