@@ -8,7 +8,12 @@
 // For reference it also times the general path on the same shapes: OpenBLAS sgemm for F32, and
 // for BF16 the conversion of w to F32 followed by sgemm (what a 16-bit call cost before).
 //
-// Usage: linear_decode_bench [--threads T] [--iterations N]
+// A second table times F32 calls at the shapes of a decoding step of bench/configs/decode_1b.yaml
+// (h 2048, F 5461, vocab 32768: QKV, dense, h→4h, 4h→h, output head) for n = 1 and 16, with
+// GFLOP/s next to OpenBLAS sgemm at the same shape and to the sgemm peak (4096³, best of 3), and
+// the F32 step's linear-layer time those rows add up to (16 layers + the head).
+//
+// Usage: linear_decode_bench [--threads T] [--iterations N] [--only-1b]
 #include <cblas.h>
 #include <omp.h>
 
@@ -97,15 +102,79 @@ Tensor random_tensor(const Shape& shape, DType dtype, uint32_t seed) {
   return Tensor::from_floats(v, shape, dtype);
 }
 
+// sgemm's GFLOP/s on 4096³ F32 (best of 3): the compute peak the decode_1b table compares to.
+double sgemm_peak_gflops() {
+  const int64_t s = 4096;
+  Tensor a = random_tensor({s, s}, DType::F32, 7), b = random_tensor({s, s}, DType::F32, 8);
+  Tensor c = Tensor::empty({s, s}, DType::F32);
+  const double t = best_of(3, [&] {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s, s, s, 1.0f, a.data_as<float>(), s,
+                b.data_as<float>(), s, 0.0f, c.data_as<float>(), s);
+  });
+  return 2.0 * s * s * s / t / 1e9;
+}
+
+// F32 linear layers at decode_1b's shapes, n = 1 and 16: glmrt (linear_forward) against OpenBLAS
+// sgemm on the same shape, and the step total (16 layers of the four layer shapes + the head).
+void decode_1b_table(int iterations) {
+  const double peak = sgemm_peak_gflops();
+  std::printf("\ndecode_1b F32 linear layers; sgemm 4096^3 peak %.1f GFLOP/s\n", peak);
+  std::printf("%-24s %4s %11s %9s %8s %11s %9s %8s\n", "layer [m x k]", "n", "glmrt (us)",
+              "GFLOP/s", "% peak", "sgemm (us)", "GFLOP/s", "% peak");
+  struct Shape1b {
+    const char* name;
+    int64_t m, k, per_step;  // per_step: calls per decoding step
+  };
+  const Shape1b shapes[] = {{"qkv", 6144, 2048, 16},
+                            {"dense", 2048, 2048, 16},
+                            {"h_to_4h", 10922, 2048, 16},
+                            {"4h_to_h", 2048, 5461, 16},
+                            {"head", 32768, 2048, 1}};
+  for (int64_t n : {1, 16}) {
+    double step_glmrt = 0, step_blas = 0;
+    for (const Shape1b& sh : shapes) {
+      const int64_t m = sh.m, k = sh.k;
+      const double w_bytes = static_cast<double>(m * k * 4);
+      const int copies = static_cast<int>(std::max(1.0, (256.0 * (1 << 20)) / w_bytes));
+      std::vector<Tensor> weights;
+      for (int c = 0; c < copies; ++c) weights.push_back(random_tensor({m, k}, DType::F32, 200 + c));
+      Tensor x = random_tensor({n, k}, DType::F32, 3), y = Tensor::empty({n, m}, DType::F32);
+      int next = 0;
+      auto call = [&] { linear_forward(x, weights[next++ % copies], nullptr, y); };
+      auto blas = [&] {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, m, k, 1.0f, x.data_as<float>(), k,
+                    weights[next++ % copies].data_as<float>(), k, 0.0f, y.data_as<float>(), m);
+      };
+      for (int i = 0; i < copies; ++i) call(), blas();  // warm-up
+      const int calls = std::max(8, iterations * 4096 * 2048 / static_cast<int>(m * k) / 2);
+      const double tg = time_calls(calls, call).median, tb = time_calls(calls, blas).median;
+      const double flops = 2.0 * n * m * k;
+      const std::string what = std::string(sh.name) + " [" + std::to_string(m) + " x " +
+                               std::to_string(k) + "]";
+      std::printf("%-24s %4lld %11.1f %9.1f %7.0f%% %11.1f %9.1f %7.0f%%\n", what.c_str(),
+                  static_cast<long long>(n), tg * 1e6, flops / tg / 1e9, 100 * flops / tg / 1e9 / peak,
+                  tb * 1e6, flops / tb / 1e9, 100 * flops / tb / 1e9 / peak);
+      step_glmrt += sh.per_step * tg;
+      step_blas += sh.per_step * tb;
+    }
+    std::printf("%-24s %4lld %11.1f %9s %8s %11.1f\n", "  step (16 layers + head)",
+                static_cast<long long>(n), step_glmrt * 1e6, "", "", step_blas * 1e6);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int threads = 0, iterations = 40;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--iterations")) iterations = std::atoi(argv[i + 1]);
+  bool only_1b = false;
+  for (int i = 1; i < argc; ++i) {
+    const bool has_value = i + 1 < argc;
+    if (!std::strcmp(argv[i], "--threads") && has_value) threads = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--iterations") && has_value) iterations = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--only-1b")) only_1b = true;  // just the decode_1b table
     else {
-      std::fprintf(stderr, "usage: linear_decode_bench [--threads T] [--iterations N]\n");
+      std::fprintf(stderr,
+                   "usage: linear_decode_bench [--threads T] [--iterations N] [--only-1b]\n");
       return 2;
     }
   }
@@ -118,6 +187,7 @@ int main(int argc, char** argv) {
               "GB/s", "time/floor", "GFLOP/s");
 
   for (DType dt : {DType::F32, DType::BF16}) {
+    if (only_1b) break;
     // Enough distinct weight matrices to cover 8× the last-level cache (256 MiB).
     const double w_bytes = static_cast<double>(m * k * dtype_size(dt));
     const double floor_s = w_bytes / bandwidth;  // a call's time at the read bandwidth
@@ -143,5 +213,6 @@ int main(int argc, char** argv) {
                 time_calls(std::max(4, iterations / 4), general), w_bytes, floor_s, n, m, k);
     }
   }
+  decode_1b_table(iterations);
   return 0;
 }

@@ -13,7 +13,11 @@ the embedding gradient shrink (gradient × α_EGS on both uses of the embedding,
 torch.nn.utils.clip_grad_norm_ and torch.optim.AdamW (weight decay on matrices only) with the
 config's hyper-parameters and cosine schedule.
 
-fp32, or bf16 through torch.autocast("cpu", dtype=torch.bfloat16) (fp32 weights, bf16 compute).
+fp32, or bf16 through torch.autocast(device, dtype=torch.bfloat16) (fp32 weights, bf16 compute).
+
+--device cuda runs the same step on a GPU (torch 2.x there): attention then goes through
+F.scaled_dot_product_attention with the boolean mask (its fused kernels) instead of the explicit
+matmul + softmax, and timings synchronize the device.
 
 Timing: 1 warm-up step, then --steps timed steps (time.perf_counter). When a full step would
 blow the time budget (PyTorch's bf16 matmul on a CPU without AVX512-BF16/AMX falls back to a
@@ -54,6 +58,7 @@ def parse_args(argv=None):
     ap.add_argument("--budget-s", type=float, default=240.0,
                     help="auto mode: most seconds the warm-up + timed steps may take")
     ap.add_argument("--gemm-size", type=int, default=2048)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     return ap.parse_args(argv)
 
 
@@ -128,7 +133,7 @@ class GlmLayer(nn.Module):
         self.dense_h_to_4h = nn.Linear(h, 2 * ffn)
         self.dense_4h_to_h = nn.Linear(ffn, h)
 
-    def forward(self, x, cos, sin, mask_add):
+    def forward(self, x, cos, sin, mask):
         b, s, h = x.shape
         nh, d = self.heads, self.d
         a = self.input_layernorm(x)
@@ -137,9 +142,13 @@ class GlmLayer(nn.Module):
         q = q * cos + rotate_half(q) * sin  # cos, sin: [b, s, 1, d]
         k = k * cos + rotate_half(k) * sin
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, nh, s, d]
-        scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(d)) + mask_add
-        probs = torch.softmax(scores, dim=-1)
-        ctx = torch.matmul(probs.to(v.dtype), v).transpose(1, 2).reshape(b, s, h)
+        if mask.dtype == torch.bool:  # GPU: the fused kernels, True = attend
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(d)) + mask
+            probs = torch.softmax(scores, dim=-1)
+            ctx = torch.matmul(probs.to(v.dtype), v)
+        ctx = ctx.transpose(1, 2).reshape(b, s, h)
         x = a * self.alpha + self.dense(ctx)
         m = self.post_attention_layernorm(x)
         u1, u2 = self.dense_h_to_4h(m).chunk(2, dim=-1)
@@ -222,7 +231,7 @@ def rope_tables(cfg):
 class MicroBatch:
     """Everything a micro-batch needs, built once outside the timed region."""
 
-    def __init__(self, samples, tables):
+    def __init__(self, samples, tables, device="cpu"):
         cos_t, sin_t = tables
         self.tokens = torch.stack([s["tokens"] for s in samples])
         self.targets = torch.stack([s["targets"] for s in samples])
@@ -234,10 +243,19 @@ class MicroBatch:
         for r, smp in enumerate(samples):
             visible[r, :, :smp["sep"]] = True  # the bidirectional prefix
         self.mask_add = torch.zeros(b, 1, s, s).masked_fill(~visible[:, None], -10000.0)
+        if device != "cpu":
+            self.mask_add = visible[:, None]  # boolean, for scaled_dot_product_attention
+            for name in ("tokens", "targets", "loss_mask", "cos", "sin", "mask_add"):
+                setattr(self, name, getattr(self, name).to(device))
+
+
+def sync():
+    if ARGS.device == "cuda":
+        torch.cuda.synchronize()
 
 
 def micro_batch_loss(model, mb, autocast):
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast(ARGS.device, dtype=torch.bfloat16, enabled=autocast):
         logits = model(mb.tokens, mb.cos, mb.sin, mb.mask_add)
     V = logits.shape[-1]
     loss = F.cross_entropy(logits.float().view(-1, V), mb.targets.reshape(-1), reduction="none")
@@ -312,12 +330,14 @@ def step_flops(cfg, sequences):
 def gemm_rate(n, autocast, reps=5, max_seconds=3.0):
     """GFLOP/s of PyTorch's own n×n×n matmul (fp32, or bf16 under autocast), best of `reps`
     after a warm-up (fewer when slow): information only, beside glmrt's GEMM peak."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, device=ARGS.device), torch.randn(n, n, device=ARGS.device)
     best, start = float("inf"), time.perf_counter()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast(ARGS.device, dtype=torch.bfloat16, enabled=autocast):
         for i in range(reps + 1):
+            sync()
             t = time.perf_counter()
             torch.matmul(a, b)
+            sync()
             best = min(best, time.perf_counter() - t) if i or best == float("inf") else best
             if time.perf_counter() - start > max_seconds:
                 break
@@ -327,11 +347,13 @@ def gemm_rate(n, autocast, reps=5, max_seconds=3.0):
 def probe_layer_gemm(cfg, autocast):
     """GFLOP/s of a dense_h_to_4h forward on a quarter of a sequence (for the auto mode)."""
     h, f, s = cfg["hidden_size"], cfg["ffn_hidden_size"], cfg["max_sequence_length"] // 4
-    lin, x = nn.Linear(h, 2 * f), torch.randn(1, s, h)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    lin, x = nn.Linear(h, 2 * f).to(ARGS.device), torch.randn(1, s, h, device=ARGS.device)
+    with torch.no_grad(), torch.autocast(ARGS.device, dtype=torch.bfloat16, enabled=autocast):
         lin(x)
+        sync()
         t = time.perf_counter()
         lin(x)
+        sync()
         dt = time.perf_counter() - t
     return 2.0 * s * h * 2 * f / dt / 1e9
 
@@ -350,7 +372,7 @@ def estimate_step(cfg, egs, trainer, mbs, autocast):
     layer = trainer.model.layers[0]
     x = torch.randn(mb.tokens.shape + (cfg["hidden_size"],), requires_grad=True)
     t = time.perf_counter()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast(ARGS.device, dtype=torch.bfloat16, enabled=autocast):
         y = layer(x, mb.cos, mb.sin, mb.mask_add)
     y.float().backward(torch.randn(y.shape) * 1e-3)
     one_layer = time.perf_counter() - t
@@ -380,8 +402,8 @@ def main():
     gen = torch.Generator().manual_seed(20240607)
     samples = [make_sample(cfg, tok, r, gen) for r in range(gbs)]
     tables = rope_tables(cfg)
-    mbs = [MicroBatch(samples[i:i + mbsz], tables) for i in range(0, gbs, mbsz)]
-    model = Glm(cfg, egs)
+    mbs = [MicroBatch(samples[i:i + mbsz], tables, ARGS.device) for i in range(0, gbs, mbsz)]
+    model = Glm(cfg, egs).to(ARGS.device)
     trainer = Trainer(model, opt_cfg, train_cfg, mbs, autocast)
     flops = step_flops(cfg, gbs)
     tokens = gbs * seq
@@ -393,9 +415,10 @@ def main():
         f"{torch_gemm:.1f} GFLOP/s; layer-shape linear {probe:.1f} GFLOP/s -> full run ≈ {predicted:.0f} s")
     mode = ARGS.mode
     if mode == "auto":
-        mode = "full" if predicted <= ARGS.budget_s else "estimate"
+        mode = "full" if ARGS.device == "cuda" or predicted <= ARGS.budget_s else "estimate"
 
     out = {"impl": "pytorch", "torch": torch.__version__, "precision": ARGS.precision,
+           "device": torch.cuda.get_device_name() if ARGS.device == "cuda" else "cpu",
            "threads": ARGS.threads, "mode": mode, "micro_batches": len(mbs), "seq": seq,
            "tokens_per_step": tokens, "gflop_per_step": flops / 1e9,
            "torch_gemm_gflops": torch_gemm, "torch_layer_linear_gflops": probe}
@@ -403,12 +426,15 @@ def main():
         if mode == "full":
             t = time.perf_counter()
             out["loss_warmup"] = trainer.step()
+            sync()
             out["warmup_seconds"] = time.perf_counter() - t
             log(f"warm-up step {out['warmup_seconds']:.2f} s, loss {out['loss_warmup']:.4f}")
             times = []
             for i in range(ARGS.steps):
+                sync()
                 t = time.perf_counter()
                 out["loss_last"] = trainer.step()
+                sync()
                 times.append(time.perf_counter() - t)
                 log(f"step {i + 1}: {times[-1]:.2f} s, loss {out['loss_last']:.4f}")
             per_step = sum(times) / len(times)

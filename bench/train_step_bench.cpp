@@ -6,7 +6,11 @@
 //
 // Usage:
 //   train_step_bench --config bench/configs/train_bench.yaml [--steps 3] [--threads T]
-//                    [--precision fp32|bf16] [--json] [--profile]
+//                    [--precision fp32|bf16] [--device cpu|cuda] [--json] [--profile]
+//
+// --device cuda (a CUDA build on a GPU machine) runs the same steps on GPU 0; the GEMM peak is
+// then glmrt::gemm on the GPU (cuBLAS) at --gemm-size, and every timing synchronizes the device.
+// bench/gpu_train_bench.sh runs it beside bench/torch_train_step.py --device cuda.
 //
 // Model FLOPs per step (the same formula as bench/torch_train_step.py):
 //   GEMMs:     6 · (non-embedding matmul parameters + h·V) · tokens
@@ -46,6 +50,9 @@
 #include <vector>
 
 #include "kernels/cpu/onednn_gemm.h"
+#ifdef GLMRT_WITH_CUDA
+#include "kernels/cuda/cuda_ops.h"
+#endif
 #include "kernels/ops.h"
 #include "launcher/run_config.h"
 #include "model/init.h"
@@ -165,14 +172,25 @@ Tensor random_tensor(const Shape& shape, DType dtype, uint64_t seed, float stdde
 }
 
 // GFLOP/s of glmrt::gemm c = a·b on n×n×n tensors of `dtype`: best of `reps` after one warm-up.
-double gemm_rate(DType dtype, int64_t n, int reps) {
-  const Tensor a = random_tensor({n, n}, dtype, 1), b = random_tensor({n, n}, dtype, 2);
-  Tensor c = Tensor::empty({n, n}, dtype);
+// Waits for the device's queued work (a no-op on the CPU).
+void sync(Device dev) {
+#ifdef GLMRT_WITH_CUDA
+  if (dev.is_cuda()) cuda::synchronize();
+#else
+  (void)dev;
+#endif
+}
+
+double gemm_rate(DType dtype, int64_t n, int reps, Device dev = Device::cpu()) {
+  const Tensor a = random_tensor({n, n}, dtype, 1).to(dev), b = random_tensor({n, n}, dtype, 2).to(dev);
+  Tensor c = Tensor::empty({n, n}, dtype, dev);
   gemm(a, false, b, false, c, 1.0f, 0.0f);
+  sync(dev);
   double best = 1e30;
   for (int r = 0; r < reps; ++r) {
     const auto t0 = Clock::now();
     gemm(a, false, b, false, c, 1.0f, 0.0f);
+    sync(dev);
     best = std::min(best, seconds_since(t0));
   }
   return 2.0 * static_cast<double>(n) * n * n / best / 1e9;
@@ -469,6 +487,7 @@ int run(int argc, char** argv) {
     ("threads", po::value<int>(), "CPU threads for BLAS and OpenMP (default: the environment's)")
     ("precision", po::value<std::string>()->default_value("fp32"), "fp32 or bf16")
     ("gemm-size", po::value<int>()->default_value(2048), "size of the square peak GEMM")
+    ("device", po::value<std::string>()->default_value("cpu"), "cpu or cuda (GPU 0)")
     ("json", "print one JSON line (last) with every figure")
     ("profile", "time every op of a step at the benchmark's shapes and print the breakdown");
   po::variables_map vm;
@@ -493,6 +512,19 @@ int run(int argc, char** argv) {
   if (prec == "fp32") rc.train.precision = Precision::FP32, dtype = DType::F32;
   else if (prec == "bf16") rc.train.precision = Precision::BF16, dtype = DType::BF16;
   else throw ConfigError("--precision: expected fp32 or bf16, got '" + prec + "'");
+  const std::string device_name = vm["device"].as<std::string>();
+  Device dev = Device::cpu();
+  if (device_name == "cuda") {
+#ifdef GLMRT_WITH_CUDA
+    if (cuda::device_count() < 1) throw ConfigError("--device cuda: no CUDA device visible");
+    dev = Device::cuda(0);
+#else
+    throw ConfigError("--device cuda: this build has no CUDA backend");
+#endif
+  } else if (device_name != "cpu") {
+    throw ConfigError("--device: expected cpu or cuda, got '" + device_name + "'");
+  }
+  if (dev.is_cuda() && vm.count("profile")) throw ConfigError("--profile: CPU only");
   const bool json = vm.count("json") > 0;
   if (json) g_info = stderr;
   const GlmConfig& c = rc.model;
@@ -501,12 +533,13 @@ int run(int argc, char** argv) {
 
   // GEMM rates, measured before the model takes memory and caches.
   const int64_t gsz = vm["gemm-size"].as<int>();
-  const double peak_fp32 = gemm_rate(DType::F32, gsz, 5);
-  const double gemm_bf16 = gemm_rate(DType::BF16, gsz, 5);
+  const double peak_fp32 = gemm_rate(DType::F32, gsz, 5, dev);
+  const double gemm_bf16 = gemm_rate(DType::BF16, gsz, 5, dev);
   // glmrt computes BF16 GEMMs with oneDNN where it has an optimised bf16 kernel for this CPU
   // (AMX, AVX512-BF16), else with the fp32 BLAS on F32 copies (kernels/cpu/low_precision.cpp).
   const std::string onednn = cpu::onednn_bf16_matmul_impl();
-  const std::string bf16_impl = onednn == "unavailable" || onednn.rfind("ref", 0) == 0
+  const std::string bf16_impl = dev.is_cuda() ? "cuBLAS on " + dev.str()
+                                : onednn == "unavailable" || onednn.rfind("ref", 0) == 0
                                     ? "fp32 BLAS on F32 copies (oneDNN bf16 matmul: " + onednn + ")"
                                     : "oneDNN bf16 matmul (" + onednn + ")";
   std::fprintf(g_info, "GEMM %lld³ via glmrt::gemm, %d threads: F32 %.1f GFLOP/s, BF16 %.1f GFLOP/s "
@@ -517,11 +550,11 @@ int run(int argc, char** argv) {
   const auto t_setup = Clock::now();
   GlmParams params = GlmParams::allocate(c, DType::F32, Device::cpu());
   init_glm_params(params, c, rc.train.seed);
-  if (dtype != DType::F32) {  // bf16: the same init rounded to BF16 (the trainer keeps fp32 masters)
-    GlmParams low = GlmParams::allocate(c, dtype, Device::cpu());
-    Tensor dst = low.flat();
-    convert(params.flat(), dst);
-    params = std::move(low);
+  if (dtype != DType::F32 || dev.is_cuda()) {  // bf16: the same init rounded to BF16 (the trainer
+    GlmParams moved = GlmParams::allocate(c, dtype, dev);  // keeps fp32 masters); or to the GPU
+    Tensor dst = moved.flat();
+    dst.copy_from(dtype == DType::F32 ? params.flat() : params.flat().to(dtype));
+    params = std::move(moved);
   }
   GlmModel model(c, std::move(params));
   std::vector<Sample> samples = make_samples(c, rc.train.global_batch_size, 20240607);
@@ -531,6 +564,7 @@ int run(int argc, char** argv) {
 
   // 1 warm-up step, then `steps` timed steps.
   const StepMetrics warm = trainer.step();
+  sync(dev);
   std::fprintf(g_info, "setup %.1f s; warm-up step %.2f s, loss %.4f\n", setup_s, warm.seconds,
                warm.loss);
   std::vector<double> step_s;
@@ -540,6 +574,7 @@ int run(int argc, char** argv) {
   for (int i = 0; i < steps; ++i) {
     const auto ts = Clock::now();
     last = trainer.step();
+    sync(dev);
     step_s.push_back(seconds_since(ts));
     std::fprintf(g_info, "step %d: %.2f s, loss %.4f, grad norm %.4f\n", i + 1, step_s.back(),
                  last.loss, last.grad_norm);
@@ -554,7 +589,7 @@ int run(int argc, char** argv) {
   const double gflops = fc.total / per_step / 1e9;
   const double peak = dtype == DType::F32 ? peak_fp32 : gemm_bf16;
   nlohmann::json out = {
-      {"impl", "glmrt"}, {"precision", prec}, {"threads", threads}, {"steps", steps},
+      {"impl", "glmrt"}, {"precision", prec}, {"device", dev.str()}, {"threads", threads}, {"steps", steps},
       {"micro_batches", micro}, {"seq", seq}, {"tokens_per_step", tokens},
       {"seconds_per_step", per_step}, {"step_seconds", step_s},
       {"best_step_seconds", *std::min_element(step_s.begin(), step_s.end())},

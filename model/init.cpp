@@ -54,6 +54,8 @@ void init_glm_params(GlmParams& params, const GlmConfig& c, uint64_t seed) {
     }
     Tensor host = Tensor::empty(spec.shape, DType::F64);
     double* v = host.data_as<double>();
+    // Counter-based draws: the values do not depend on the thread count.
+#pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; ++i) {
       const double s = stddev(i);
       v[i] = s == 0.0 ? fill : s * Philox::normal(seed, p, static_cast<uint64_t>(i));

@@ -4,6 +4,8 @@
 # for a fast build); logs go to build-gpu/gpu-check-logs and, when $OUT is set, to $OUT too.
 #
 # Usage: scripts/gpu-check.sh [--bundle FILE] [--no-cpu-tests] [--no-e2e] [--no-bench] [--quick-bench]
+#                             [--train-bench]
+#   --train-bench: also bench/gpu_train_bench.sh (a bf16 training step, glmrt vs PyTorch).
 #   --bundle FILE: run the prebuilt binaries packed by scripts/gpu-bundle.sh (with the Debian
 #   libraries they need) instead of configuring and building here; implies --no-cpu-tests.
 # Environment: GLMRT_GPU_BUILD_DIR (build folder, default build-gpu), GLMRT_DEBS_DIR (carried
@@ -17,6 +19,7 @@ run_e2e=1
 run_bench=1
 bench_args=()
 bundle=""
+run_train_bench=0
 while (($#)); do
   arg=$1
   shift
@@ -26,7 +29,8 @@ while (($#)); do
     --no-e2e) run_e2e=0 ;;
     --no-bench) run_bench=0 ;;
     --quick-bench) bench_args+=(--quick) ;;
-    -h | --help) sed -n '2,11p' "$0"; exit 0 ;;
+    --train-bench) run_train_bench=1 ;;
+    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -101,7 +105,7 @@ if [[ -n $bundle ]]; then
   export LD_LIBRARY_PATH="$libpath${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   cp "$unpacked/bin/glmrt" "$build/glmrt"
   cp "$unpacked/bin/tests/glmrt_cuda_tests" "$build/tests/"
-  cp "$unpacked/bin/bench/cuda_ops_bench" "$build/bench/"
+  cp "$unpacked/bin/bench/cuda_ops_bench" "$unpacked/bin/bench/train_step_bench" "$build/bench/"
   missing=$(ldd "$build/glmrt" "$build/tests/glmrt_cuda_tests" | grep 'not found' | sort -u || true)
   if [[ -n $missing ]]; then
     echo "$missing"
@@ -344,11 +348,26 @@ if ((build_ok && run_bench)); then
   bench_table=$(sed -n '/^op  *dtype/,$p' "$logs/bench.log")
 fi
 
+# ---- Training step against PyTorch -----------------------------------------------------------
+train_table=""
+if ((build_ok && run_train_bench && have_gpu)); then
+  step "training step benchmark"
+  if [[ -z $bundle ]]; then cmake --build "$build" -j"$jobs" --target train_step_bench >>"$logs/build.log" 2>&1 || true; fi
+  if bash bench/gpu_train_bench.sh --build "$build" 2>&1 | tee "$logs/train-bench.log"; then
+    note train-bench "ok"
+    train_table=$(sed -n '/^training step/,$p' "$logs/train-bench.log")
+  else
+    note train-bench "FAILED (see train-bench.log)"
+    failed=1
+  fi
+fi
+
 # ---- Summary (last, so that the tail of the output holds it) ---------------------------------
 {
   printf '\n==== gpu-check summary ====\n'
   printf '%s\n' "${summary[@]}"
   if [[ -n $bench_table ]]; then printf '\n%s\n' "$bench_table"; fi
+  if [[ -n $train_table ]]; then printf '\n%s\n' "$train_table"; fi
   if ((failed)); then printf '\nRESULT: FAILED\n'; else printf '\nRESULT: ok\n'; fi
 } | tee "$logs/summary.log"
 exit "$failed"
