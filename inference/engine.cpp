@@ -5,6 +5,7 @@
 #include <cstring>
 #include <map>
 #include <optional>
+#include <set>
 
 #include "inference/blank_filling.h"
 #include "inference/pipeline_forward.h"
@@ -108,6 +109,7 @@ struct GenerationEngine::Impl {
   struct Callbacks {
     std::function<void(int32_t, int64_t)> on_token;
     std::function<void(const GenerationResult&)> on_done;
+    std::function<bool()> cancelled;
   };
   // Where rank 0 gets queries from.
   struct Source {
@@ -222,10 +224,29 @@ struct GenerationEngine::Impl {
     deliver(q.id, r);
   }
 
-  // ---- 1. Control: rank 0 admits queries; every rank learns them. Returns false at shutdown.
+  // ---- 1. Control: rank 0 drops cancelled queries and admits new ones; every rank learns both.
+  // Message: [shutdown, admitted count, cancelled count, cancelled ids..., admitted queries...].
+  // Returns false at shutdown.
   bool exchange_control(Source& src) {
     std::vector<int64_t> ctl;
     if (root) {
+      std::vector<int64_t> cancelled;
+      for (const auto& q : active) {
+        const auto it = callbacks.find(q->id);
+        if (it != callbacks.end() && it->second.cancelled && it->second.cancelled())
+          cancelled.push_back(static_cast<int64_t>(q->id));
+      }
+      size_t still_held = 0;
+      for (size_t i = 0; i < held.size(); ++i) {  // taken but not admitted yet: answered here
+        if (held[i].cancelled && held[i].cancelled()) {
+          GenerationResult res;
+          res.error = kCancelled;
+          if (held[i].on_done) held[i].on_done(res);
+        } else {
+          held[still_held++] = std::move(held[i]);
+        }
+      }
+      held.resize(still_held);
       const size_t room = static_cast<size_t>(opt.max_batch) - std::min(active.size(), static_cast<size_t>(opt.max_batch));
       if (held.size() < room) {
         for (PendingRequest& r : src.take(room - held.size(), active.empty() && held.empty()))
@@ -259,17 +280,33 @@ struct GenerationEngine::Impl {
         admitted.push_back(static_cast<int64_t>(r.request.prompt_ids.size()));
         for (int32_t t : r.request.prompt_ids) admitted.push_back(t);
         put_params(admitted, r.request.params);
-        callbacks[id] = {std::move(r.on_token), std::move(r.on_done)};
+        callbacks[id] = {std::move(r.on_token), std::move(r.on_done), std::move(r.cancelled)};
       }
       held.resize(kept);
       const bool shutdown = count == 0 && active.empty() && held.empty() && src.exhausted();
       ctl.push_back(shutdown ? 1 : 0);
       ctl.push_back(count);
+      ctl.push_back(static_cast<int64_t>(cancelled.size()));
+      ctl.insert(ctl.end(), cancelled.begin(), cancelled.end());
       ctl.insert(ctl.end(), admitted.begin(), admitted.end());
     }
     broadcast_vector(*g.world, ctl, 0, DType::I64);
     if (ctl[0] != 0) return false;
-    const int64_t* q = ctl.data() + 2;
+    const int64_t* q = ctl.data() + 3;
+    if (ctl[2] > 0) {  // cancelled queries leave between steps, freeing their rows
+      const std::set<int64_t> gone(q, q + ctl[2]);
+      q += ctl[2];
+      std::vector<std::unique_ptr<Query>> still;
+      for (auto& query : active) {
+        if (gone.count(static_cast<int64_t>(query->id))) {
+          query->error = kCancelled;
+          end_query(*query);
+        } else {
+          still.push_back(std::move(query));
+        }
+      }
+      active = std::move(still);
+    }
     for (int64_t i = 0; i < ctl[1]; ++i) {
       auto query = std::make_unique<Query>();
       query->id = static_cast<uint64_t>(*q++);

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstdio>
 #include <ctime>
 #include <mutex>
 #include <optional>
@@ -36,6 +37,7 @@ struct Query {
   GenerationResult result;
   std::vector<std::vector<int32_t>> blanks;  // streamed tokens per blank (stop tokens dropped)
   uint64_t version = 0;                      // bumped by every token
+  std::atomic<bool> cancelled{false};        // the client went away: the engine drops the query
 };
 
 // One count of the queries the server is answering; stop() drains them.
@@ -242,7 +244,10 @@ std::shared_ptr<Query> HttpServer::Impl::submit(GenerationRequest r, bool stream
       q->cv.notify_all();
     };
   }
+  p.cancelled = [q] { return q->cancelled.load(); };
   p.on_done = [q](const GenerationResult& result) {
+    if (result.error == kCancelled)
+      std::fprintf(stderr, "glmrt serve: a streaming client went away; the engine dropped its query\n");
     {
       std::lock_guard<std::mutex> lock(q->mu);
       q->result = result;
@@ -411,7 +416,17 @@ void HttpServer::Impl::completions(const httplib::Request& req, httplib::Respons
   res.set_chunked_content_provider(
       "text/event-stream",
       [events](size_t, httplib::DataSink& sink) { return events->pump(sink); },
-      [counted](bool) {});  // the query counts as active until its stream is written
+      // The response is gone (every event written, or the client went away): the query counts
+      // as active until then, and one that has not ended is cancelled, freeing its engine rows.
+      // (cpp-httplib 0.11 always passes false here, so `done` tells the two apart.)
+      [counted, q](bool) {
+        bool ended;
+        {
+          std::lock_guard<std::mutex> lock(q->mu);
+          ended = q->done;
+        }
+        if (!ended) q->cancelled = true;
+      });
 }
 
 // ---- Lifecycle ----------------------------------------------------------------------------------

@@ -14,6 +14,9 @@
 
 namespace glmrt {
 
+// result.error of a query dropped through PendingRequest::cancelled.
+inline constexpr const char* kCancelled = "cancelled by the client";
+
 struct PendingRequest {
   GenerationRequest request;
   // Called from the engine thread for each generated token of the query's current blank, in order
@@ -22,6 +25,10 @@ struct PendingRequest {
   std::function<void(int32_t token, int64_t blank)> on_token;
   // Called exactly once from the engine thread when the query ends (result.error set on failure).
   std::function<void(const GenerationResult&)> on_done;
+  // Polled from the engine thread between steps (may be empty): true drops the query, e.g. when
+  // its client went away. Its cache rows are freed at once on every rank and on_done gets
+  // result.error = kCancelled.
+  std::function<bool()> cancelled;
 };
 
 class RequestQueue {

@@ -252,6 +252,43 @@ except openai.BadRequestError as e:
     assert "n" in str(e), e
 PY
   pass "$label: openai client, plain and streamed"
+
+  # A streaming client that goes away after its first event: its query is cancelled (the engine
+  # drops it between two steps, freeing its cache rows) long before it would have ended, and the
+  # server goes on answering. The seed is one whose plain answer runs >= 100 tokens.
+  timeout 120 "$PYTHON" - "$PORT" "$LOG" <<'PY' || fail "$label: streaming client that goes away"
+import json, socket, sys, time, urllib.request
+port, log = int(sys.argv[1]), sys.argv[2]
+def body(seed, stream):
+    return json.dumps({"prompt": "The river", "max_tokens": 110, "temperature": 1.0, "top_p": 1.0,
+                       "seed": seed, "stream": stream}).encode()
+def plain_tokens(seed):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body(seed, False),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())["usage"]["completion_tokens"]
+seed = next((s for s in range(1, 40) if plain_tokens(s) >= 100), None)
+assert seed is not None, "no seed in 1..39 gives an answer of >= 100 tokens"
+before = open(log, errors="replace").read().count("streaming client went away")
+b = body(seed, True)
+s = socket.create_connection(("127.0.0.1", port), timeout=60)
+s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+          b"Content-Length: %d\r\n\r\n" % len(b) + b)
+got = b""
+while b"data: " not in got:
+    chunk = s.recv(4096)
+    assert chunk, f"the stream ended before its first event: {got[:300]!r}"
+    got += chunk
+s.close()
+deadline = time.time() + 30
+while open(log, errors="replace").read().count("streaming client went away") == before:
+    assert time.time() < deadline, "the server did not notice the client going away within 30 s"
+    time.sleep(0.05)
+assert plain_tokens(seed) >= 100  # and the server goes on answering
+print(f"ok: streamed query (seed {seed}) cancelled when its client went away")
+PY
+  expect 200 '"status":"ok"' GET /health
+  pass "$label: a streaming client that goes away: its query cancelled, the server still answers"
 }
 
 # stop_and_check LABEL PID: a query in flight when SIGTERM reaches PID is answered; exit 0 in 20 s.
