@@ -69,8 +69,8 @@ std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
 #ifdef GLMRT_WITH_CUDA
   void* p = bytes ? cuda::device_malloc(bytes, device.index) : nullptr;
   count_allocation(counter, peak, bytes);
-  return std::make_shared<Storage>(p, bytes, device, [bytes, &counter](void* q) {
-    if (q) cuda::device_free(q);
+  return std::make_shared<Storage>(p, bytes, device, [bytes, &counter, index = device.index](void* q) {
+    if (q) cuda::device_free(q, index);
     counter -= bytes;
   });
 #else

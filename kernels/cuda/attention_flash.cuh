@@ -2,7 +2,8 @@
 // head dims 64 and 128; attention.cu falls back to the exact warp-per-query kernel otherwise.
 //
 // A block takes 64 queries of one (batch row, head), 16 per warp, and walks 64-key tiles of K and
-// V through shared memory. Only the tiles that some query of the block sees are visited: the
+// V through shared memory, two stages deep: cp.async fetches the next tile while the current one
+// is multiplied. Only the tiles that some query of the block sees are visited: the
 // union of the queries' visible ranges [start, min(end, max(sep, t + 1))) (attention.cu), so the
 // causal part costs about half of the bidirectional one and other segments of a packed row are
 // skipped. Inside a tile the per-query range is applied element by element.
@@ -76,6 +77,25 @@ __device__ __forceinline__ uint32_t load2(const T* p) {
   return *reinterpret_cast<const uint32_t*>(p);
 }
 
+// 16 bytes global -> shared without passing through registers; zeros when !valid (`gmem` must
+// still be a mapped address).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Dynamic shared memory of the forward kernel: two stages of a K and a V tile.
+template <int D>
+constexpr size_t forward_shared_bytes() {
+  return size_t{2} * 2 * kKeys * (D + 8) * 2;
+}
+
 template <class T, int D, bool kDropout>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const T* __restrict__ qkv, const int32_t* __restrict__ spans, int seq,
@@ -83,8 +103,10 @@ __global__ void __launch_bounds__(kThreads)
                    int64_t total_heads, T* __restrict__ context, float* __restrict__ lse) {
   static_assert(D % 16 == 0 && D <= 128, "head dim");
   constexpr int KS = D + 8;  // shared row stride in elements: 16-byte rows, no bank conflicts
-  __shared__ __align__(16) T k_tile[kKeys * KS];
-  __shared__ __align__(16) T v_tile[kKeys * KS];
+  constexpr int kTile = kKeys * KS;
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  T* const k_tiles = reinterpret_cast<T*>(shared_bytes);  // [2][kTile]
+  T* const v_tiles = k_tiles + 2 * kTile;                   // [2][kTile]
   __shared__ int key_range[2];
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -156,21 +178,34 @@ __global__ void __launch_bounds__(kThreads)
 
   __syncthreads();
   const int key_lo = key_range[0], key_hi = key_range[1];
-  for (int k0 = key_lo / kKeys * kKeys; k0 < key_hi; k0 += kKeys) {
-    __syncthreads();  // every warp is done with the previous tile
+  // Starts fetching the tile of keys [k0, k0 + 64) into stage `stage` (zeros past the row).
+  const auto fetch = [&](int k0, int stage) {
     constexpr int kChunksPerRow = D / 8;  // 16-byte chunks
+    T* kt = k_tiles + stage * kTile;
+    T* vt = v_tiles + stage * kTile;
     for (int c = threadIdx.x; c < kKeys * kChunksPerRow; c += kThreads) {
       const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
-      uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-      if (k0 + r < seq) {
-        const T* src = base + static_cast<int64_t>(k0 + r) * row_width + D + col;
-        kv = *reinterpret_cast<const uint4*>(src);
-        vv = *reinterpret_cast<const uint4*>(src + D);
-      }
-      *reinterpret_cast<uint4*>(&k_tile[r * KS + col]) = kv;
-      *reinterpret_cast<uint4*>(&v_tile[r * KS + col]) = vv;
+      const bool inside = k0 + r < seq;
+      const T* src = base + static_cast<int64_t>(inside ? k0 + r : 0) * row_width + D + col;
+      cp_async16(&kt[r * KS + col], src, inside);
+      cp_async16(&vt[r * KS + col], src + D, inside);
     }
-    __syncthreads();
+    cp_async_commit();
+  };
+  const int first_tile = key_lo / kKeys * kKeys;
+  if (first_tile < key_hi) fetch(first_tile, 0);
+  int stage = 0;
+  for (int k0 = first_tile; k0 < key_hi; k0 += kKeys, stage ^= 1) {
+    // The other stage was last read in the previous iteration, which ended with a barrier.
+    if (k0 + kKeys < key_hi) {
+      fetch(k0 + kKeys, stage ^ 1);
+      cp_async_wait<1>();  // this tile has landed; the next may still be on its way
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();  // every thread's part of this tile is visible
+    const T* k_tile = k_tiles + stage * kTile;
+    const T* v_tile = v_tiles + stage * kTile;
 
     // S = Q·Kᵀ for the warp's 16 queries and the tile's 64 keys.
     float s[kKeys / 8][4];
@@ -242,6 +277,7 @@ __global__ void __launch_bounds__(kThreads)
         mma<T>(o[n], a, b0, b1);
       }
     }
+    __syncthreads();  // every warp is done with this stage before it is fetched into again
   }
 
   // Row sums over the 4 lanes of a row, then O / l and lse = m + log(l).
@@ -280,16 +316,21 @@ bool flash_attention_forward(const T* qkv, const int32_t* spans, int64_t batch, 
     if (batch > 65535 || num_heads > 65535 || seq > (int64_t{1} << 30)) return false;
     const dim3 grid(static_cast<unsigned>((seq + flash::kQueries - 1) / flash::kQueries),
                     static_cast<unsigned>(num_heads), static_cast<unsigned>(batch));
-    const auto launch = [&](auto kernel) {
-      kernel<<<grid, flash::kThreads>>>(qkv, spans, static_cast<int>(seq), static_cast<int>(num_heads),
-                                        q_divisor, score_coeff, dropout, total_heads, context, lse);
+    const auto launch = [&](auto kernel, size_t shared) {
+      GLMRT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(shared)));
+      kernel<<<grid, flash::kThreads, shared>>>(qkv, spans, static_cast<int>(seq),
+                                                static_cast<int>(num_heads), q_divisor, score_coeff,
+                                                dropout, total_heads, context, lse);
       GLMRT_CUDA_CHECK_LAUNCH(flash_attention_forward);
     };
     const bool drop = dropout.enabled();
+    constexpr size_t s64 = flash::forward_shared_bytes<64>(), s128 = flash::forward_shared_bytes<128>();
     if (head_dim == 64)
-      drop ? launch(flash::forward_kernel<T, 64, true>) : launch(flash::forward_kernel<T, 64, false>);
+      drop ? launch(flash::forward_kernel<T, 64, true>, s64) : launch(flash::forward_kernel<T, 64, false>, s64);
     else
-      drop ? launch(flash::forward_kernel<T, 128, true>) : launch(flash::forward_kernel<T, 128, false>);
+      drop ? launch(flash::forward_kernel<T, 128, true>, s128)
+           : launch(flash::forward_kernel<T, 128, false>, s128);
     return true;
   }
 }

@@ -13,7 +13,8 @@ namespace glmrt::cuda {
 int device_count();
 void set_device(int index);
 void* device_malloc(size_t bytes, int device);
-void device_free(void* ptr);
+// Frees stream-ordered: after the work queued before it on `device` (-1: the current device).
+void device_free(void* ptr, int device = -1);
 // Copies between host and device memory (either side may be a device pointer).
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
 void zero_bytes(void* ptr, size_t bytes, int device);
