@@ -266,6 +266,32 @@ TEST(RopeTables, Fp16FaithfulTablesHoldFp16ValuesAndDifferFromExact) {
 namespace glmrt {
 namespace {
 
+// 16-bit linear layers at prefill row counts (33..256 rows: weight blocks widened to F32 for the
+// sgemm; 257: one F32 copy of the weights) against float64 on the same 16-bit operands, with and
+// without bias, output widths that are not a multiple of the 128-row weight block.
+TEST(LowPrecisionLinear, PrefillRowCountsMatchFloat64) {
+  const int64_t k = 300, m = 333;
+  for (DType dt : {DType::BF16, DType::F16})
+    for (int64_t n : {33, 129, 256, 257})
+      for (bool with_bias : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << dtype_name(dt) << " rows=" << n << " bias=" << with_bias);
+        const Tensor x = random_tensor({n, k}, 60, dt), w = random_tensor({m, k}, 61, dt);
+        const Tensor bias = random_tensor({m}, 62, dt);
+        const Tensor x64 = x.to(DType::F64), w64 = w.to(DType::F64), b64 = bias.to(DType::F64);
+        const double *px = x64.data_as<double>(), *pw = w64.data_as<double>(), *pb = b64.data_as<double>();
+        Tensor ref = Tensor::empty({n, m}, DType::F64);
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t j = 0; j < m; ++j) {
+            double acc = with_bias ? pb[j] : 0.0;
+            for (int64_t l = 0; l < k; ++l) acc += px[i * k + l] * pw[j * k + l];
+            ref.data_as<double>()[i * m + j] = acc;
+          }
+        Tensor y = Tensor::from_floats(std::vector<float>(n * m, NAN), {n, m}, dt);
+        linear_forward(x, w, with_bias ? &bias : nullptr, y);
+        EXPECT_LT(max_rel_diff(y, ref), dt == DType::BF16 ? 1e-2 : 2e-3);
+      }
+}
+
 // The oneDNN bf16 path (its reference kernel here when the CPU has no bf16 units) against the
 // fp32 GEMM on the same bf16-rounded operands.
 TEST(OneDnnBf16Gemm, MatchesFp32OnRoundedOperands) {
