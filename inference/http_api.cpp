@@ -335,8 +335,19 @@ CompletionQuery HttpApi::parse_completion(const std::string& text_body) const {
     c.include_usage = so->value("include_usage", false);
   }
   f.string("user");
-  f.unsupported("stop", [](const json& v) { return v.is_array() && v.empty(); },
-                "stop sequences are not implemented (generation stops at eop/eos or max_tokens)");
+  if (const json* stop = f.get("stop")) {
+    const auto bad = [&](const std::string& why) {
+      return HttpError{400, "\"stop\" " + why + ", got " + dump(*stop), "invalid_value", "stop"};
+    };
+    const json list = stop->is_string() ? json::array({*stop}) : *stop;
+    if (!list.is_array()) throw bad("must be a string or a list of strings");
+    if (list.size() > 4) throw bad("holds at most 4 sequences");
+    for (const json& one : list) {
+      if (!one.is_string()) throw bad("must be a string or a list of strings");
+      if (one.get<std::string>().empty()) throw bad("sequences must not be empty");
+      c.stop.sequences.push_back(one.get<std::string>());
+    }
+  }
   f.unsupported("logprobs", [](const json&) { return false; }, "log-probabilities are not returned");
   f.unsupported("suffix", [](const json& v) { return v == json(""); },
                 "put [MASK] in the prompt for infilling instead");
@@ -441,6 +452,23 @@ std::string usage_chunk(const CompletionMeta& meta, int64_t prompt_tokens,
   usage["choices"] = json::array();
   usage["usage"] = usage_json(prompt_tokens, completion_tokens);
   return dump(usage);
+}
+
+size_t StopSequences::find(const std::string& text) const {
+  size_t best = std::string::npos;
+  for (const std::string& s : sequences) best = std::min(best, text.find(s));
+  return best;
+}
+
+size_t StopSequences::sendable(const std::string& text) const {
+  size_t keep = 0;  // the longest tail of `text` that is a proper prefix of a sequence
+  for (const std::string& s : sequences)
+    for (size_t n = std::min(s.size() - 1, text.size()); n > keep; --n)
+      if (text.compare(text.size() - n, n, s, 0, n) == 0) {
+        keep = n;
+        break;
+      }
+  return text.size() - keep;
 }
 
 size_t utf8_stable_prefix(const std::string& text) {

@@ -43,12 +43,26 @@ inline std::string error_body(const HttpError& e) {
 // ---- Requests -----------------------------------------------------------------------------------
 
 // A POST /v1/completions query: the GenerationRequest and what shapes its answer.
+// A completion's stop sequences ("stop": a string or up to 4): the completion ends before the
+// first occurrence of any of them in the generated text, which is not part of the answer.
+struct StopSequences {
+  std::vector<std::string> sequences;
+
+  bool empty() const { return sequences.empty(); }
+  // Byte offset of the earliest occurrence of any sequence in `text`; npos when there is none.
+  size_t find(const std::string& text) const;
+  // How many leading bytes of `text` (which holds no sequence) a stream may send now: all but the
+  // longest tail that could still grow into a sequence.
+  size_t sendable(const std::string& text) const;
+};
+
 struct CompletionQuery {
   GenerationRequest request;
   std::string model;           // "model" of the response
   bool stream = false;         // server-sent events
   bool include_usage = false;  // stream_options.include_usage: a usage chunk before [DONE]
   std::string echo_text;       // the prompt's text when "echo" is set, else empty
+  StopSequences stop;
 };
 
 // Parses request bodies against one model and the server's limits.

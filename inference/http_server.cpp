@@ -37,7 +37,14 @@ struct Query {
   GenerationResult result;
   std::vector<std::vector<int32_t>> blanks;  // streamed tokens per blank (stop tokens dropped)
   uint64_t version = 0;                      // bumped by every token
-  std::atomic<bool> cancelled{false};        // the client went away: the engine drops the query
+  std::atomic<bool> cancelled{false};        // the engine drops the query at its next step
+  std::atomic<const char*> cancel_reason{""};
+
+  // Asks the engine to drop the query (`why` is logged when it has).
+  void cancel(const char* why) {
+    cancel_reason = why;
+    cancelled = true;
+  }
 };
 
 // One count of the queries the server is answering; stop() drains them.
@@ -117,6 +124,13 @@ struct HttpServer::Impl {
 
   std::shared_ptr<Query> submit(GenerationRequest r, bool stream);
   const GenerationResult& wait(Query& q);
+  // A completion's text, ended at its first stop sequence when there is one (the tokens are
+  // watched as they come, and the engine drops the query once a stop appears).
+  struct StoppedText {
+    std::string text, finish_reason;
+    int64_t generated_tokens = 0;
+  };
+  StoppedText wait_text(Query& q, const StopSequences& stop);
   std::string spans_text(const std::vector<std::vector<int32_t>>& spans) const {
     std::string s;
     for (const auto& span : spans) s += tokenizer->decode(span);
@@ -247,7 +261,7 @@ std::shared_ptr<Query> HttpServer::Impl::submit(GenerationRequest r, bool stream
   p.cancelled = [q] { return q->cancelled.load(); };
   p.on_done = [q](const GenerationResult& result) {
     if (result.error == kCancelled)
-      std::fprintf(stderr, "glmrt serve: a streaming client went away; the engine dropped its query\n");
+      std::fprintf(stderr, "glmrt serve: %s; the engine dropped its query\n", q->cancel_reason.load());
     {
       std::lock_guard<std::mutex> lock(q->mu);
       q->result = result;
@@ -271,6 +285,41 @@ const GenerationResult& HttpServer::Impl::wait(Query& q) {
   return q.result;
 }
 
+HttpServer::Impl::StoppedText HttpServer::Impl::wait_text(Query& q, const StopSequences& stop) {
+  if (stop.empty()) {
+    const GenerationResult& result = wait(q);
+    return {spans_text(result.spans), finish_reason(result), result.generated_tokens};
+  }
+  uint64_t seen = 0;
+  for (;;) {
+    std::vector<std::vector<int32_t>> blanks;
+    {
+      std::unique_lock<std::mutex> lock(q.mu);
+      q.cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return q.done || q.version != seen; });
+      if (q.done) break;
+      if (q.version == seen) {
+        if (stopping.load())
+          throw HttpError{503, "the server stopped before the query was answered", "unavailable"};
+        continue;
+      }
+      seen = q.version;
+      blanks = q.blanks;
+    }
+    const std::string text = spans_text(blanks);
+    if (const size_t at = stop.find(text); at != std::string::npos) {
+      q.cancel("a stop sequence was generated");
+      int64_t tokens = 0;
+      for (const auto& b : blanks) tokens += static_cast<int64_t>(b.size());
+      return {text.substr(0, at), "stop", tokens};
+    }
+  }
+  const GenerationResult& result = wait(q);  // done: its result, or its error as an HttpError
+  const std::string text = spans_text(result.spans);
+  if (const size_t at = stop.find(text); at != std::string::npos)
+    return {text.substr(0, at), "stop", result.generated_tokens};
+  return {text, finish_reason(result), result.generated_tokens};
+}
+
 // ---- POST /generate -----------------------------------------------------------------------------
 
 void HttpServer::Impl::generate(const httplib::Request& req, httplib::Response& res) {
@@ -291,10 +340,11 @@ namespace {
 class EventStream {
  public:
   EventStream(std::shared_ptr<Query> q, const Tokenizer& tok, CompletionMeta meta, std::string echo,
-              int64_t prompt_tokens, bool include_usage, const std::atomic<bool>& stopping)
+              int64_t prompt_tokens, bool include_usage, StopSequences stop,
+              const std::atomic<bool>& stopping)
       : q_(std::move(q)), tok_(tok), meta_(std::move(meta)), pending_echo_(echo),
         echo_prefix_(echo), prompt_tokens_(prompt_tokens), include_usage_(include_usage),
-        stopping_(stopping), prefix_(echo) {}
+        stop_(std::move(stop)), stopping_(stopping), prefix_(echo) {}
 
   // cpp-httplib's chunked content provider: called until sink.done(); waits up to 100 ms for news.
   bool pump(httplib::DataSink& sink) {
@@ -333,12 +383,19 @@ class EventStream {
       done = q_->done;
       if (done) result = q_->result;
     }
-    // One chunk per new token, in order.
+    // One chunk per new token, in order; a stop sequence ends the completion before it.
     for (; blank_ < blanks.size(); ++blank_, token_ = 0) {
       const auto& tokens = blanks[blank_];
       for (; token_ < tokens.size(); ++token_) {
         const std::string text = tok_.decode({tokens.begin(), tokens.begin() + token_ + 1});
-        const std::string stable = prefix_ + text.substr(0, utf8_stable_prefix(text));
+        std::string stable = prefix_ + text.substr(0, utf8_stable_prefix(text));
+        ++tokens_seen_;
+        if (!stop_.empty()) {
+          const std::string generated = stable.substr(echo_prefix_.size());
+          const size_t at = stop_.find(generated);
+          if (at != std::string::npos) return end_at_stop(sink, echo_prefix_ + generated.substr(0, at));
+          stable.resize(echo_prefix_.size() + stop_.sendable(generated));
+        }
         if (stable.size() > emitted_.size() && stable.compare(0, emitted_.size(), emitted_) == 0) {
           const std::string delta = stable.substr(emitted_.size());
           emitted_ = stable;
@@ -357,6 +414,8 @@ class EventStream {
     }
     std::string text = echo_prefix_;
     for (const auto& span : result.spans) text += tok_.decode(span);
+    if (const size_t at = stop_.find(text.substr(echo_prefix_.size())); at != std::string::npos)
+      return end_at_stop(sink, text.substr(0, echo_prefix_.size() + at));
     // The rest of the text (the held-back tail; everything for beam search, which streams nothing).
     const std::string rest = text.compare(0, emitted_.size(), emitted_) == 0 && text.size() >= emitted_.size()
                                  ? text.substr(emitted_.size())
@@ -366,6 +425,19 @@ class EventStream {
     if (include_usage_) {
       if (!write(sink, usage_chunk(meta_, prompt_tokens_, result.generated_tokens))) return false;
     }
+    finish(sink);
+    return true;
+  }
+
+  // A stop sequence was generated: the text before it, finish_reason "stop", and the engine
+  // drops the query (its tokens past the stop are not wanted).
+  bool end_at_stop(httplib::DataSink& sink, const std::string& text) {
+    q_->cancel("a stop sequence was generated");
+    const std::string rest = text.size() > emitted_.size() && text.compare(0, emitted_.size(), emitted_) == 0
+                                 ? text.substr(emitted_.size())
+                                 : std::string();
+    if (!write(sink, completion_chunk(meta_, rest, std::string("stop")))) return false;
+    if (include_usage_ && !write(sink, usage_chunk(meta_, prompt_tokens_, tokens_seen_))) return false;
     finish(sink);
     return true;
   }
@@ -386,7 +458,9 @@ class EventStream {
   std::string pending_echo_, echo_prefix_;
   int64_t prompt_tokens_;
   bool include_usage_;
+  StopSequences stop_;
   const std::atomic<bool>& stopping_;
+  int64_t tokens_seen_ = 0;       // generated tokens turned into text so far
   uint64_t seen_version_ = 0;
   size_t blank_ = 0, token_ = 0;  // the next token to turn into a chunk
   std::string prefix_;            // echo + the text of the completed blanks
@@ -400,18 +474,17 @@ void HttpServer::Impl::completions(const httplib::Request& req, httplib::Respons
   CompletionQuery c = api.parse_completion(req.body);
   const int64_t prompt_tokens = static_cast<int64_t>(c.request.prompt_ids.size());
   const CompletionMeta meta{completion_id(), static_cast<int64_t>(std::time(nullptr)), c.model};
-  auto q = submit(std::move(c.request), c.stream);
+  auto q = submit(std::move(c.request), c.stream || !c.stop.empty());
 
   if (!c.stream) {
-    const GenerationResult& result = wait(*q);
-    res.set_content(completion_response(meta, c.echo_text + spans_text(result.spans),
-                                        finish_reason(result), prompt_tokens,
-                                        result.generated_tokens),
+    const StoppedText answer = wait_text(*q, c.stop);
+    res.set_content(completion_response(meta, c.echo_text + answer.text, answer.finish_reason,
+                                        prompt_tokens, answer.generated_tokens),
                     "application/json");
     return;
   }
   auto events = std::make_shared<EventStream>(q, *tokenizer, meta, c.echo_text, prompt_tokens,
-                                              c.include_usage, stopping);
+                                              c.include_usage, c.stop, stopping);
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
       "text/event-stream",
@@ -425,7 +498,7 @@ void HttpServer::Impl::completions(const httplib::Request& req, httplib::Respons
           std::lock_guard<std::mutex> lock(q->mu);
           ended = q->done;
         }
-        if (!ended) q->cancelled = true;
+        if (!ended && !q->cancelled) q->cancel("a streaming client went away");
       });
 }
 

@@ -225,7 +225,6 @@ TEST(ServeHttp, RequestErrors) {
   expect_error(f.client.Get("/nowhere"), 404, "no such endpoint");
   expect_error(f.client.Get("/generate"), 405, "not allowed");
   expect_error(f.client.Delete("/health"), 405, "not allowed");
-  expect_error(f.post("/v1/completions", R"({"prompt": "a", "stop": ["\n"]})"), 400, "\"stop\"");
   expect_error(f.post("/v1/completions", R"({"prompt": "a", "n": 2})"), 400, "\"n\"");
   expect_error(f.post("/v1/completions", R"({"prompt": ["a", "b"]})"), 400, "one prompt");
   expect_error(f.post("/v1/completions", R"({"prompt": "a", "max_tokens": -1})"), 400, "\"max_tokens\"");
@@ -295,6 +294,59 @@ TEST(ServeHttp, CompletionsAndStream) {
   auto [s4, c4] = call(f.post("/v1/completions", R"({"prompt": [5, 6, 7], "max_tokens": 2})"));
   ASSERT_EQ(s4, 200) << c4.dump();
   EXPECT_EQ(c4["usage"]["completion_tokens"], 2);
+}
+
+// "stop": the completion ends before the first stop sequence, plain and streamed (the streamed
+// chunks add up to the same text; a tail that could grow into a sequence is held back), echo
+// kept; a sequence that never comes changes nothing; bad values are refused by name.
+TEST(ServeHttp, StopSequences) {
+  Fixture f;
+  const std::string before = kAnswer.substr(0, kAnswer.find("小路"));
+  for (const std::string stop : {R"("小路")", R"(["zzz", "小路", "湖"])", R"(["上的小路", "小路"])"}) {
+    SCOPED_TRACE(stop);
+    auto [s, c] = call(f.post("/v1/completions",
+                              R"({"prompt": "Light", "max_tokens": 100, "stop": )" + stop + "}"));
+    ASSERT_EQ(s, 200) << c.dump();
+    const std::string expected = stop.find("上的小路") != std::string::npos
+                                     ? kAnswer.substr(0, kAnswer.find("上的小路"))
+                                     : before;
+    EXPECT_EQ(c["choices"][0]["text"], expected);
+    EXPECT_EQ(c["choices"][0]["finish_reason"], "stop");
+
+    auto r = f.post("/v1/completions", R"({"prompt": "Light", "max_tokens": 100, "stream": true,
+                                           "echo": true, "stop": )" + stop + "}");
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200);
+    const auto ev = events(r->body);
+    ASSERT_GE(ev.size(), 2u) << r->body;
+    EXPECT_EQ(ev.back(), "[DONE]");
+    std::string text, reason;
+    for (size_t i = 0; i + 1 < ev.size(); ++i) {
+      const json chunk = json::parse(ev[i]);
+      text += chunk["choices"][0]["text"].get<std::string>();
+      if (!chunk["choices"][0]["finish_reason"].is_null()) reason = chunk["choices"][0]["finish_reason"];
+    }
+    EXPECT_EQ(text, "Light" + expected);
+    EXPECT_EQ(reason, "stop");
+  }
+  auto [s2, c2] = call(f.post("/v1/completions", R"({"prompt": "Light", "max_tokens": 100, "stop": ["never"]})"));
+  ASSERT_EQ(s2, 200);
+  EXPECT_EQ(c2["choices"][0]["text"], kAnswer);
+  expect_error(f.post("/v1/completions", R"({"prompt": "a", "stop": 5})"), 400, "\"stop\"");
+  expect_error(f.post("/v1/completions", R"({"prompt": "a", "stop": [""]})"), 400, "must not be empty");
+  expect_error(f.post("/v1/completions", R"({"prompt": "a", "stop": ["a", "b", "c", "d", "e"]})"), 400,
+               "at most 4");
+}
+
+TEST(ServeHttp, StopSequenceTailIsHeldBack) {
+  StopSequences stop{{"abc", "xy"}};
+  EXPECT_EQ(stop.find("12abc3xy"), 2u);
+  EXPECT_EQ(stop.find("12ab"), std::string::npos);
+  EXPECT_EQ(stop.sendable("12ab"), 2u);  // "ab" may become "abc"
+  EXPECT_EQ(stop.sendable("12a"), 2u);
+  EXPECT_EQ(stop.sendable("12x"), 2u);
+  EXPECT_EQ(stop.sendable("12b"), 3u);
+  EXPECT_EQ(stop.sendable(""), 0u);
 }
 
 TEST(ServeHttp, HundredConcurrentRequestsAreBatched) {

@@ -163,7 +163,7 @@ checks() {  # checks LABEL: every check against the running server; writes $WORK
   ids=$(printf '5,%.0s' {1..200})
   expect 400 '200 tokens, over the limit of 128' POST /generate "{\"prompt_ids\": [${ids%,}]}"
   expect 400 'max_tokens' POST /v1/completions '{"prompt": "a", "max_tokens": "ten"}'
-  expect 400 'stop' POST /v1/completions '{"prompt": "a", "stop": ["."]}'
+  expect 400 'stop' POST /v1/completions '{"prompt": "a", "stop": 5}'
   head -c 2000000 /dev/zero | tr '\0' 'a' | sed 's/^/{"text": "/; s/$/"}/' >"$WORK/huge.json"
   local out
   out=$(timeout 60 curl -s -o "$WORK/huge.out" -w '%{http_code}' -H 'Content-Type: application/json' \
@@ -243,6 +243,14 @@ for prompt in ["The cook quickly repairs", "大型语言模型"]:
         assert reason == r.choices[0].finish_reason, (reason, r)
         assert n >= 2, n
         print(f"ok: openai client {kw}: {prompt!r} -> {text!r} ({n} chunks)")
+        if kw.get("seed") and len(text) >= 6:  # a stop sequence from the middle of the text
+            stop = text[3:5]
+            cut = complete(prompt=prompt, max_tokens=12, stop=[stop], **kw)
+            assert cut.choices[0].text == text[:text.index(stop)], (cut.choices[0].text, text, stop)
+            assert cut.choices[0].finish_reason == "stop", cut
+            streamed, reason, _ = stream(prompt=prompt, max_tokens=12, stop=stop, **kw)
+            assert (streamed, reason) == (cut.choices[0].text, "stop"), (streamed, reason)
+            print(f"ok: stop {stop!r}: {cut.choices[0].text!r}")
     top_k = complete(prompt=prompt, max_tokens=12, extra_body={"top_k": 1})
     assert top_k.choices[0].text == complete(prompt=prompt, max_tokens=12, temperature=0).choices[0].text
 try:
