@@ -124,10 +124,35 @@ void expect_answer(const json& got, const GenCase& c, const std::string& where) 
   }
 }
 
+// A run of `glmrt generate` whose answers go to a file (--output): under mpiexec a rank's stdout
+// and stderr are forwarded separately, so a long JSON line on stdout could arrive cut by a log
+// line in a combined capture.
+struct GenerateRun {
+  testing::CommandResult log;  // stdout + stderr
+  std::string answers;         // the --output file
+};
+GenerateRun run_generate(const std::string& launch, const std::string& args) {
+  static const std::string dir = testing::temp_dir("generate_golden_out");
+  static int counter = 0;
+  const std::string file = dir + "/answers_" + std::to_string(counter++) + ".jsonl";
+  GenerateRun run;
+  run.log = testing::run_command(launch + " " + generate_args(args + " --output " + file));
+  std::ifstream in(file);
+  std::stringstream text;
+  text << in.rdbuf();
+  run.answers = text.str();
+  std::filesystem::remove(file);
+  return run;
+}
+
+// One process, no mpiexec (ob1 skips UCX start-up, as testing::run_glmrt does).
+const std::string kSingleRank = std::string("OMPI_MCA_pml=ob1 ") + GLMRT_BINARY;
+
 // The single answer of a one-query run.
-void expect_single_answer(const testing::CommandResult& r, const GenCase& c, const std::string& where) {
+void expect_single_answer(const GenerateRun& run, const GenCase& c, const std::string& where) {
+  const testing::CommandResult& r = run.log;
   ASSERT_EQ(r.exit_code, 0) << where << ": " << tail(r.output);
-  const auto got = answers(r.output);
+  const auto got = answers(run.answers);
   ASSERT_EQ(got.size(), 1u) << where << ": expected one JSON answer\n" << tail(r.output);
   EXPECT_EQ(got[0]["query"], 0) << got[0].dump();
   expect_answer(got[0], c, where);
@@ -159,8 +184,7 @@ class GenerateGolden : public ::testing::TestWithParam<size_t> {};
 
 TEST_P(GenerateGolden, MatchesPyTorchReference) {
   const GenCase& c = cases()[GetParam()];
-  const auto r = testing::run_glmrt(generate_args(single_query(c)));
-  expect_single_answer(r, c, "single rank");
+  expect_single_answer(run_generate(kSingleRank, single_query(c)), c, "single rank");
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, GenerateGolden, ::testing::ValuesIn(case_indices()),
@@ -180,13 +204,13 @@ TEST_P(GenerateGoldenMpi, MatchesPyTorchReference) {
   const GenCase& c = cases()[std::get<0>(GetParam())];
   const Layout l = std::get<1>(GetParam());
   const std::string where = "tensor " + std::to_string(l.tensor) + ", pipeline " + std::to_string(l.pipeline);
-  const auto r = testing::run_command(
+  const auto run = run_generate(
       "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_mpi_yield_when_idle=1 "
       "OMPI_MCA_pml=ob1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 timeout 300 mpiexec -n " +
-      std::to_string(l.tensor * l.pipeline) + " --oversubscribe " + GLMRT_BINARY + " " +
-      generate_args(single_query(c) + " --tensor " + std::to_string(l.tensor) + " --pipeline " +
-                    std::to_string(l.pipeline)));
-  expect_single_answer(r, c, where);
+          std::to_string(l.tensor * l.pipeline) + " --oversubscribe " + GLMRT_BINARY,
+      single_query(c) + " --tensor " + std::to_string(l.tensor) + " --pipeline " +
+          std::to_string(l.pipeline));
+  expect_single_answer(run, c, where);
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, GenerateGoldenMpi,
@@ -223,11 +247,12 @@ TEST(GenerateGoldenBatch, BatchedQueriesOfDifferentLengthsMatchSingleQueryGolden
       std::ofstream out(file);
       for (size_t i : members) out << ids_csv(cases()[i].prompt_ids) << "\n";
     }
-    const auto r = testing::run_glmrt(
-        generate_args("--input-file " + file + " --input-format ids --max-batch 4 " + order[g]));
+    const GenerateRun run =
+        run_generate(kSingleRank, "--input-file " + file + " --input-format ids --max-batch 4 " + order[g]);
+    const testing::CommandResult& r = run.log;
     const std::string where = "batch of " + std::to_string(members.size()) + " (" + order[g] + ")";
     ASSERT_EQ(r.exit_code, 0) << where << ": " << tail(r.output);
-    const auto got = answers(r.output);
+    const auto got = answers(run.answers);
     ASSERT_EQ(got.size(), members.size()) << where << "\n" << tail(r.output);
     std::vector<bool> seen(members.size(), false);
     for (const auto& a : got) {
