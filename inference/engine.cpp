@@ -139,7 +139,7 @@ struct GenerationEngine::Impl {
     GLMRT_CHECK(L.data == 1, "generation runs on one model replica: use --data 1 (the layout is ",
                 L.str(), ")");
     GLMRT_CHECK(opt.max_batch >= 1, "max_batch must be >= 1, got ", opt.max_batch);
-    rows_total = opt.max_rows > 0 ? opt.max_rows : 4 * opt.max_batch;
+    rows_total = opt.max_rows > 0 ? opt.max_rows : default_cache_rows(opt.max_batch, GenerationParams{});
     capacity = opt.capacity > 0 ? std::min(opt.capacity, cfg.max_sequence_length) : cfg.max_sequence_length;
     max_length = capacity;
     try {
@@ -532,6 +532,11 @@ struct GenerationEngine::Impl {
 };
 
 // ---------------------------------------------------------------------------------------------
+int64_t default_cache_rows(int64_t max_batch, const GenerationParams& defaults) {
+  const int64_t beams = std::max<int64_t>(1, defaults.num_beams);
+  return std::max(max_batch * (defaults.strategy == Strategy::Beam ? beams : 1), beams);
+}
+
 GenerationEngine::GenerationEngine(GlmModel& model, ProcessGroups& groups, EngineOptions options)
     : impl_(std::make_unique<Impl>(model, groups, options)) {}
 

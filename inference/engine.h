@@ -22,7 +22,8 @@ namespace glmrt {
 struct EngineOptions {
   int64_t max_batch = 16;    // queries in flight at once (beam search counts num_beams rows each)
   int micro_batches = 0;     // pipeline micro-batches per step; 0 = one per pipeline stage
-  int64_t max_rows = 0;      // KV cache rows (a beam query takes num_beams); 0 = 4 × max_batch
+  int64_t max_rows = 0;      // KV cache rows (a beam query takes num_beams); 0 = default_cache_rows
+                             // (max_batch, GenerationParams{})
   int64_t capacity = 0;      // tokens per cache row; 0 = the model's max_sequence_length
 };
 
@@ -34,6 +35,11 @@ struct EngineStats {
   int64_t decode_steps = 0, decode_tokens = 0;
   double decode_seconds = 0;
 };
+
+// KV cache rows for `max_batch` queries in flight whose parameters default to `defaults`: one row
+// per query (num_beams for beam search), and at least num_beams, so that one beam query always
+// fits. Queries that need more rows than are free wait for them.
+int64_t default_cache_rows(int64_t max_batch, const GenerationParams& defaults);
 
 class GenerationEngine {
  public:

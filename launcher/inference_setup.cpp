@@ -14,7 +14,8 @@ void add_inference_options(po::options_description& desc) {
     ("load", po::value<std::string>(), "or: the latest checkpoint in this folder (any layout)")
     ("max-batch", po::value<int64_t>()->default_value(16), "queries in flight at once")
     ("max-rows", po::value<int64_t>()->default_value(0),
-     "KV cache rows (a beam query takes num_beams); 0 = 4 x max-batch")
+     "KV cache rows (a beam query takes num_beams); 0 = max-batch (x num-beams with --strategy "
+     "beam), at least num-beams")
     ("cache-length", po::value<int64_t>()->default_value(0),
      "tokens per KV cache row; 0 = the model's max_sequence_length")
     ("micro-batches", po::value<int>()->default_value(0),
@@ -88,7 +89,8 @@ InferenceSetup setup_inference(const po::variables_map& vm, const std::string& c
   if (eo.max_batch < 1) throw InputError("--max-batch must be at least 1");
   if (eo.max_rows < 0 || eo.capacity < 0 || eo.micro_batches < 0)
     throw InputError("--max-rows, --cache-length and --micro-batches must be >= 0");
-  const int64_t rows = eo.max_rows > 0 ? eo.max_rows : 4 * eo.max_batch;
+  if (eo.max_rows == 0) eo.max_rows = default_cache_rows(eo.max_batch, generation_params(vm));
+  const int64_t rows = eo.max_rows;
   const int64_t capacity = eo.capacity > 0 ? std::min(eo.capacity, s.rc.model.max_sequence_length)
                                            : s.rc.model.max_sequence_length;
   const int64_t cache_bytes = KvCache::bytes_for(s.rc.model, s.rt.shard, rows, capacity, compute.dtype);
