@@ -200,26 +200,17 @@ inline unsigned grid_for(int64_t n, int threads = kThreads) {
 
 // ---- Scratch memory -----------------------------------------------------------------------
 
-// Temporary device memory for one op, from the stream-ordered pool of the current device:
-// allocation and release are ordered on the default stream and never synchronise the host.
-// (Devices without memory pools fall back to cudaMalloc / cudaFree.)
+// Temporary device memory for one op on the current device, from the same stream-ordered pool
+// as every tensor (device_malloc / device_free in runtime.cu): allocation and release are ordered
+// on the default stream and never synchronise the host.
 class DeviceScratch {
  public:
   explicit DeviceScratch(size_t bytes) {
     if (!bytes) return;
-    const cudaError_t status = cudaMallocAsync(&ptr_, bytes, 0);
-    if (status == cudaErrorNotSupported) {
-      cudaGetLastError();  // not sticky: clear it
-      pooled_ = false;
-      GLMRT_CUDA_CHECK(cudaMalloc(&ptr_, bytes));
-      return;
-    }
-    GLMRT_CUDA_CHECK(status);
+    GLMRT_CUDA_CHECK(cudaGetDevice(&device_));
+    ptr_ = device_malloc(bytes, device_);
   }
-  ~DeviceScratch() {
-    // Cannot throw here; a failure would resurface at the next checked call.
-    if (ptr_) pooled_ ? cudaFreeAsync(ptr_, 0) : cudaFree(ptr_);
-  }
+  ~DeviceScratch() { device_free(ptr_, device_); }  // reports instead of throwing
   DeviceScratch(const DeviceScratch&) = delete;
   DeviceScratch& operator=(const DeviceScratch&) = delete;
   template <class T>
@@ -229,7 +220,7 @@ class DeviceScratch {
 
  private:
   void* ptr_ = nullptr;
-  bool pooled_ = true;
+  int device_ = 0;
 };
 
 // ---- Argument checks ----------------------------------------------------------------------
