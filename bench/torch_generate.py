@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""PyTorch side of the decoding benchmark (bench/generate_bench.sh).
+"""PyTorch side of the decoding benchmarks (bench/generate_bench.sh, bench/gpu_generate_bench.sh).
 
 GLM blank filling with greedy decoding and a KV cache, in plain PyTorch, on the same safetensors
 weights and the same prompts as `glmrt generate`:
@@ -27,6 +27,16 @@ weights and the same prompts as `glmrt generate`:
   cast to fp32 for the argmax). On a CPU without bf16 units, torch 1.13's bf16 matmul for more
   than one row runs a generic kernel of ~1-2 GFLOP/s.
 
+Device: --device cpu (default) or cuda. With cuda the weights, the KV cache and every tensor of
+the forward live on the GPU; fp32 matmuls are exact fp32 (torch.backends.cuda.matmul.allow_tf32
+= torch.backends.cudnn.allow_tf32 = False); bf16 runs as above (cuBLAS bf16 matmuls with
+PyTorch's default settings); torch.cuda.synchronize() comes before every clock read that
+brackets timed work; the untimed warm-up is a whole prefill of the run's shape plus one decoding
+step on a scratch cache (first-use kernel loading and cuBLAS heuristics stay out of the
+timings); the banned end ids are a device tensor (no host copy inside a step); there is no
+estimate mode (--budget-s is ignored), and the JSON line also carries "device" (the GPU's name).
+--init-weights always runs on the CPU.
+
 Timing (time.perf_counter, after one untimed warm-up forward of a couple of tokens through every
 layer): the prefill = the forward of the whole context of every row + the head and argmax of
 the last token (it yields the first generated token), then every decoding step (one token per
@@ -48,6 +58,13 @@ prints progress on stderr and one JSON line on stdout:
 Other modes:
     --init-weights W.safetensors --config C.yaml [--seed S]   write seeded random full weights
     --gemm-peak [--gemm-size 4096]                              the fp32 sgemm rate (JSON line)
+    --device-ceilings --device cuda|cpu                          the device's ceilings (JSON line):
+        {"device", "torch", "gemm_size", "bf16_gemm_tflops", "copy_bytes", "copy_gbs",
+         "copy_gbs_best"}: cuda: torch.matmul bf16 8192³ (--ceiling-gemm-size), mean of 10 after
+        3 warm-ups (CUDA events); copy = dst.copy_(src) of a --copy-gib (default 2) GiB tensor,
+        bytes read + written / time, mean (copy_gbs) and best of 10 after 3 warm-ups. cpu: no
+        GEMM rate (null), the copy of a 0.25 GiB tensor (a plumbing check, not a ceiling).
+        (--gemm-peak with --device cuda prints the same line.)
 """
 
 import argparse
@@ -82,6 +99,13 @@ def parse_args(argv=None):
                     help="--init-weights: matrices ~ N(0, (gain/sqrt(fan_in))^2)")
     ap.add_argument("--gemm-peak", action="store_true", help="print the fp32 sgemm rate and exit")
     ap.add_argument("--gemm-size", type=int, default=4096)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="where the weights, the KV cache and the forward run")
+    ap.add_argument("--device-ceilings", action="store_true",
+                    help="print the device's bf16 GEMM rate and copy bandwidth and exit")
+    ap.add_argument("--ceiling-gemm-size", type=int, default=8192)
+    ap.add_argument("--copy-gib", type=float, default=2.0,
+                    help="--device-ceilings on cuda: size of the copied tensor (GiB)")
     return ap.parse_args(argv)
 
 
@@ -95,6 +119,25 @@ for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
+
+DEV = ARGS.device
+if DEV == "cuda":
+    # fp32 matmuls exact (no TF32). The legacy flags only: torch >= 2.9 also has the
+    # fp32_precision settings, and setting both kinds leaves torch in a "mix of the legacy and
+    # new APIs" state that some of its getters refuse.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def sync():
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
+def clock():
+    """time.perf_counter() once the device's queued work is done."""
+    sync()
+    return time.perf_counter()
 
 
 def log(*a):
@@ -239,6 +282,8 @@ class Model:
         self.lnf_b = tensors["transformer.final_layernorm.bias"]
         cos, sin = rope_tables(cfg)
         self.cos, self.sin = cos.to(dtype), sin.to(dtype)
+        if self.E.device.type != "cpu":
+            self.cos, self.sin = self.cos.to(self.E.device), self.sin.to(self.E.device)
 
     def weight_bytes(self):
         n = self.E.numel() + self.lnf_w.numel() + self.lnf_b.numel()
@@ -273,8 +318,9 @@ def rotate_half(x):
 class KvCache:
     def __init__(self, model, batch, capacity):
         shape = (batch, model.nh, capacity, model.d)
-        self.k = [torch.empty(shape, dtype=model.dtype) for _ in model.layers]
-        self.v = [torch.empty(shape, dtype=model.dtype) for _ in model.layers]
+        dev = model.E.device
+        self.k = [torch.empty(shape, dtype=model.dtype, device=dev) for _ in model.layers]
+        self.v = [torch.empty(shape, dtype=model.dtype, device=dev) for _ in model.layers]
         self.length = 0  # tokens cached (the same for every row)
 
 
@@ -305,19 +351,19 @@ def layer_forward(model, lw, li, x, cos, sin, cache, mask_add):
     return m * alpha + F.linear(u1 * F.gelu(u2), lw["mlp.dense_4h_to_h.weight"], lw["mlp.dense_4h_to_h.bias"])
 
 
-def prefix_mask(s, sep):
+def prefix_mask(s, sep, device="cpu"):
     """Additive [s, s] mask of one context: key j visible to query i when j < sep or j <= i."""
     i = torch.arange(s)[:, None]
     j = torch.arange(s)[None, :]
     visible = (j < sep) | (j <= i)
-    return torch.zeros(s, s).masked_fill(~visible, -10000.0)
+    return torch.zeros(s, s).masked_fill(~visible, -10000.0).to(device)
 
 
 def head_tokens(model, x_last, ban):
     """Greedy next token per row from the last token's hidden state [b, h]."""
     y = F.layer_norm(x_last, (model.h,), model.lnf_w, model.lnf_b, model.cfg["eps"])
     logits = F.linear(y, model.E).float()  # tied head, no bias
-    if ban:
+    if ban is not None and len(ban):  # a list of ids, or a tensor of them (--device cuda)
         logits[:, ban] = -65504.0
     return torch.argmax(logits, dim=-1)
 
@@ -347,6 +393,50 @@ def gemm_peak(n, reps=3):
     return 2.0 * n ** 3 / best / 1e9
 
 
+def device_ceilings(gemm_n, copy_gib, warm=3, reps=10):
+    """The device's bf16 GEMM rate and copy bandwidth (see the module docstring)."""
+    out = {"device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu",
+           "torch": torch.__version__, "gemm_size": None, "bf16_gemm_tflops": None}
+    if DEV == "cuda":
+        def timed(fn):  # ms per call of each of `reps` calls after `warm` untimed ones
+            for _ in range(warm):
+                fn()
+            ev = [torch.cuda.Event(enable_timing=True) for _ in range(reps + 1)]
+            torch.cuda.synchronize()
+            ev[0].record()
+            for i in range(reps):
+                fn()
+                ev[i + 1].record()
+            torch.cuda.synchronize()
+            return [ev[i].elapsed_time(ev[i + 1]) for i in range(reps)]
+
+        n = gemm_n
+        a = torch.randn(n, n, device=DEV).to(torch.bfloat16)
+        b = torch.randn(n, n, device=DEV).to(torch.bfloat16)
+        c = torch.empty(n, n, device=DEV, dtype=torch.bfloat16)
+        ms = timed(lambda: torch.matmul(a, b, out=c))
+        out.update({"gemm_size": n, "bf16_gemm_tflops": 2.0 * n ** 3 / (sum(ms) / reps / 1e3) / 1e12})
+        del a, b, c
+        nbytes = int(copy_gib * 2 ** 30) // 4 * 4
+    else:
+        nbytes = 2 ** 28
+    src = torch.ones(nbytes // 4, device=DEV)
+    dst = torch.empty_like(src)
+    if DEV == "cuda":
+        ms = timed(lambda: dst.copy_(src))
+    else:
+        for _ in range(warm):
+            dst.copy_(src)
+        ms = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            dst.copy_(src)
+            ms.append(1e3 * (time.perf_counter() - t))
+    out.update({"copy_bytes": nbytes, "copy_gbs": 2.0 * nbytes / (sum(ms) / reps / 1e3) / 1e9,
+                "copy_gbs_best": 2.0 * nbytes / (min(ms) / 1e3) / 1e9})
+    return out
+
+
 def linear_rate(h, rows_out, m, dtype, reps=2):
     """Seconds of one [m, h] x [rows_out, h]ᵀ linear in dtype (best of reps after a warm-up)."""
     w, x = torch.randn(rows_out, h).to(dtype), torch.randn(m, h).to(dtype)
@@ -361,6 +451,9 @@ def linear_rate(h, rows_out, m, dtype, reps=2):
 
 def main():
     torch.set_num_threads(ARGS.threads)
+    if ARGS.device_ceilings or (ARGS.gemm_peak and DEV == "cuda"):
+        print(json.dumps(device_ceilings(ARGS.ceiling_gemm_size, ARGS.copy_gib)), flush=True)
+        return 0
     if ARGS.gemm_peak:
         print(json.dumps({"threads": ARGS.threads, "gemm_size": ARGS.gemm_size,
                           "sgemm_gflops": gemm_peak(ARGS.gemm_size), "torch": torch.__version__}))
@@ -390,15 +483,23 @@ def main():
 
     t = time.perf_counter()
     tensors = read_safetensors(ARGS.weights, dtype)
+    if DEV != "cpu":
+        tensors = {k: v.to(DEV) for k, v in tensors.items()}
+        ctx = ctx.to(DEV)
     model = Model(cfg, tensors, dtype)
-    log(f"torch {torch.__version__}, {ARGS.threads} threads, {ARGS.precision}: weights "
-        f"{model.weight_bytes() / 1e9:.2f} GB loaded in {time.perf_counter() - t:.1f} s; batch {B}, "
+    where = f"{ARGS.threads} threads" if DEV == "cpu" else f"{DEV} ({torch.cuda.get_device_name()})"
+    log(f"torch {torch.__version__}, {where}, {ARGS.precision}: weights "
+        f"{model.weight_bytes() / 1e9:.2f} GB loaded in {clock() - t:.1f} s; batch {B}, "
         f"context {S}, {G} tokens")
 
     out = {"impl": "pytorch", "torch": torch.__version__, "precision": ARGS.precision,
            "threads": ARGS.threads, "batch": B, "prompt_len": P, "tokens": G,
            "weight_bytes": model.weight_bytes()}
+    if DEV != "cpu":
+        out["device"] = torch.cuda.get_device_name()
     with torch.no_grad():
+        if DEV != "cpu":
+            return run_on_device(model, ctx, out, S, P, G, min_gen, ban)
         # Warm-up: two tokens of one row through every layer (thread pools, first-touch pages).
         warm = KvCache(model, 1, 2)
         forward(model, ctx[:1, :2], torch.arange(2), warm, None, ban)
@@ -471,6 +572,45 @@ def main():
         if times:
             log(f"decode: {len(times)} steps, {1e3 * sum(times) / len(times):.1f} ms/step "
                 f"(first {1e3 * times[0]:.1f}, best {1e3 * min(times):.1f})")
+    out.update({"prefill_seconds": prefill, "prefill_tokens": B * S, "decode_steps": len(times),
+                "decode_step_seconds": times,
+                "decode_ms_per_step": 1e3 * sum(times) / len(times) if times else 0.0,
+                "generated": len(gen[0]), "outputs": gen})
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+def run_on_device(model, ctx, out, S, P, G, min_gen, ban):
+    """The full run on the GPU: a warm-up of the run's own shapes, then the timed prefill and steps."""
+    B = ctx.shape[0]
+    ban = torch.tensor(ban, dtype=torch.long, device=DEV)
+    pos_ctx = torch.arange(S, device=DEV)
+    mask = prefix_mask(S, P, DEV)
+    t = clock()
+    warm = KvCache(model, B, S + 1)
+    nxt = forward(model, ctx, pos_ctx, warm, mask, ban if min_gen > 0 else None)
+    forward(model, nxt[:, None], torch.tensor([S], device=DEV), warm, None, ban if min_gen > 1 else None)
+    del warm
+    log(f"warm-up (prefill + one step, untimed) {clock() - t:.2f} s")
+    out.update({"mode": "full", "predicted_seconds": None})
+
+    cache = KvCache(model, B, S + G)
+    t = clock()
+    nxt = forward(model, ctx, pos_ctx, cache, mask, ban if min_gen > 0 else None)
+    prefill = clock() - t
+    log(f"prefill {prefill * 1e3:.2f} ms ({B * S} tokens)")
+    gen = [[x] for x in nxt.tolist()]
+    times = []
+    for i in range(1, G):
+        pos = torch.tensor([S - 1 + i], device=DEV)
+        t = clock()
+        nxt = forward(model, nxt[:, None], pos, cache, None, ban if i < min_gen else None)
+        times.append(clock() - t)
+        for r, x in enumerate(nxt.tolist()):
+            gen[r].append(x)
+    if times:
+        log(f"decode: {len(times)} steps, {1e3 * sum(times) / len(times):.2f} ms/step "
+            f"(first {1e3 * times[0]:.2f}, best {1e3 * min(times):.2f})")
     out.update({"prefill_seconds": prefill, "prefill_tokens": B * S, "decode_steps": len(times),
                 "decode_step_seconds": times,
                 "decode_ms_per_step": 1e3 * sum(times) / len(times) if times else 0.0,

@@ -4,8 +4,11 @@
 # for a fast build); logs go to build-gpu/gpu-check-logs and, when $OUT is set, to $OUT too.
 #
 # Usage: scripts/gpu-check.sh [--bundle FILE] [--no-cpu-tests] [--no-e2e] [--no-bench] [--quick-bench]
-#                             [--train-bench]
+#                             [--train-bench] [--decode-bench]
 #   --train-bench: also bench/gpu_train_bench.sh (a bf16 training step, glmrt vs PyTorch).
+#   --decode-bench: also bench/gpu_generate_bench.sh (glmrt generate --device cuda vs PyTorch on
+#   the 1b decoding model, fp32 and bf16, batches 1 and 16); its raw results
+#   (decode_results.jsonl, decode_ceilings.json) go with the logs.
 #   --bundle FILE: run the prebuilt binaries packed by scripts/gpu-bundle.sh (with the Debian
 #   libraries they need) instead of configuring and building here; implies --no-cpu-tests.
 # Environment: GLMRT_GPU_BUILD_DIR (build folder, default build-gpu), GLMRT_DEBS_DIR (carried
@@ -20,6 +23,7 @@ run_bench=1
 bench_args=()
 bundle=""
 run_train_bench=0
+run_decode_bench=0
 while (($#)); do
   arg=$1
   shift
@@ -30,7 +34,8 @@ while (($#)); do
     --no-bench) run_bench=0 ;;
     --quick-bench) bench_args+=(--quick) ;;
     --train-bench) run_train_bench=1 ;;
-    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+    --decode-bench) run_decode_bench=1 ;;
+    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -46,10 +51,14 @@ failed=0
 note() { summary+=("$(printf '%-14s %s' "$1" "$2")"); }
 step() { echo; echo "==== $* ===="; }
 
-# Copies the logs to $OUT (the device tool's output folder) whenever the script ends.
+# Copies the logs (and the decode benchmark's raw results) to $OUT (the device tool's output
+# folder) whenever the script ends.
 # shellcheck disable=SC2317  # called through the trap
 copy_logs() {
-  if [[ -n "${OUT:-}" && -d "$OUT" ]]; then cp "$logs"/*.log "$OUT"/ 2>/dev/null || true; fi
+  if [[ -n "${OUT:-}" && -d "$OUT" ]]; then
+    cp "$logs"/*.log "$OUT"/ 2>/dev/null || true
+    cp "$logs"/decode_*.json "$logs"/decode_*.jsonl "$OUT"/ 2>/dev/null || true
+  fi
 }
 trap copy_logs EXIT
 
@@ -362,12 +371,33 @@ if ((build_ok && run_train_bench && have_gpu)); then
   fi
 fi
 
+# ---- Decoding against PyTorch -----------------------------------------------------------------
+# glmrt is built (or unpacked from the bundle) at $build/glmrt; the benchmark writes its weights
+# to a temp folder of its own and deletes them.
+decode_table=""
+if ((build_ok && run_decode_bench && have_gpu)); then
+  step "decoding benchmark"
+  rm -f "$logs"/decode_*.json "$logs"/decode_*.jsonl
+  if timeout -k 10 420 bash bench/gpu_generate_bench.sh --build "$build" --out "$logs" 2>&1 |
+       tee "$logs/decode-bench.log"; then
+    note decode-bench "ok"
+  else
+    note decode-bench "FAILED (see decode-bench.log)"
+    failed=1
+  fi
+  # The table the benchmark prints last (also after a failed case: its row says so).
+  decode_table=$(sed -n '/^decode benchmark on /,$p' "$logs/decode-bench.log")
+elif ((build_ok && run_decode_bench)); then
+  note decode-bench "skipped: no GPU"
+fi
+
 # ---- Summary (last, so that the tail of the output holds it) ---------------------------------
 {
   printf '\n==== gpu-check summary ====\n'
   printf '%s\n' "${summary[@]}"
   if [[ -n $bench_table ]]; then printf '\n%s\n' "$bench_table"; fi
   if [[ -n $train_table ]]; then printf '\n%s\n' "$train_table"; fi
+  if [[ -n $decode_table ]]; then printf '\n%s\n' "$decode_table"; fi
   if ((failed)); then printf '\nRESULT: FAILED\n'; else printf '\nRESULT: ok\n'; fi
 } | tee "$logs/summary.log"
 exit "$failed"
