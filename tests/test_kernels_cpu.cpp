@@ -1,7 +1,11 @@
 // Every CPU op against a straightforward loop implementation, in F32 and F64.
+#include <algorithm>
 #include <cmath>
+#include <tuple>
+#include <vector>
 
 #include "kernels/ops.h"
+#include "kernels/cpu/vec_math.h"
 #include "model/rope_tables.h"
 #include "tests/test_util.h"
 
@@ -105,6 +109,53 @@ TEST_P(CpuOps, GegluUsesExactErfGeluOnTheSecondHalf) {
       ref.data_as<double>()[r * f + i] = x1 * 0.5 * x2 * (1 + std::erf(x2 / std::sqrt(2.0)));
     }
   EXPECT_LT(max_rel_diff(out, ref), tol());
+}
+
+// The F32 path (8 lanes with a rational erf and a polynomial exp where AVX2 is there, the row's
+// tail through the same functions) against the F64 one (std::erf / std::exp), forward and
+// backward, over values past erf's clamp at |z/√2| = 4 and a row width of 4 vectors + 5.
+TEST(CpuGeglu, Float32MatchesFloat64ForwardAndBackward) {
+  const int64_t n = 3, f = 37;
+  Tensor u64 = Tensor::empty({n, 2 * f}, DType::F64), g64 = random_tensor({n, f}, 31, DType::F64);
+  for (int64_t i = 0; i < u64.numel(); ++i)
+    u64.data_as<double>()[i] = -7.0 + 14.0 * static_cast<double>((i * 37) % 101) / 100.0;
+  Tensor u32 = u64.to(DType::F32), g32 = g64.to(DType::F32);
+  Tensor u = u32.to(DType::F64), g = g32.to(DType::F64);  // the F32 inputs, exactly
+  Tensor out32 = Tensor::empty({n, f}, DType::F32), out64 = Tensor::empty({n, f}, DType::F64);
+  geglu_forward(u32, out32);
+  geglu_forward(u, out64);
+  Tensor du32 = Tensor::empty({n, 2 * f}, DType::F32), du64 = Tensor::empty({n, 2 * f}, DType::F64);
+  geglu_backward(u32, g32, du32);
+  geglu_backward(u, g, du64);
+  for (const auto& [a, b, what] : {std::tuple{&out32, &out64, "forward"}, std::tuple{&du32, &du64, "backward"}}) {
+    double worst = 0;
+    for (int64_t i = 0; i < a->numel(); ++i) {
+      const double x = a->item(i), y = b->item(i);
+      worst = std::max(worst, std::abs(x - y) / std::max(1.0, std::abs(y)));
+    }
+    EXPECT_LT(worst, 2e-6) << what;
+  }
+}
+
+// The softmax pieces of the F32 attention kernels (vec_math.h) against double, lengths around
+// the 8-lane width, scores from -90 (exp underflows to 0) to +20 past the shift.
+TEST(CpuVecMath, MaxAndShiftedExpSumMatchDouble) {
+  for (int64_t n : {1, 7, 8, 9, 37, 300}) {
+    std::vector<float> s(static_cast<size_t>(n));
+    for (int64_t j = 0; j < n; ++j) s[j] = -90.0f + 110.0f * static_cast<float>((j * 53) % 97) / 96.0f;
+    const std::vector<float> in = s;
+    const float mx = cpu::max_of(s.data(), n);
+    EXPECT_EQ(mx, *std::max_element(in.begin(), in.end())) << n;
+    const float shift = mx - 3.0f;
+    const float sum = cpu::exp_shifted_sum(s.data(), n, shift);
+    double ref_sum = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      const double e = std::exp(static_cast<double>(in[j] - shift));  // the fp32 difference
+      ref_sum += e;
+      EXPECT_NEAR(s[j], e, 3e-7 * e + 1e-37) << "n " << n << " j " << j;
+    }
+    EXPECT_NEAR(sum, ref_sum, 1e-6 * ref_sum) << n;
+  }
 }
 
 TEST_P(CpuOps, RopeRotatesHalvesOfQueryAndKeyOnly) {

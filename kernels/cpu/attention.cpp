@@ -5,9 +5,11 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/cpu_common.h"
+#include "kernels/cpu/vec_math.h"
 
 namespace glmrt::cpu {
 
@@ -77,12 +79,18 @@ void segment_probs(const T* q, const T* k, int64_t ld, int64_t len, int64_t sep,
     T* s = probs + i * len;
     const int64_t visible_end = std::max(sep, i + 1);  // keys [0, visible_end) are visible
     if (lse_in) {
-      for (int64_t j = 0; j < visible_end; ++j) s[j] = std::exp(s[j] - lse_in[i]);
+      if constexpr (std::is_same_v<T, float>) exp_shifted_sum(s, visible_end, lse_in[i]);
+      else for (int64_t j = 0; j < visible_end; ++j) s[j] = std::exp(s[j] - lse_in[i]);
     } else {
-      T mx = -std::numeric_limits<T>::infinity();
-      for (int64_t j = 0; j < visible_end; ++j) mx = std::max(mx, s[j]);
-      T sum = 0;
-      for (int64_t j = 0; j < visible_end; ++j) sum += (s[j] = std::exp(s[j] - mx));
+      T mx, sum = 0;
+      if constexpr (std::is_same_v<T, float>) {  // vec_math.h: exp 8 lanes at a time
+        mx = max_of(s, visible_end);
+        sum = exp_shifted_sum(s, visible_end, mx);
+      } else {
+        mx = -std::numeric_limits<T>::infinity();
+        for (int64_t j = 0; j < visible_end; ++j) mx = std::max(mx, s[j]);
+        for (int64_t j = 0; j < visible_end; ++j) sum += (s[j] = std::exp(s[j] - mx));
+      }
       const T inv = T(1) / sum;
       for (int64_t j = 0; j < visible_end; ++j) s[j] *= inv;
       lse_out[i] = mx + std::log(sum);

@@ -25,6 +25,7 @@
 #endif
 
 #include "kernels/cpu/cpu_common.h"
+#include "kernels/cpu/vec_math.h"
 #include "kernels/half.h"
 
 namespace glmrt::cpu {
@@ -83,10 +84,7 @@ inline int64_t key_offset(const DirectArgs& a, int64_t j) {
 
 // probs[0 .. visible) = softmax(probs) in place (fp32, max subtracted).
 inline void softmax_in_place(float* s, int64_t visible) {
-  float mx = -std::numeric_limits<float>::infinity();
-  for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, s[j]);
-  float sum = 0;
-  for (int64_t j = 0; j < visible; ++j) sum += (s[j] = std::exp(s[j] - mx));
+  const float sum = exp_shifted_sum(s, visible, max_of(s, visible));
   const float inv = 1.0f / sum;
   for (int64_t j = 0; j < visible; ++j) s[j] *= inv;
 }
