@@ -219,15 +219,16 @@ void check_query(const GenerationRequest& r, const GlmConfig& config) {
   if (!problem.empty()) throw HttpError{400, problem, "invalid_request"};
 }
 
-json completion_json(const CompletionMeta& m, const std::string& text, const json& finish_reason) {
+json choice_json(int index, const std::string& text, const json& finish_reason) {
+  return {{"text", text}, {"index", index}, {"logprobs", nullptr}, {"finish_reason", finish_reason}};
+}
+
+json completion_json(const CompletionMeta& m, json choices) {
   return {{"id", m.id},
           {"object", "text_completion"},
           {"created", m.created},
           {"model", m.model},
-          {"choices", json::array({{{"text", text},
-                                    {"index", 0},
-                                    {"logprobs", nullptr},
-                                    {"finish_reason", finish_reason}}})}};
+          {"choices", std::move(choices)}};
 }
 
 json usage_json(int64_t prompt_tokens, int64_t completion_tokens) {
@@ -324,8 +325,10 @@ CompletionQuery HttpApi::parse_completion(const std::string& text_body) const {
   const auto top_k = f.integer("top_k", 0);
   const auto seed = f.unsigned_integer("seed");
   const auto min_tokens = f.integer("min_tokens", 0);
-  f.unsupported("n", [](const json& v) { return v == json(1); }, "only n = 1 is supported");
-  f.unsupported("best_of", [](const json& v) { return v == json(1); }, "only best_of = 1 is supported");
+  c.n = static_cast<int>(f.integer("n", 1, kMaxCompletionChoices).value_or(1));
+  const int n = c.n;
+  f.unsupported("best_of", [n](const json& v) { return v == json(n); },
+                "choices are not ranked, so best_of must equal n");
   c.stream = f.boolean("stream").value_or(false);
   const bool echo = f.boolean("echo").value_or(false);
   if (const json* so = f.get("stream_options")) {
@@ -433,23 +436,26 @@ std::string finish_reason(const GenerationResult& result) {
   return result.finish_reason.empty() ? "stop" : result.finish_reason;
 }
 
-std::string completion_chunk(const CompletionMeta& meta, const std::string& text,
+std::string completion_chunk(const CompletionMeta& meta, int index, const std::string& text,
                              const std::optional<std::string>& finish_reason) {
-  return dump(completion_json(meta, text, finish_reason ? json(*finish_reason) : json(nullptr)));
+  return dump(completion_json(
+      meta, json::array({choice_json(index, text, finish_reason ? json(*finish_reason) : json(nullptr))})));
 }
 
-std::string completion_response(const CompletionMeta& meta, const std::string& text,
-                                 const std::string& finish_reason, int64_t prompt_tokens,
-                                 int64_t completion_tokens) {
-  json out = completion_json(meta, text, finish_reason);
+std::string completion_response(const CompletionMeta& meta,
+                                const std::vector<CompletionChoice>& choices,
+                                int64_t prompt_tokens, int64_t completion_tokens) {
+  json list = json::array();
+  for (size_t i = 0; i < choices.size(); ++i)
+    list.push_back(choice_json(static_cast<int>(i), choices[i].text, choices[i].finish_reason));
+  json out = completion_json(meta, std::move(list));
   out["usage"] = usage_json(prompt_tokens, completion_tokens);
   return dump(out);
 }
 
 std::string usage_chunk(const CompletionMeta& meta, int64_t prompt_tokens,
                         int64_t completion_tokens) {
-  json usage = completion_json(meta, "", nullptr);
-  usage["choices"] = json::array();
+  json usage = completion_json(meta, json::array());
   usage["usage"] = usage_json(prompt_tokens, completion_tokens);
   return dump(usage);
 }

@@ -63,7 +63,13 @@ struct CompletionQuery {
   bool include_usage = false;  // stream_options.include_usage: a usage chunk before [DONE]
   std::string echo_text;       // the prompt's text when "echo" is set, else empty
   StopSequences stop;
+  // "n": how many choices, each generated as its own query; sampled choice i uses seed + i, so
+  // that the choices differ and a request with a seed is reproducible.
+  int n = 1;
 };
+
+// The most choices ("n") one completion request may ask for.
+inline constexpr int kMaxCompletionChoices = 16;
 
 // Parses request bodies against one model and the server's limits.
 class HttpApi {
@@ -125,13 +131,19 @@ std::string completion_id();
 // The finish_reason of a finished query ("stop" when the engine gave none).
 std::string finish_reason(const GenerationResult& result);
 
-// A text_completion object with one choice; finish_reason null while streaming.
-std::string completion_chunk(const CompletionMeta& meta, const std::string& text,
+// One choice of a completion.
+struct CompletionChoice {
+  std::string text, finish_reason;
+};
+
+// A streamed text_completion chunk of choice `index`; finish_reason null while streaming.
+std::string completion_chunk(const CompletionMeta& meta, int index, const std::string& text,
                              const std::optional<std::string>& finish_reason);
-// The non-streamed answer: the completion with its finish_reason and usage.
-std::string completion_response(const CompletionMeta& meta, const std::string& text,
-                                 const std::string& finish_reason, int64_t prompt_tokens,
-                                 int64_t completion_tokens);
+// The non-streamed answer: every choice (index = its position) with its finish_reason, and the
+// usage (completion_tokens: all choices together, as OpenAI counts them).
+std::string completion_response(const CompletionMeta& meta,
+                                const std::vector<CompletionChoice>& choices,
+                                int64_t prompt_tokens, int64_t completion_tokens);
 // The last chunk of a stream with include_usage: no choices, the usage.
 std::string usage_chunk(const CompletionMeta& meta, int64_t prompt_tokens,
                         int64_t completion_tokens);

@@ -334,50 +334,35 @@ void HttpServer::Impl::generate(const httplib::Request& req, httplib::Response& 
 
 namespace {
 
-// Turns a streamed query into server-sent events: one `data:` chunk per generated token that adds
-// text (the blank's tokens are decoded whole and the new suffix is sent, holding back an
-// incomplete UTF-8 tail), a final chunk with the rest and finish_reason, then `data: [DONE]`.
-class EventStream {
+// One choice of a streamed completion: turns its query's tokens into chunks (text_completion
+// JSON for choice `index`): one per generated token that adds text (the blank's tokens are
+// decoded whole and the new suffix is sent, holding back an incomplete UTF-8 tail and a tail that
+// could still become a stop sequence), then a last chunk with the rest and finish_reason.
+class ChoiceStream {
  public:
-  EventStream(std::shared_ptr<Query> q, const Tokenizer& tok, CompletionMeta meta, std::string echo,
-              int64_t prompt_tokens, bool include_usage, StopSequences stop,
-              const std::atomic<bool>& stopping)
-      : q_(std::move(q)), tok_(tok), meta_(std::move(meta)), pending_echo_(echo),
-        echo_prefix_(echo), prompt_tokens_(prompt_tokens), include_usage_(include_usage),
-        stop_(std::move(stop)), stopping_(stopping), prefix_(echo) {}
+  ChoiceStream(std::shared_ptr<Query> q, const Tokenizer& tok, CompletionMeta meta, int index,
+               std::string echo, StopSequences stop)
+      : q_(std::move(q)), tok_(tok), meta_(std::move(meta)), index_(index), pending_echo_(echo),
+        echo_prefix_(echo), stop_(std::move(stop)), prefix_(std::move(echo)) {}
 
-  // cpp-httplib's chunked content provider: called until sink.done(); waits up to 100 ms for news.
-  bool pump(httplib::DataSink& sink) {
-    try {
-      return pump_unguarded(sink);
-    } catch (const std::exception& e) {
-      write(sink, error_body(500, std::string("internal error: ") + e.what(), "internal_error"));
-      finish(sink);
-      return true;
-    }
-  }
-
- private:
-  bool pump_unguarded(httplib::DataSink& sink) {
+  enum class Poll { idle, news, ended };
+  // Appends this choice's new chunks to `out`, waiting up to `wait` for news. `ended`: its last
+  // chunk is out (or `error` holds the message of a failed generation, and nothing was added).
+  Poll poll(std::vector<std::string>& out, std::chrono::milliseconds wait, std::string& error) {
+    if (ended_) return Poll::ended;
+    const size_t before = out.size();
     if (!pending_echo_.empty()) {
       emitted_ = std::move(pending_echo_);
       pending_echo_.clear();
-      if (!write(sink, completion_chunk(meta_, emitted_, std::nullopt))) return false;
+      out.push_back(completion_chunk(meta_, index_, emitted_, std::nullopt));
     }
     std::vector<std::vector<int32_t>> blanks;
     bool done;
     GenerationResult result;
     {
       std::unique_lock<std::mutex> lock(q_->mu);
-      q_->cv.wait_for(lock, std::chrono::milliseconds(100),
-                      [&] { return q_->done || q_->version != seen_version_; });
-      if (!q_->done && q_->version == seen_version_) {
-        if (!stopping_.load()) return sink.is_writable();
-        lock.unlock();
-        write(sink, error_body(503, "the server stopped before the query was answered", "unavailable"));
-        finish(sink);
-        return true;
-      }
+      q_->cv.wait_for(lock, wait, [&] { return q_->done || q_->version != seen_version_; });
+      if (!q_->done && q_->version == seen_version_) return out.size() > before ? Poll::news : Poll::idle;
       seen_version_ = q_->version;
       blanks = q_->blanks;
       done = q_->done;
@@ -393,53 +378,142 @@ class EventStream {
         if (!stop_.empty()) {
           const std::string generated = stable.substr(echo_prefix_.size());
           const size_t at = stop_.find(generated);
-          if (at != std::string::npos) return end_at_stop(sink, echo_prefix_ + generated.substr(0, at));
+          if (at != std::string::npos) return end_at_stop(out, echo_prefix_ + generated.substr(0, at));
           stable.resize(echo_prefix_.size() + stop_.sendable(generated));
         }
         if (stable.size() > emitted_.size() && stable.compare(0, emitted_.size(), emitted_) == 0) {
           const std::string delta = stable.substr(emitted_.size());
           emitted_ = stable;
-          if (!write(sink, completion_chunk(meta_, delta, std::nullopt))) return false;
+          out.push_back(completion_chunk(meta_, index_, delta, std::nullopt));
         }
       }
       if (blank_ + 1 < blanks.size()) prefix_ += tok_.decode(tokens);  // this blank is complete
       else break;
     }
-    if (!done) return true;
+    if (!done) return Poll::news;
 
+    ended_ = true;
     if (!result.error.empty()) {
-      write(sink, error_body(400, "generation failed: " + result.error, "generation_failed"));
-      finish(sink);
-      return true;
+      error = "generation failed: " + result.error;
+      return Poll::ended;
     }
+    tokens_seen_ = result.generated_tokens;
     std::string text = echo_prefix_;
     for (const auto& span : result.spans) text += tok_.decode(span);
     if (const size_t at = stop_.find(text.substr(echo_prefix_.size())); at != std::string::npos)
-      return end_at_stop(sink, text.substr(0, echo_prefix_.size() + at));
+      return end_at_stop(out, text.substr(0, echo_prefix_.size() + at));
     // The rest of the text (the held-back tail; everything for beam search, which streams nothing).
     const std::string rest = text.compare(0, emitted_.size(), emitted_) == 0 && text.size() >= emitted_.size()
                                  ? text.substr(emitted_.size())
                                  : std::string();
-    const std::string reason = finish_reason(result);
-    if (!write(sink, completion_chunk(meta_, rest, reason))) return false;
-    if (include_usage_) {
-      if (!write(sink, usage_chunk(meta_, prompt_tokens_, result.generated_tokens))) return false;
-    }
-    finish(sink);
-    return true;
+    out.push_back(completion_chunk(meta_, index_, rest, finish_reason(result)));
+    return Poll::ended;
   }
 
+  bool ended() const { return ended_; }
+  int64_t completion_tokens() const { return tokens_seen_; }
+  Query& query() { return *q_; }
+
+ private:
   // A stop sequence was generated: the text before it, finish_reason "stop", and the engine
   // drops the query (its tokens past the stop are not wanted).
-  bool end_at_stop(httplib::DataSink& sink, const std::string& text) {
+  Poll end_at_stop(std::vector<std::string>& out, const std::string& text) {
     q_->cancel("a stop sequence was generated");
+    ended_ = true;
     const std::string rest = text.size() > emitted_.size() && text.compare(0, emitted_.size(), emitted_) == 0
                                  ? text.substr(emitted_.size())
                                  : std::string();
-    if (!write(sink, completion_chunk(meta_, rest, std::string("stop")))) return false;
-    if (include_usage_ && !write(sink, usage_chunk(meta_, prompt_tokens_, tokens_seen_))) return false;
-    finish(sink);
-    return true;
+    out.push_back(completion_chunk(meta_, index_, rest, std::string("stop")));
+    return Poll::ended;
+  }
+
+  std::shared_ptr<Query> q_;
+  const Tokenizer& tok_;
+  CompletionMeta meta_;
+  int index_;
+  std::string pending_echo_, echo_prefix_;
+  StopSequences stop_;
+  bool ended_ = false;
+  int64_t tokens_seen_ = 0;       // generated tokens turned into text so far
+  uint64_t seen_version_ = 0;
+  size_t blank_ = 0, token_ = 0;  // the next token to turn into a chunk
+  std::string prefix_;            // echo + the text of the completed blanks
+  std::string emitted_;           // everything sent so far
+};
+
+// A streamed completion as server-sent events: the chunks of its choices as they come
+// (interleaved when n > 1), then the usage chunk when asked for, then `data: [DONE]`.
+class EventStream {
+ public:
+  EventStream(std::vector<ChoiceStream> choices, CompletionMeta meta, int64_t prompt_tokens,
+              bool include_usage, const std::atomic<bool>& stopping)
+      : choices_(std::move(choices)), meta_(std::move(meta)), prompt_tokens_(prompt_tokens),
+        include_usage_(include_usage), stopping_(stopping) {}
+
+  // cpp-httplib's chunked content provider: called until sink.done(); waits up to 100 ms for news.
+  bool pump(httplib::DataSink& sink) {
+    try {
+      return pump_unguarded(sink);
+    } catch (const std::exception& e) {
+      write(sink, error_body(500, std::string("internal error: ") + e.what(), "internal_error"));
+      finish(sink);
+      return true;
+    }
+  }
+
+  // Cancels every choice that has not ended (the client went away, or another choice failed).
+  void cancel(const char* why) {
+    for (ChoiceStream& c : choices_) {
+      Query& q = c.query();
+      bool ended;
+      {
+        std::lock_guard<std::mutex> lock(q.mu);
+        ended = q.done;
+      }
+      if (!ended && !q.cancelled) q.cancel(why);
+    }
+  }
+
+ private:
+  bool pump_unguarded(httplib::DataSink& sink) {
+    std::vector<std::string> chunks;
+    bool news = false;
+    // Each choice without waiting; when none had news, wait on the first that is still running.
+    for (int pass = 0; pass < 2 && !news; ++pass) {
+      for (ChoiceStream& c : choices_) {
+        if (c.ended()) continue;
+        std::string error;
+        const auto wait = std::chrono::milliseconds(pass == 0 ? 0 : 100);
+        const ChoiceStream::Poll r = c.poll(chunks, wait, error);
+        if (!error.empty()) {
+          for (const std::string& chunk : chunks)
+            if (!write(sink, chunk)) return false;
+          cancel("another choice of the same request failed");
+          write(sink, error_body(400, error, "generation_failed"));
+          finish(sink);
+          return true;
+        }
+        news = news || r != ChoiceStream::Poll::idle;
+        if (pass == 1) break;
+      }
+    }
+    for (const std::string& chunk : chunks)
+      if (!write(sink, chunk)) return false;
+    if (std::all_of(choices_.begin(), choices_.end(), [](const ChoiceStream& c) { return c.ended(); })) {
+      if (include_usage_) {
+        int64_t tokens = 0;
+        for (const ChoiceStream& c : choices_) tokens += c.completion_tokens();
+        if (!write(sink, usage_chunk(meta_, prompt_tokens_, tokens))) return false;
+      }
+      finish(sink);
+      return true;
+    }
+    if (!news && stopping_.load()) {
+      write(sink, error_body(503, "the server stopped before the query was answered", "unavailable"));
+      finish(sink);
+      return true;
+    }
+    return news || sink.is_writable();
   }
 
   bool write(httplib::DataSink& sink, const std::string& data) {
@@ -452,19 +526,11 @@ class EventStream {
     sink.done();
   }
 
-  std::shared_ptr<Query> q_;
-  const Tokenizer& tok_;
+  std::vector<ChoiceStream> choices_;
   CompletionMeta meta_;
-  std::string pending_echo_, echo_prefix_;
   int64_t prompt_tokens_;
   bool include_usage_;
-  StopSequences stop_;
   const std::atomic<bool>& stopping_;
-  int64_t tokens_seen_ = 0;       // generated tokens turned into text so far
-  uint64_t seen_version_ = 0;
-  size_t blank_ = 0, token_ = 0;  // the next token to turn into a chunk
-  std::string prefix_;            // echo + the text of the completed blanks
-  std::string emitted_;           // everything sent so far
 };
 
 }  // namespace
@@ -474,32 +540,49 @@ void HttpServer::Impl::completions(const httplib::Request& req, httplib::Respons
   CompletionQuery c = api.parse_completion(req.body);
   const int64_t prompt_tokens = static_cast<int64_t>(c.request.prompt_ids.size());
   const CompletionMeta meta{completion_id(), static_cast<int64_t>(std::time(nullptr)), c.model};
-  auto q = submit(std::move(c.request), c.stream || !c.stop.empty());
+  // One query per choice; sampled choices draw from seeds seed, seed + 1, ... (greedy ones are
+  // the same answer n times, as OpenAI's).
+  std::vector<std::shared_ptr<Query>> queries;
+  for (int i = 0; i < c.n; ++i) {
+    GenerationRequest r = c.request;
+    r.params.seed += static_cast<uint64_t>(i);
+    try {
+      queries.push_back(submit(std::move(r), c.stream || !c.stop.empty()));
+    } catch (...) {
+      for (auto& q : queries) q->cancel("another choice of the same request was refused");
+      throw;
+    }
+  }
 
   if (!c.stream) {
-    const StoppedText answer = wait_text(*q, c.stop);
-    res.set_content(completion_response(meta, c.echo_text + answer.text, answer.finish_reason,
-                                        prompt_tokens, answer.generated_tokens),
-                    "application/json");
+    std::vector<CompletionChoice> choices;
+    int64_t tokens = 0;
+    try {
+      for (auto& q : queries) {
+        const StoppedText answer = wait_text(*q, c.stop);
+        choices.push_back({c.echo_text + answer.text, answer.finish_reason});
+        tokens += answer.generated_tokens;
+      }
+    } catch (...) {
+      for (auto& q : queries) q->cancel("another choice of the same request failed");
+      throw;
+    }
+    res.set_content(completion_response(meta, choices, prompt_tokens, tokens), "application/json");
     return;
   }
-  auto events = std::make_shared<EventStream>(q, *tokenizer, meta, c.echo_text, prompt_tokens,
-                                              c.include_usage, c.stop, stopping);
+  std::vector<ChoiceStream> streams;
+  for (int i = 0; i < c.n; ++i)
+    streams.emplace_back(queries[static_cast<size_t>(i)], *tokenizer, meta, i, c.echo_text, c.stop);
+  auto events = std::make_shared<EventStream>(std::move(streams), meta, prompt_tokens,
+                                              c.include_usage, stopping);
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
       "text/event-stream",
       [events](size_t, httplib::DataSink& sink) { return events->pump(sink); },
-      // The response is gone (every event written, or the client went away): the query counts
-      // as active until then, and one that has not ended is cancelled, freeing its engine rows.
-      // (cpp-httplib 0.11 always passes false here, so `done` tells the two apart.)
-      [counted, q](bool) {
-        bool ended;
-        {
-          std::lock_guard<std::mutex> lock(q->mu);
-          ended = q->done;
-        }
-        if (!ended && !q->cancelled) q->cancel("a streaming client went away");
-      });
+      // The response is gone (every event written, or the client went away): the request counts
+      // as active until then, and a choice that has not ended is cancelled, freeing its engine
+      // rows. (cpp-httplib 0.11 always passes false here, so `done` tells the two apart.)
+      [counted, events](bool) { events->cancel("a streaming client went away"); });
 }
 
 // ---- Lifecycle ----------------------------------------------------------------------------------

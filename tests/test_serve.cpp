@@ -6,10 +6,13 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
+#include <vector>
 
 #include "data/tokenizer.h"
 #include "inference/http_api.h"
@@ -61,6 +64,11 @@ class FakeEngine {
   std::atomic<bool> paused{false};
   std::atomic<size_t> largest_batch{0};
   std::atomic<int64_t> answered{0};
+  // The sampling seed of every query answered, in order.
+  std::vector<uint64_t> seeds() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return seeds_;
+  }
 
  private:
   void run() {
@@ -77,6 +85,10 @@ class FakeEngine {
   }
   void answer(PendingRequest& p) {
     const auto& r = p.request;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      seeds_.push_back(r.params.seed);
+    }
     const int64_t limit = std::min(r.params.out_seq_length, config_.max_sequence_length);
     const int64_t room = std::max<int64_t>(0, limit - prepared_context_length(r.prompt_ids, config_.tokens));
     GenerationResult result;
@@ -94,6 +106,8 @@ class FakeEngine {
     ++answered;
   }
 
+  std::mutex mu_;
+  std::vector<uint64_t> seeds_;
   RequestQueue& queue_;
   GlmConfig config_;
   std::vector<int32_t> answer_;
@@ -225,7 +239,9 @@ TEST(ServeHttp, RequestErrors) {
   expect_error(f.client.Get("/nowhere"), 404, "no such endpoint");
   expect_error(f.client.Get("/generate"), 405, "not allowed");
   expect_error(f.client.Delete("/health"), 405, "not allowed");
-  expect_error(f.post("/v1/completions", R"({"prompt": "a", "n": 2})"), 400, "\"n\"");
+  expect_error(f.post("/v1/completions", R"({"prompt": "a", "n": 0})"), 400, "\"n\" must be an integer in [1, 16]");
+  expect_error(f.post("/v1/completions", R"({"prompt": "a", "n": 17})"), 400, "\"n\"");
+  expect_error(f.post("/v1/completions", R"({"prompt": "a", "n": 2, "best_of": 3})"), 400, "best_of must equal n");
   expect_error(f.post("/v1/completions", R"({"prompt": ["a", "b"]})"), 400, "one prompt");
   expect_error(f.post("/v1/completions", R"({"prompt": "a", "max_tokens": -1})"), 400, "\"max_tokens\"");
   // The server still answers.
@@ -294,6 +310,59 @@ TEST(ServeHttp, CompletionsAndStream) {
   auto [s4, c4] = call(f.post("/v1/completions", R"({"prompt": [5, 6, 7], "max_tokens": 2})"));
   ASSERT_EQ(s4, 200) << c4.dump();
   EXPECT_EQ(c4["usage"]["completion_tokens"], 2);
+}
+
+// "n": choice i is its own query, sampled with seed + i (tests/serve/serve_test.sh checks on the
+// real engine that it is the answer of a one-choice request with that seed); streamed, the chunks
+// of the choices interleave, each with its index and one finish_reason, and the usage counts the
+// tokens of all of them.
+TEST(ServeHttp, SeveralChoices) {
+  Fixture f;
+  const int64_t answer_tokens = tokenizer().encode(kAnswer).size();
+  auto [s, c] = call(f.post("/v1/completions", R"({"prompt": "Light", "seed": 40, "n": 3, "best_of": 3,
+                                                   "max_tokens": 100, "temperature": 1.0})"));
+  ASSERT_EQ(s, 200) << c.dump();
+  ASSERT_EQ(c["choices"].size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(c["choices"][i]["index"], i);
+    EXPECT_EQ(c["choices"][i]["text"], kAnswer) << "choice " << i;
+    EXPECT_EQ(c["choices"][i]["finish_reason"], "stop") << "choice " << i;
+  }
+  EXPECT_EQ(c["usage"]["completion_tokens"], 3 * answer_tokens);
+  std::vector<uint64_t> seeds = f.engine.seeds();
+  std::sort(seeds.begin(), seeds.end());
+  EXPECT_EQ(seeds, (std::vector<uint64_t>{40, 41, 42}));
+
+  auto r = f.post("/v1/completions", R"({"prompt": "Light", "seed": 7, "n": 3, "stream": true,
+                                         "max_tokens": 100, "temperature": 1.0,
+                                         "stream_options": {"include_usage": true}})");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  const auto ev = events(r->body);
+  ASSERT_GE(ev.size(), 8u) << r->body;
+  EXPECT_EQ(ev.back(), "[DONE]");
+  std::vector<std::string> text(3);
+  std::vector<int> finished(3, 0);
+  int64_t usage = -1;
+  for (size_t i = 0; i + 1 < ev.size(); ++i) {
+    const json chunk = json::parse(ev[i]);
+    if (chunk.contains("usage")) {
+      usage = chunk["usage"]["completion_tokens"];
+      EXPECT_EQ(i + 2, ev.size()) << "the usage chunk comes last";
+      continue;
+    }
+    ASSERT_EQ(chunk["choices"].size(), 1u);
+    const int index = chunk["choices"][0]["index"];
+    ASSERT_TRUE(index >= 0 && index < 3) << index;
+    EXPECT_EQ(finished[static_cast<size_t>(index)], 0) << "a chunk after choice " << index << " ended";
+    text[static_cast<size_t>(index)] += chunk["choices"][0]["text"].get<std::string>();
+    if (!chunk["choices"][0]["finish_reason"].is_null()) ++finished[static_cast<size_t>(index)];
+  }
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(finished[static_cast<size_t>(i)], 1) << "choice " << i;
+    EXPECT_EQ(text[static_cast<size_t>(i)], kAnswer) << "choice " << i;
+  }
+  EXPECT_EQ(usage, 3 * answer_tokens);
 }
 
 // "stop": the completion ends before the first stop sequence, plain and streamed (the streamed

@@ -253,13 +253,31 @@ for prompt in ["The cook quickly repairs", "大型语言模型"]:
             print(f"ok: stop {stop!r}: {cut.choices[0].text!r}")
     top_k = complete(prompt=prompt, max_tokens=12, extra_body={"top_k": 1})
     assert top_k.choices[0].text == complete(prompt=prompt, max_tokens=12, temperature=0).choices[0].text
+# n = 3: choice i is the answer to a one-choice request with seed + i, plain and streamed (the
+# streamed chunks of the choices interleave; each choice's chunks add up to its text).
+kw = dict(prompt="The river", max_tokens=10, temperature=1.0, top_p=1.0)
+single = [complete(seed=21 + i, **kw) for i in range(3)]
+many = client.completions.create(model="glm", n=3, seed=21, **kw)
+assert [c.index for c in many.choices] == [0, 1, 2], many
+assert [c.text for c in many.choices] == [r.choices[0].text for r in single], (many, single)
+assert many.usage.completion_tokens == sum(r.usage.completion_tokens for r in single), many.usage
+assert len({c.text for c in many.choices}) > 1, many  # three seeds, three samples
+texts, reasons = ["", "", ""], [None, None, None]
+for chunk in client.completions.create(model="glm", n=3, seed=21, stream=True, **kw):
+    for c in chunk.choices:
+        assert reasons[c.index] is None, f"a chunk after choice {c.index} ended"
+        texts[c.index] += c.text
+        reasons[c.index] = c.finish_reason
+assert texts == [c.text for c in many.choices], (texts, many)
+assert reasons == [c.finish_reason for c in many.choices], (reasons, many)
+print(f"ok: n=3: {texts}")
 try:
-    client.completions.create(model="glm", prompt="a", max_tokens=4, n=2)
-    sys.exit("n=2 was accepted")
+    client.completions.create(model="glm", prompt="a", max_tokens=4, n=2, best_of=3)
+    sys.exit("best_of=3 with n=2 was accepted")
 except openai.BadRequestError as e:
-    assert "n" in str(e), e
+    assert "best_of" in str(e), e
 PY
-  pass "$label: openai client, plain and streamed"
+  pass "$label: openai client, plain and streamed, n = 3"
 
   # A streaming client that goes away after its first event: its query is cancelled (the engine
   # drops it between two steps, freeing its cache rows) long before it would have ended, and the
