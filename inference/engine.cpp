@@ -65,6 +65,8 @@ void put_params(std::vector<int64_t>& v, const GenerationParams& p) {
   put_double(v, p.length_penalty);
   v.push_back(p.no_repeat_ngram_size);
   v.push_back(p.deterministic ? 1 : 0);
+  put_double(v, p.presence_penalty);
+  put_double(v, p.frequency_penalty);
 }
 GenerationParams get_params(const int64_t*& q) {
   GenerationParams p;
@@ -79,6 +81,8 @@ GenerationParams get_params(const int64_t*& q) {
   p.length_penalty = get_double(*q++);
   p.no_repeat_ngram_size = *q++;
   p.deterministic = *q++ != 0;
+  p.presence_penalty = get_double(*q++);
+  p.frequency_penalty = get_double(*q++);
   return p;
 }
 
@@ -396,7 +400,7 @@ struct GenerationEngine::Impl {
       const int64_t rows = q->prefilled ? q->active : 1;
       const int64_t length_after = q->blank.context_length() + q->step + 1;
       if (q->p.strategy != Strategy::Beam) {
-        const int32_t t = choose_token(all + row * V, V, q->p, cfg.tokens, q->blank_index, q->step);
+        const int32_t t = choose_token(all + row * V, V, q->p, cfg.tokens, q->blank_index, q->step, q->gen);
         if (is_end(t)) {
           out.insert(out.end(), {1, 0, -1, 0, static_cast<int32_t>(q->gen.size())});
           out.insert(out.end(), q->gen.begin(), q->gen.end());

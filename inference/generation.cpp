@@ -1,6 +1,7 @@
 #include "inference/generation.h"
 
 #include <cmath>
+#include <utility>
 
 #include "kernels/error.h"
 
@@ -36,6 +37,11 @@ void validate_params(const GenerationParams& p, const std::string& where) {
   if (p.num_beams < 1 || p.num_beams > 64) fail("num_beams", "must be in 1..64, got " + std::to_string(p.num_beams));
   if (!std::isfinite(p.length_penalty)) fail("length_penalty", "must be finite");
   if (p.no_repeat_ngram_size < 0) fail("no_repeat_ngram_size", "must be >= 0");
+  for (const auto& [name, v] : {std::pair{"presence_penalty", p.presence_penalty},
+                                std::pair{"frequency_penalty", p.frequency_penalty}}) {
+    if (!(v >= -2 && v <= 2)) fail(name, "must be in [-2, 2]");
+    if (v != 0 && p.strategy == Strategy::Beam) fail(name, "applies to greedy and sampling, not to beam search");
+  }
 }
 
 }  // namespace glmrt

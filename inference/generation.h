@@ -26,6 +26,10 @@ struct GenerationParams {
   int64_t top_k = 0;
   double top_p = 0.7;
   uint64_t seed = 1234;
+  // OpenAI's penalties (greedy and sampling): before the temperature, the logit of every token
+  // already generated in the blank is lowered by presence_penalty + frequency_penalty · its count.
+  double presence_penalty = 0.0;
+  double frequency_penalty = 0.0;
   // beam search
   int64_t num_beams = 4;
   double length_penalty = 1.0;

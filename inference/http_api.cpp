@@ -296,7 +296,6 @@ GenerationRequest HttpApi::parse_generate(const std::string& text_body) const {
 CompletionQuery HttpApi::parse_completion(const std::string& text_body) const {
   const json body = parse_body(text_body, max_body_bytes_);
   Fields f(body);
-  const auto zero = [](const json& v) { return v == json(0); };
 
   // The prompt: a string, a list of token ids, or a list holding exactly one of those.
   const json* prompt = f.get("prompt");
@@ -354,8 +353,8 @@ CompletionQuery HttpApi::parse_completion(const std::string& text_body) const {
   f.unsupported("logprobs", [](const json&) { return false; }, "log-probabilities are not returned");
   f.unsupported("suffix", [](const json& v) { return v == json(""); },
                 "put [MASK] in the prompt for infilling instead");
-  f.unsupported("presence_penalty", zero, "no penalties are implemented");
-  f.unsupported("frequency_penalty", zero, "no penalties are implemented");
+  const auto presence = f.number("presence_penalty", -2, 2);
+  const auto frequency = f.number("frequency_penalty", -2, 2);
   f.unsupported("logit_bias", [](const json& v) { return v.is_object() && v.empty(); },
                 "logit biases are not implemented");
   f.reject_unknown();
@@ -377,6 +376,8 @@ CompletionQuery HttpApi::parse_completion(const std::string& text_body) const {
   if (top_k) p.top_k = *top_k;
   if (seed) p.seed = *seed;
   if (min_tokens) p.min_gen_length = *min_tokens;
+  if (presence) p.presence_penalty = *presence;
+  if (frequency) p.frequency_penalty = *frequency;
   p.out_seq_length = completion_out_seq_length(r.prompt_ids, max_tokens, config_);
   check_query(r, config_);
 

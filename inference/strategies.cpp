@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <numeric>
 
 #include "kernels/error.h"
@@ -50,9 +51,17 @@ void ban_end_tokens(std::vector<double>& z, const TokenIds& ids) {
 }  // namespace
 
 int32_t choose_token(const float* logits, int64_t vocab, const GenerationParams& p,
-                     const TokenIds& ids, int64_t blank, int64_t step) {
+                     const TokenIds& ids, int64_t blank, int64_t step,
+                     const std::vector<int32_t>& generated) {
   const bool ban = step < p.min_gen_length;
   std::vector<double> z(logits, logits + vocab);
+  if (p.presence_penalty != 0 || p.frequency_penalty != 0) {
+    std::map<int32_t, int64_t> count;
+    for (int32_t t : generated)
+      if (t >= 0 && t < vocab) ++count[t];
+    for (const auto& [t, c] : count)
+      z[static_cast<size_t>(t)] -= p.presence_penalty + p.frequency_penalty * static_cast<double>(c);
+  }
   if (p.strategy == Strategy::Greedy) {
     if (ban) ban_end_tokens(z, ids);
     return static_cast<int32_t>(std::max_element(z.begin(), z.end()) - z.begin());

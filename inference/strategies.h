@@ -12,9 +12,11 @@
 namespace glmrt {
 
 // The next token of a greedy or sampling query. `step` = tokens of the blank generated so far
-// (it bans the end tokens while step < min_gen_length and keys the draw with `blank`).
+// (it bans the end tokens while step < min_gen_length and keys the draw with `blank`);
+// `generated` = those tokens (for the presence and frequency penalties).
 int32_t choose_token(const float* logits, int64_t vocab, const GenerationParams& p,
-                     const TokenIds& ids, int64_t blank, int64_t step);
+                     const TokenIds& ids, int64_t blank, int64_t step,
+                     const std::vector<int32_t>& generated = {});
 
 class BeamSearch {
  public:

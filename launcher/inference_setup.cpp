@@ -37,6 +37,10 @@ void add_generation_options(po::options_description& desc) {
     ("top-k", po::value<int64_t>()->default_value(d.top_k), "sample among the k most likely (0 = off)")
     ("top-p", po::value<double>()->default_value(d.top_p), "nucleus sampling mass (0 = off)")
     ("seed", po::value<uint64_t>()->default_value(d.seed), "sampling seed")
+    ("presence-penalty", po::value<double>()->default_value(d.presence_penalty),
+     "greedy/sampling: lower the logit of every token already generated in the blank by this")
+    ("frequency-penalty", po::value<double>()->default_value(d.frequency_penalty),
+     "greedy/sampling: ... and by this times its count")
     ("num-beams", po::value<int64_t>()->default_value(d.num_beams), "beam search: beams")
     ("length-penalty", po::value<double>()->default_value(d.length_penalty), "beam search: length penalty")
     ("no-repeat-ngram-size", po::value<int64_t>()->default_value(d.no_repeat_ngram_size),
@@ -53,6 +57,8 @@ GenerationParams generation_params(const po::variables_map& vm) {
   p.top_k = vm["top-k"].as<int64_t>();
   p.top_p = vm["top-p"].as<double>();
   p.seed = vm["seed"].as<uint64_t>();
+  p.presence_penalty = vm["presence-penalty"].as<double>();
+  p.frequency_penalty = vm["frequency-penalty"].as<double>();
   p.num_beams = vm["num-beams"].as<int64_t>();
   p.length_penalty = vm["length-penalty"].as<double>();
   p.no_repeat_ngram_size = vm["no-repeat-ngram-size"].as<int64_t>();

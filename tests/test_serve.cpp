@@ -243,6 +243,8 @@ TEST(ServeHttp, RequestErrors) {
   expect_error(f.post("/v1/completions", R"({"prompt": "a", "n": 17})"), 400, "\"n\"");
   expect_error(f.post("/v1/completions", R"({"prompt": "a", "n": 2, "best_of": 3})"), 400, "best_of must equal n");
   expect_error(f.post("/v1/completions", R"({"prompt": ["a", "b"]})"), 400, "one prompt");
+  expect_error(f.post("/v1/completions", R"({"prompt": "a", "presence_penalty": 2.5})"), 400, "\"presence_penalty\"");
+  expect_error(f.post("/v1/completions", R"({"prompt": "a", "frequency_penalty": "x"})"), 400, "\"frequency_penalty\"");
   expect_error(f.post("/v1/completions", R"({"prompt": "a", "max_tokens": -1})"), 400, "\"max_tokens\"");
   // The server still answers.
   EXPECT_EQ(call(f.client.Get("/health")).first, 200);

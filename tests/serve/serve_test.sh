@@ -251,6 +251,12 @@ for prompt in ["The cook quickly repairs", "大型语言模型"]:
             streamed, reason, _ = stream(prompt=prompt, max_tokens=12, stop=stop, **kw)
             assert (streamed, reason) == (cut.choices[0].text, "stop"), (streamed, reason)
             print(f"ok: stop {stop!r}: {cut.choices[0].text!r}")
+    # Penalties: greedy repeats itself on this model; with them, a repeated token is pushed down.
+    plain = complete(prompt=prompt, max_tokens=12, temperature=0).choices[0].text
+    penalized = complete(prompt=prompt, max_tokens=12, temperature=0, presence_penalty=2.0,
+                         frequency_penalty=2.0).choices[0].text
+    assert penalized != plain, (penalized, plain)
+    print(f"ok: penalties: {plain!r} -> {penalized!r}")
     top_k = complete(prompt=prompt, max_tokens=12, extra_body={"top_k": 1})
     assert top_k.choices[0].text == complete(prompt=prompt, max_tokens=12, temperature=0).choices[0].text
 # n = 3: choice i is the answer to a one-choice request with seed + i, plain and streamed (the
