@@ -133,17 +133,7 @@ for name in ${CONFIGS//,/ }; do
   "$PYTHON" bench/torch_generate.py --config "$cfg" --init-weights "$weights" --seed 1234 2>&1 | sed 's/^/  /' >&2
   # Prompts: P-1 seeded random ids below every special id, then [gMASK]; query r of the batch-B
   # file is the same for every B.
-  "$PYTHON" - "$cfg" "$PROMPT_LEN" "$BATCHES" "$TMP/$name" <<'EOF'
-import random, sys, yaml
-cfg, P, batches, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-tok = yaml.safe_load(open(cfg))["tokens"]
-top = min(v for k, v in tok.items() if k != "pad")
-rng = random.Random(2048)
-rows = [[rng.randrange(1, top) for _ in range(P - 1)] + [tok["gMASK"]] for _ in range(max(map(int, batches.split(","))))]
-for b in map(int, batches.split(",")):
-    with open(f"{prefix}.b{b}.txt", "w") as f:
-        f.writelines(",".join(map(str, r)) + "\n" for r in rows[:b])
-EOF
+  "$PYTHON" bench/bench_common.py prompts "$cfg" "$PROMPT_LEN" "$BATCHES" "$TMP/$name"
   for prec in $PRECISIONS; do
     dt=$([[ $prec == fp32 ]] && echo f32 || echo bf16)
     for batch in ${BATCHES//,/ }; do
@@ -176,7 +166,9 @@ sed 's/^/  /' "$TMP/linear_decode.txt" >&2
 
 # ---- the table -------------------------------------------------------------------------------
 "$PYTHON" - "$RESULTS" "$TMP" "$TOKENS" "$PROMPT_LEN" "$THREADS" "$(($(date +%s) - start))" <<'EOF'
-import json, sys, yaml
+import json, sys
+sys.path.insert(0, "bench")
+from bench_common import decode_floor, markdown_table, model_numbers, token_agreement
 
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 tmp = sys.argv[2]
@@ -189,49 +181,25 @@ files = {"tiny": "configs/tiny.yaml", "1b": "bench/configs/decode_1b.yaml"}
 by = {(r["side"], r["config"], r["precision"], r["batch"]): r for r in rows}
 S = P + 1  # context: prompt + sop
 
-def model_numbers(name):
-    m = yaml.safe_load(open(files.get(name, name)))["model"]
-    h, f, L, V = m["hidden_size"], m["ffn_hidden_size"], m["num_layers"], m["vocab_size"]
-    mats = L * (4 * h * h + 3 * f * h)
-    small = L * (3 * h + h + 2 * f + h + 4 * h) + 2 * h  # biases + LayerNorms
-    return dict(h=h, L=L, V=V, mats=mats, params=mats + small + V * h)
-
 hdr = ["config", "dtype", "batch", "prefill ms glmrt / torch", "% GEMM peak glmrt / torch",
        "decode ms/step glmrt / torch", "tokens/s glmrt / torch", "glmrt ÷ floor", "torch ÷ floor",
        "floor ms", "tokens equal"]
 table, notes = [], []
 configs = list(dict.fromkeys(r["config"] for r in rows))
 for name in configs:
-    mn = model_numbers(name)
+    mn = model_numbers(files.get(name, name))
     for prec in ("fp32", "bf16"):
         for batch in sorted({r["batch"] for r in rows if r["config"] == name}):
             g, t = by.get(("glmrt", name, prec, batch)), by.get(("pytorch", name, prec, batch))
             if not g or not t:
                 continue
-            db = 4 if prec == "fp32" else 2
-            weight_bytes = mn["params"] * db
-            # Decoding step i (1..G-1) feeds token i, with S + i tokens in the cache after it.
-            steps = max(1, G - 1)
-            kv = sum(2 * mn["L"] * (S + i) * mn["h"] * db * batch for i in range(1, G)) / steps
-            floor = (weight_bytes + kv) / bw
+            floor = decode_floor(mn, S, G, 4 if prec == "fp32" else 2, batch, bw)
             flops = batch * (2 * mn["mats"] * S + 4 * S * S * mn["h"] * mn["L"] + 2 * mn["h"] * mn["V"])
             gd, td = g["decode_ms_per_step"] / 1e3, t["decode_ms_per_step"] / 1e3
             gp, tp = g["prefill_seconds"], t["prefill_seconds"]
             est = "*" if t.get("mode") == "estimate" else ""
-            go = [s[0] if s else [] for s in g["outputs"]]
             to = t["outputs"]
-            n = min(len(to[0]), G)
-            agree = []
-            for a, b in zip(go, to):
-                k = 0
-                while k < min(len(a), len(b)) and a[k] == b[k]:
-                    k += 1
-                agree.append(k)
-            if all(k >= n for k in agree):
-                eq = "yes" if n == G else f"yes ({n} of {G} compared)"
-            else:
-                same = sum(k >= n for k in agree)
-                eq = f"{min(agree)} of {n}" + (f" ({same}/{len(agree)} rows all)" if batch > 1 else "")
+            eq = token_agreement([s[0] if s else [] for s in g["outputs"]], to, G, batch)
             if any(len(s) != 1 for s in g["outputs"]):
                 notes.append(f"warning: {name} {prec} batch {batch}: glmrt filled more than one blank")
             table.append([name, prec, str(batch),
@@ -252,8 +220,6 @@ for name in configs:
                 if r.get("other_cores", 0) > 0.25:
                     notes.append(f"warning: other processes used {r['other_cores']:.2f} cores during the "
                                  f"{who} {name} {prec} batch {batch} run; its figures are low.")
-widths = [max(len(r[i]) for r in [hdr] + table) for i in range(len(hdr))]
-line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
 print()
 print(f"Decoding: {P}-token prompts + sop, {G} greedy tokens per query (prefill → token 1, then "
       f"{G - 1} decoding steps), {T} threads; read bandwidth {bw / 1e9:.2f} GB/s "
@@ -261,10 +227,7 @@ print(f"Decoding: {P}-token prompts + sop, {G} greedy tokens per query (prefill 
       f"GEMM peak {peak['sgemm_gflops']:.1f} GFLOP/s (fp32 sgemm {peak['gemm_size']}³, "
       f"torch.matmul/OpenBLAS; before / after: {peaks[0]['sgemm_gflops']:.1f} / "
       f"{peaks[1]['sgemm_gflops']:.1f}).")
-print(line(hdr))
-print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-for r in table:
-    print(line(r))
+print("\n".join(markdown_table(hdr, table)))
 print()
 for n in notes:
     print(n)

@@ -125,17 +125,7 @@ for name in ${configs//,/ }; do
     sed 's/^/  /' >&2
   # Prompts: P-1 seeded random ids below every special id, then [gMASK] (as bench/generate_bench.sh);
   # query r of the batch-B file is the same for every B.
-  "$py" - "$cfg" "$prompt_len" "$batches" "$tmp/$name" <<'PY'
-import random, sys, yaml
-cfg, P, batches, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-tok = yaml.safe_load(open(cfg))["tokens"]
-top = min(v for k, v in tok.items() if k != "pad")
-rng = random.Random(2048)
-rows = [[rng.randrange(1, top) for _ in range(P - 1)] + [tok["gMASK"]] for _ in range(max(map(int, batches.split(","))))]
-for b in map(int, batches.split(",")):
-    with open(f"{prefix}.b{b}.txt", "w") as f:
-        f.writelines(",".join(map(str, r)) + "\n" for r in rows[:b])
-PY
+  "$py" bench/bench_common.py prompts "$cfg" "$prompt_len" "$batches" "$tmp/$name"
   for prec in $precisions; do
     dt=$([[ $prec == fp32 ]] && echo f32 || echo bf16)
     for batch in ${batches//,/ }; do
@@ -167,7 +157,9 @@ fi
 
 # ---- the table (last) ------------------------------------------------------------------------
 "$py" - "$results" "$tmp/ceilings.json" "$tokens" "$prompt_len" "$device" "$(($(date +%s) - start))" <<'PY'
-import json, sys, yaml
+import json, sys
+sys.path.insert(0, "bench")
+from bench_common import decode_floor, markdown_table, model_numbers, token_agreement
 
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 ceil = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
@@ -175,14 +167,6 @@ G, P, device, wall = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.ar
 bw = ceil["copy_gbs"] * 1e9
 by = {(r["side"], r["config"], r["precision"], r["batch"]): r for r in rows}
 S = P + 1  # context: prompt + sop
-
-
-def model_numbers(path):  # as bench/generate_bench.sh
-    m = yaml.safe_load(open(path))["model"]
-    h, f, L, V = m["hidden_size"], m["ffn_hidden_size"], m["num_layers"], m["vocab_size"]
-    mats = L * (4 * h * h + 3 * f * h)
-    small = L * (3 * h + h + 2 * f + h + 4 * h) + 2 * h  # biases + LayerNorms
-    return dict(h=h, L=L, V=V, mats=mats, params=mats + small + V * h)
 
 
 def failed(r):
@@ -203,10 +187,7 @@ for name in dict.fromkeys(r["config"] for r in rows):
     for prec in ("fp32", "bf16"):
         for batch in sorted({r["batch"] for r in rows if r["config"] == name and r["precision"] == prec}):
             g, t = by.get(("glmrt", name, prec, batch)), by.get(("pytorch", name, prec, batch))
-            db = 4 if prec == "fp32" else 2
-            # Decoding step i (1..G-1) feeds token i, with S + i tokens in the cache after it.
-            kv = sum(2 * mn["L"] * (S + i) * mn["h"] * db * batch for i in range(1, G)) / max(1, G - 1)
-            floor = (mn["params"] * db + kv) / bw
+            floor = decode_floor(mn, S, G, 4 if prec == "fp32" else 2, batch, bw)
             cells = {}
             for side, r in (("g", g), ("t", t)):
                 bad = failed(r)
@@ -220,21 +201,8 @@ for name in dict.fromkeys(r["config"] for r in rows):
             tp, td = cells["t"] or (None, None)
             eq = "—"
             if cells["g"] and cells["t"]:
-                go = [s[0] if s else [] for s in g["outputs"]]
                 to = t["outputs"]
-                agree = []
-                for a, b in zip(go, to):
-                    k = 0
-                    while k < min(len(a), len(b)) and a[k] == b[k]:
-                        k += 1
-                    agree.append(k)
-                if len(go) != len(to):
-                    eq = f"rows differ ({len(go)} / {len(to)})"
-                elif all(k >= G for k in agree):
-                    eq = "yes"
-                else:
-                    same = sum(k >= G for k in agree)
-                    eq = f"{min(agree)} of {G}" + (f" ({same}/{len(agree)} rows all)" if batch > 1 else "")
+                eq = token_agreement([s[0] if s else [] for s in g["outputs"]], to, G, batch)
                 if any(len(s) != 1 for s in g["outputs"]):
                     notes.append(f"warning: {name} {prec} batch {batch}: glmrt filled more than one blank")
                 lens = {len(s[0]) if s else 0 for s in g["outputs"]} | {len(x) for x in to}
@@ -247,8 +215,6 @@ for name in dict.fromkeys(r["config"] for r in rows):
                           f2(td / gd if gd and td else None, "{:.2f}×"),
                           f2(gd and gd / floor, "{:.2f}×"), f2(td and td / floor, "{:.2f}×"),
                           f"{1e3 * floor:.3f}", eq])
-widths = [max(len(r[i]) for r in [hdr] + table) for i in range(len(hdr))]
-line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
 gemm = (f"{ceil['bf16_gemm_tflops']:.0f} TFLOP/s (torch.matmul {ceil['gemm_size']}³)"
         if ceil.get("bf16_gemm_tflops") else "n/a")
 print()
@@ -258,10 +224,7 @@ print(f"decode benchmark on {ceil['device']}: copy bandwidth {ceil['copy_gbs']:.
 print(f"{P}-token prompts + sop, {G} greedy tokens per query (prefill → token 1, then {G - 1} "
       f"decoding steps); glmrt generate{' --device cuda' if device == 'cuda' else ''} vs "
       f"bench/torch_generate.py --device {device}")
-print(line(hdr))
-print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-for r in table:
-    print(line(r))
+print("\n".join(markdown_table(hdr, table)))
 print()
 for n in notes:
     print(n)

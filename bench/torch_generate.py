@@ -560,18 +560,24 @@ def main():
             steps = min(G - 1, max(ARGS.min_decode_steps, int(left / max(t_dec, 1e-9))))
         del tensors
         log(f"prefill {prefill:.3f} s ({B * S} tokens)")
-        gen = [[int(t)] for t in nxt]
-        times = []
-        for i in range(1, steps + 1):
-            pos = torch.tensor([S - 1 + i])
-            t = time.perf_counter()
-            nxt = forward(model, nxt[:, None], pos, cache, None, ban if i < min_gen else None)
-            times.append(time.perf_counter() - t)
-            for r in range(B):
-                gen[r].append(int(nxt[r]))
-        if times:
-            log(f"decode: {len(times)} steps, {1e3 * sum(times) / len(times):.1f} ms/step "
-                f"(first {1e3 * times[0]:.1f}, best {1e3 * min(times):.1f})")
+        return decode_and_report(model, nxt, cache, out, prefill, S, steps, min_gen, ban)
+
+
+def decode_and_report(model, nxt, cache, out, prefill, S, steps, min_gen, ban):
+    """The timed decoding steps after a prefill that gave `nxt` (one token per row), then the JSON line."""
+    B = nxt.shape[0]
+    gen = [[x] for x in nxt.tolist()]
+    times = []
+    for i in range(1, steps + 1):
+        pos = torch.tensor([S - 1 + i], device=DEV)
+        t = clock()
+        nxt = forward(model, nxt[:, None], pos, cache, None, ban if i < min_gen else None)
+        times.append(clock() - t)
+        for r, x in enumerate(nxt.tolist()):
+            gen[r].append(x)
+    if times:
+        log(f"decode: {len(times)} steps, {1e3 * sum(times) / len(times):.2f} ms/step "
+            f"(first {1e3 * times[0]:.2f}, best {1e3 * min(times):.2f})")
     out.update({"prefill_seconds": prefill, "prefill_tokens": B * S, "decode_steps": len(times),
                 "decode_step_seconds": times,
                 "decode_ms_per_step": 1e3 * sum(times) / len(times) if times else 0.0,
@@ -599,24 +605,7 @@ def run_on_device(model, ctx, out, S, P, G, min_gen, ban):
     nxt = forward(model, ctx, pos_ctx, cache, mask, ban if min_gen > 0 else None)
     prefill = clock() - t
     log(f"prefill {prefill * 1e3:.2f} ms ({B * S} tokens)")
-    gen = [[x] for x in nxt.tolist()]
-    times = []
-    for i in range(1, G):
-        pos = torch.tensor([S - 1 + i], device=DEV)
-        t = clock()
-        nxt = forward(model, nxt[:, None], pos, cache, None, ban if i < min_gen else None)
-        times.append(clock() - t)
-        for r, x in enumerate(nxt.tolist()):
-            gen[r].append(x)
-    if times:
-        log(f"decode: {len(times)} steps, {1e3 * sum(times) / len(times):.2f} ms/step "
-            f"(first {1e3 * times[0]:.2f}, best {1e3 * min(times):.2f})")
-    out.update({"prefill_seconds": prefill, "prefill_tokens": B * S, "decode_steps": len(times),
-                "decode_step_seconds": times,
-                "decode_ms_per_step": 1e3 * sum(times) / len(times) if times else 0.0,
-                "generated": len(gen[0]), "outputs": gen})
-    print(json.dumps(out), flush=True)
-    return 0
+    return decode_and_report(model, nxt, cache, out, prefill, S, G - 1, min_gen, ban)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,8 @@ sed 's/^/  /' "$RESULTS" >&2
 # ---- the table -------------------------------------------------------------------------------
 "$PYTHON" - "$RESULTS" "$(($(date +%s) - start))" <<'EOF'
 import json, sys
+sys.path.insert(0, "bench")
+from bench_common import markdown_table
 
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 wall = int(sys.argv[2])
@@ -113,12 +115,7 @@ for prec in ("fp32", "bf16"):
         if r.get("other_load_cores", 0) > 0.2:
             notes.append(f"warning: other processes used {r['other_load_cores']:.2f} cores during "
                          f"the {who} {prec} run; its figures are low.")
-widths = [max(len(r[i]) for r in [hdr] + table) for i in range(len(hdr))]
-line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
-print(line(hdr))
-print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-for r in table:
-    print(line(r))
+print("\n".join(markdown_table(hdr, table)))
 print()
 for n in notes:
     print(n)
