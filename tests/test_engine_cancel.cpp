@@ -10,19 +10,13 @@
 #include "inference/engine.h"
 #include "model/init.h"
 #include "parallel/process_groups.h"
+#include "tests/test_util.h"
 
 namespace glmrt {
 namespace {
 
 GlmConfig tiny_config() {
-  GlmConfig c;
-  c.num_layers = 2;
-  c.hidden_size = 32;
-  c.num_attention_heads = 4;
-  c.ffn_hidden_size = 48;
-  c.vocab_size = 64;
-  c.max_sequence_length = 64;
-  c.rotary_fp16_tables = false;
+  GlmConfig c = testing::small_glm_config(2);
   c.tokens = TokenIds{.mask = 56, .gmask = 57, .smask = 58, .eod = 59, .sop = 60, .eop = 61,
                       .eos = 62, .pad = 0};
   return c;

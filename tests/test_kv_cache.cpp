@@ -14,17 +14,7 @@ namespace {
 using testing::max_rel_diff;
 using testing::random_tensor;
 
-GlmConfig small_config() {
-  GlmConfig c;
-  c.num_layers = 2;
-  c.hidden_size = 32;
-  c.num_attention_heads = 4;
-  c.ffn_hidden_size = 48;
-  c.vocab_size = 64;
-  c.max_sequence_length = 64;
-  c.rotary_fp16_tables = false;
-  return c;
-}
+GlmConfig small_config() { return testing::small_glm_config(2); }
 
 GlmModel make_model(DType dtype = DType::F64) {
   const GlmConfig c = small_config();

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/tensor.h"
+#include "model/glm_config.h"
 
 namespace glmrt::testing {
 
@@ -50,5 +51,19 @@ CommandResult run_command(const std::string& command);
 CommandResult run_glmrt(const std::string& args);
 // A fresh empty directory under the build's temporary area.
 std::string temp_dir(const std::string& name);
+
+// A GLM small enough for exact checks: h 32, 4 heads, F 48, vocab 64, 64 positions, exact RoPE
+// tables, `layers` layers (the token ids are the GlmConfig defaults: set them where they matter).
+inline GlmConfig small_glm_config(int64_t layers) {
+  GlmConfig c;
+  c.num_layers = layers;
+  c.hidden_size = 32;
+  c.num_attention_heads = 4;
+  c.ffn_hidden_size = 48;
+  c.vocab_size = 64;
+  c.max_sequence_length = 64;
+  c.rotary_fp16_tables = false;
+  return c;
+}
 
 }  // namespace glmrt::testing

@@ -20,14 +20,7 @@ namespace {
 using testing::g_layout;
 
 GlmConfig model_config() {
-  GlmConfig c;
-  c.num_layers = 4;
-  c.hidden_size = 32;
-  c.num_attention_heads = 4;
-  c.ffn_hidden_size = 48;
-  c.vocab_size = 64;
-  c.max_sequence_length = 64;
-  c.rotary_fp16_tables = false;
+  GlmConfig c = testing::small_glm_config(4);
   c.tokens = TokenIds{56, 57, 58, 59, 60, 61, 55, 0};
   return c;
 }
