@@ -6,6 +6,7 @@ token agreement and the markdown table.
 writes PREFIX.b{B}.txt for every B in the comma-separated BATCHES: B queries of P-1 seeded random
 ids below every special id, then [gMASK] (query r is the same in every file).
 """
+import json
 import random
 import sys
 
@@ -21,6 +22,19 @@ def write_prompts(cfg, P, batches, prefix):
     for b in sizes:
         with open(f"{prefix}.b{b}.txt", "w") as f:
             f.writelines(",".join(map(str, r)) + "\n" for r in rows[:b])
+
+
+def read_run(side, out):
+    """What one decoding run printed: glmrt (`generate --json --timing`): its spans ("outputs") and
+    the timing line of its stderr (`out`.err); PyTorch (bench/torch_generate.py): its JSON line."""
+    lines = [l for l in open(out) if l.strip()]
+    if side != "glmrt":
+        return json.loads(lines[-1])
+    r = {"outputs": [json.loads(l)["spans"] for l in lines]}
+    for l in open(out + ".err"):
+        if l.startswith("glmrt generate timing: "):
+            r.update(json.loads(l[len("glmrt generate timing: "):]))
+    return r
 
 
 def model_numbers(path):

@@ -97,18 +97,13 @@ run_side() {  # side config precision batch outfile -- command...
   own=$(awk '{ print $1 + $2 }' "$out.cpu")
   "$PYTHON" - "$side" "$cfg" "$prec" "$batch" "$out" "$t0" "$t1" "$b0" "$b1" "$own" >> "$RESULTS" <<'EOF'
 import json, sys
+sys.path.insert(0, "bench")
+from bench_common import read_run
 side, cfg, prec, batch, out = sys.argv[1:6]
 t0, t1, b0, b1, own = map(float, sys.argv[6:11])
 r = {"side": side, "config": cfg, "precision": prec, "batch": int(batch), "wall": t1 - t0,
      "other_cores": max(0.0, ((b1 - b0) - own) / (t1 - t0))}
-lines = [l for l in open(out) if l.strip()]
-if side == "glmrt":
-    r["outputs"] = [json.loads(l)["spans"] for l in lines]
-    for l in open(out + ".err"):
-        if l.startswith("glmrt generate timing: "):
-            r.update(json.loads(l[len("glmrt generate timing: "):]))
-else:
-    r.update(json.loads(lines[-1]))
+r.update(read_run(side, out))
 print(json.dumps(r))
 EOF
 }

@@ -90,19 +90,14 @@ run_side() {  # side name cfg prec batch outfile -- command...
   fi
   "$py" - "$side" "$name" "$cfg" "$prec" "$batch" "$outf" "$t0" "$t1" "$rc" >>"$results" <<'PY'
 import json, sys
+sys.path.insert(0, "bench")
+from bench_common import read_run
 side, name, cfg, prec, batch, out = sys.argv[1:7]
 t0, t1, rc = float(sys.argv[7]), float(sys.argv[8]), int(sys.argv[9])
 r = {"side": side, "config": name, "config_file": cfg, "precision": prec, "batch": int(batch),
      "wall": t1 - t0, "rc": rc}
 try:
-    lines = [l for l in open(out) if l.strip()]
-    if side == "glmrt":
-        r["outputs"] = [json.loads(l)["spans"] for l in lines]
-        for l in open(out + ".err"):
-            if l.startswith("glmrt generate timing: "):
-                r.update(json.loads(l[len("glmrt generate timing: "):]))
-    else:
-        r.update(json.loads(lines[-1]))
+    r.update(read_run(side, out))
 except Exception as e:  # a failed or cut run: the table says so
     r["parse_error"] = f"{type(e).__name__}: {e}"
 print(json.dumps(r))

@@ -106,21 +106,6 @@ void attend_direct_scalar(const DirectArgs& a, const S* kc, const S* vc) {
 }
 
 #ifdef GLMRT_ATTN_X86
-GLMRT_AVX2_FMA inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-GLMRT_AVX2_FMA inline __m256 load8(const bf16* p) {
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-GLMRT_AVX2_FMA inline __m256 load8(const f16* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-GLMRT_AVX2_FMA inline float horizontal_sum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 // Fetches the d values of key/value row j (when there is one) into the cache: rows are
 // hl values apart in the cache, too far for the hardware prefetcher to follow.
 template <class S>
@@ -189,17 +174,12 @@ GLMRT_AVX2_FMA void attend_direct_avx2(const DirectArgs& a, const S* kc, const S
   }
 }
 
-bool direct_vectorized() {
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                                __builtin_cpu_supports("f16c");
-  return supported;
-}
 #endif
 
 template <class S>
 void attend_direct(const DirectArgs& a, const S* kc, const S* vc) {
 #ifdef GLMRT_ATTN_X86
-  if (a.d % 8 == 0 && direct_vectorized()) return attend_direct_avx2(a, kc, vc);
+  if (a.d % 8 == 0 && vec_math_vectorized()) return attend_direct_avx2(a, kc, vc);
 #endif
   attend_direct_scalar(a, kc, vc);
 }

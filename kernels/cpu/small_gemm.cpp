@@ -21,6 +21,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "kernels/cpu/vec_math.h"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define GLMRT_SMALL_GEMM_X86 1
@@ -107,15 +109,6 @@ void block_scalar(const Operands<T>& op, int64_t j0, int rw) {
 // ---- AVX2 / FMA / F16C path ------------------------------------------------------------------
 #ifdef GLMRT_SMALL_GEMM_X86
 
-// 8 consecutive values as fp32 lanes.
-GLMRT_AVX2_FMA inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-GLMRT_AVX2_FMA inline __m256 load8(const bf16* p) {
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-GLMRT_AVX2_FMA inline __m256 load8(const f16* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
 // The last r < 8 values, zeros after them (reads nothing past p + r).
 template <class T>
 GLMRT_AVX2_FMA inline __m256 load_partial(const T* p, int64_t r) {
@@ -123,14 +116,6 @@ GLMRT_AVX2_FMA inline __m256 load_partial(const T* p, int64_t r) {
   for (int64_t i = 0; i < r; ++i) t[i] = widen(p[i]);
   return _mm256_load_ps(t);
 }
-// ((v0+v4)+(v2+v6)) + ((v1+v5)+(v3+v7)).
-GLMRT_AVX2_FMA inline float horizontal_sum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 // acc[i][j] += x row i · w row j over the 8 values at l, lane by lane.
 template <int RX, int RW, class T>
 GLMRT_AVX2_FMA inline void fma_step(__m256 (&acc)[RX][RW], const float* x, const T* w, int64_t k,
@@ -264,9 +249,7 @@ bool is_small_gemm_dtype(DType t) { return t == DType::F32 || t == DType::BF16 |
 
 bool small_gemm_vectorized() {
 #ifdef GLMRT_SMALL_GEMM_X86
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                                __builtin_cpu_supports("f16c");
-  return supported;
+  return vec_math_vectorized();
 #else
   return false;
 #endif

@@ -1,6 +1,7 @@
-// Vectorized fp32 exp and erf for the CPU kernels (GeGLU, softmax), 8 lanes with AVX2/FMA,
-// compiled with target attributes and chosen at run time like the small-row GEMM
-// (vec_math_vectorized()); callers keep a scalar loop for other CPUs and for F64.
+// 8-lane fp32 helpers of the CPU kernels (AVX2/FMA/F16C, compiled with target attributes and
+// chosen at run time through vec_math_vectorized(); callers keep a scalar loop for other CPUs and
+// for F64): loads of 8 F32/BF16/F16 values as fp32 lanes, a fixed-order horizontal sum, and exp
+// and erf (GeGLU, softmax).
 //
 // exp8: Cephes' expf (range reduction by ln 2 in two parts, degree-5 polynomial, 2^n put in the
 // exponent bits): within 2 ulp of the correctly rounded result over the normal range; inputs
@@ -14,16 +15,37 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define GLMRT_VEC_MATH_X86 1
-#define GLMRT_VEC_MATH_TARGET __attribute__((target("avx2,fma")))
+#define GLMRT_VEC_MATH_TARGET __attribute__((target("avx2,fma,f16c")))
 #endif
+
+#include "kernels/half.h"
 
 namespace glmrt::cpu {
 
 #ifdef GLMRT_VEC_MATH_X86
 
 inline bool vec_math_vectorized() {
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                                __builtin_cpu_supports("f16c");
   return supported;
+}
+
+// 8 consecutive values as fp32 lanes (16-bit ones widened in registers).
+GLMRT_VEC_MATH_TARGET inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+GLMRT_VEC_MATH_TARGET inline __m256 load8(const bf16* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+GLMRT_VEC_MATH_TARGET inline __m256 load8(const f16* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// ((v0+v4)+(v2+v6)) + ((v1+v5)+(v3+v7)).
+GLMRT_VEC_MATH_TARGET inline float horizontal_sum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
 }
 
 GLMRT_VEC_MATH_TARGET inline __m256 exp8(__m256 x) {
