@@ -32,6 +32,7 @@ struct Query {
   int64_t step = 0;           // tokens generated in this blank
   std::unique_ptr<BeamSearch> beam;
   std::vector<std::vector<int32_t>> spans;
+  std::vector<TokenLogprobs> logprobs;  // logprobs >= 0: per token of the spans so far
   int64_t generated_total = 0;
   std::string finish_reason;
   std::string error;
@@ -53,6 +54,10 @@ double get_double(int64_t bits) {
   std::memcpy(&x, &bits, 8);
   return x;
 }
+// ---- fp32 values in the I32 decision records (their bits).
+int32_t fp32_bits(float x) { return static_cast<int32_t>(float_bits(x)); }
+float fp32_from_bits(int32_t bits) { return bits_float(static_cast<uint32_t>(bits)); }
+
 void put_params(std::vector<int64_t>& v, const GenerationParams& p) {
   v.push_back(static_cast<int64_t>(p.strategy));
   v.push_back(p.out_seq_length);
@@ -67,6 +72,7 @@ void put_params(std::vector<int64_t>& v, const GenerationParams& p) {
   v.push_back(p.deterministic ? 1 : 0);
   put_double(v, p.presence_penalty);
   put_double(v, p.frequency_penalty);
+  v.push_back(p.logprobs);
 }
 GenerationParams get_params(const int64_t*& q) {
   GenerationParams p;
@@ -83,6 +89,7 @@ GenerationParams get_params(const int64_t*& q) {
   p.deterministic = *q++ != 0;
   p.presence_penalty = get_double(*q++);
   p.frequency_penalty = get_double(*q++);
+  p.logprobs = *q++;
   return p;
 }
 
@@ -111,7 +118,7 @@ struct MicroBatch {
 struct GenerationEngine::Impl {
   // What rank 0 knows about a query beyond the replicated state.
   struct Callbacks {
-    std::function<void(int32_t, int64_t)> on_token;
+    std::function<void(int32_t, int64_t, const TokenLogprobs*)> on_token;
     std::function<void(const GenerationResult&)> on_done;
     std::function<bool()> cancelled;
   };
@@ -224,6 +231,7 @@ struct GenerationEngine::Impl {
       r.spans = q.spans;
       r.generated_tokens = q.generated_total;
       r.finish_reason = q.finish_reason.empty() ? "stop" : q.finish_reason;
+      r.logprobs = q.logprobs;
     }
     deliver(q.id, r);
   }
@@ -390,7 +398,9 @@ struct GenerationEngine::Impl {
 
   // ---- 3b. The deciding rank: next tokens of one micro-batch's queries from its full logits.
   // Per query: [finished, reason (0 stop, 1 length), emitted token or -1, n, (parent, token) x n,
-  //             span length, span...].
+  //             span length, span..., logprob length, logprob...]; the logprob part (queries with
+  //             logprobs >= 0 that emit a token) is [logprob, k, (token, logprob) x k], each
+  //             logprob as the bits of an fp32.
   void decide(const MicroBatch& mb, const Tensor& logits, std::vector<int32_t>& out) {
     const int64_t V = cfg.vocab_size;
     const float* all = logits.data_as<float>();
@@ -404,12 +414,28 @@ struct GenerationEngine::Impl {
         if (is_end(t)) {
           out.insert(out.end(), {1, 0, -1, 0, static_cast<int32_t>(q->gen.size())});
           out.insert(out.end(), q->gen.begin(), q->gen.end());
-        } else if (length_after >= q->blank.limit) {
+          out.push_back(0);
+          row += rows;
+          continue;
+        }
+        if (length_after >= q->blank.limit) {
           out.insert(out.end(), {1, 1, t, 0, static_cast<int32_t>(q->gen.size() + 1)});
           out.insert(out.end(), q->gen.begin(), q->gen.end());
           out.push_back(t);
         } else {
           out.insert(out.end(), {0, 0, t, 1, 0, t, 0});
+        }
+        if (q->p.logprobs < 0) {
+          out.push_back(0);
+        } else {
+          const TokenLogprobs lp = token_logprobs(all + row * V, V, t, q->p.logprobs);
+          out.push_back(static_cast<int32_t>(2 + 2 * lp.top.size()));
+          out.push_back(fp32_bits(lp.logprob));
+          out.push_back(static_cast<int32_t>(lp.top.size()));
+          for (const auto& [token, logprob] : lp.top) {
+            out.push_back(token);
+            out.push_back(fp32_bits(logprob));
+          }
         }
       } else {
         std::vector<const float*> rows_logits;
@@ -420,13 +446,14 @@ struct GenerationEngine::Impl {
           const std::vector<int32_t> span = q->beam->finish(stopped);
           out.insert(out.end(), {1, stopped ? 0 : 1, -1, 0, static_cast<int32_t>(span.size())});
           out.insert(out.end(), span.begin(), span.end());
+          out.push_back(0);
         } else {
           out.insert(out.end(), {0, 0, -1, static_cast<int32_t>(st.tokens.size())});
           for (size_t i = 0; i < st.tokens.size(); ++i) {
             out.push_back(st.parents[i]);
             out.push_back(st.tokens[i]);
           }
-          out.push_back(0);
+          out.insert(out.end(), {0, 0});
         }
       }
       row += rows;
@@ -472,9 +499,24 @@ struct GenerationEngine::Impl {
         const std::vector<int32_t> span(d.begin() + static_cast<std::ptrdiff_t>(at),
                                         d.begin() + static_cast<std::ptrdiff_t>(at + span_len));
         at += static_cast<size_t>(span_len);
+        GLMRT_CHECK(at < d.size(), "generation: short decision record");
+        const int32_t lp_len = d[at++];
+        GLMRT_CHECK(lp_len >= 0 && at + static_cast<size_t>(lp_len) <= d.size(),
+                    "generation: short decision record");
+        std::optional<TokenLogprobs> lp;
+        if (lp_len > 0) {
+          lp.emplace();
+          lp->token = emitted;
+          lp->logprob = fp32_from_bits(d[at]);
+          for (int32_t i = 0; i < d[at + 1]; ++i)
+            lp->top.emplace_back(d[at + 2 + 2 * i], fp32_from_bits(d[at + 3 + 2 * i]));
+          q->logprobs.push_back(*lp);
+        }
+        at += static_cast<size_t>(lp_len);
         if (root && emitted >= 0) {
           auto it = callbacks.find(q->id);
-          if (it != callbacks.end() && it->second.on_token) it->second.on_token(emitted, q->blank_index);
+          if (it != callbacks.end() && it->second.on_token)
+            it->second.on_token(emitted, q->blank_index, lp ? &*lp : nullptr);
         }
         q->prefilled = true;
         if (finished) {
@@ -579,7 +621,8 @@ std::vector<GenerationResult> GenerationEngine::generate(
         const size_t i = next++;
         PendingRequest r;
         r.request = requests[i];
-        if (on_token) r.on_token = [&on_token, i](int32_t t, int64_t blank) { on_token(i, t, blank); };
+        if (on_token)
+          r.on_token = [&on_token, i](int32_t t, int64_t blank, const TokenLogprobs*) { on_token(i, t, blank); };
         r.on_done = [&results, i](const GenerationResult& res) { results[i] = res; };
         out.push_back(std::move(r));
       }

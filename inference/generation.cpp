@@ -42,6 +42,10 @@ void validate_params(const GenerationParams& p, const std::string& where) {
     if (!(v >= -2 && v <= 2)) fail(name, "must be in [-2, 2]");
     if (v != 0 && p.strategy == Strategy::Beam) fail(name, "applies to greedy and sampling, not to beam search");
   }
+  if (p.logprobs < -1 || p.logprobs > kMaxLogprobs)
+    fail("logprobs", "must be in 0.." + std::to_string(kMaxLogprobs) + " (or off), got " + std::to_string(p.logprobs));
+  if (p.logprobs >= 0 && p.strategy == Strategy::Beam)
+    fail("logprobs", "applies to greedy and sampling, not to beam search");
 }
 
 }  // namespace glmrt

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model/glm_config.h"
@@ -30,12 +31,19 @@ struct GenerationParams {
   // already generated in the blank is lowered by presence_penalty + frequency_penalty · its count.
   double presence_penalty = 0.0;
   double frequency_penalty = 0.0;
+  // OpenAI's logprobs (greedy and sampling): -1 = off; 0..kMaxLogprobs = report, for every
+  // generated token, its log-probability and the `logprobs` most likely tokens with theirs. These
+  // are the model's: log-softmax of the logits before penalties, bans, temperature, top-k and top-p.
+  int64_t logprobs = -1;
   // beam search
   int64_t num_beams = 4;
   double length_penalty = 1.0;
   int64_t no_repeat_ngram_size = 3;
   bool deterministic = false;  // top-k of the beam candidates instead of sampling them
 };
+
+// The most alternatives a query may ask `logprobs` for (OpenAI's limit for completions).
+inline constexpr int64_t kMaxLogprobs = 5;
 
 // Throws InputError naming the field when a value is out of range (temperature <= 0, top_p not
 // in [0, 1], num_beams < 1, out_seq_length < 2, ...). `where` prefixes the message.
@@ -46,12 +54,21 @@ struct GenerationRequest {
   GenerationParams params;
 };
 
+// One generated token with its log-probability and the most likely tokens at its position
+// (highest first, ties by the lower id), for a query with logprobs >= 0.
+struct TokenLogprobs {
+  int32_t token = 0;
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;
+};
+
 struct GenerationResult {
   std::vector<int32_t> output_ids;          // the prompt with every blank filled (no stop token,
                                             // no eos appended to the context)
   std::vector<std::vector<int32_t>> spans;  // the generated span of each blank, in order
   int64_t generated_tokens = 0;             // tokens generated over all blanks (beam: best beam)
   std::string finish_reason;                // "stop" (eop/eos) or "length" (last blank)
+  std::vector<TokenLogprobs> logprobs;      // logprobs >= 0: one per token of `spans`, in order
   std::string error;                        // non-empty: the query failed (nothing else is set)
 };
 

@@ -219,8 +219,35 @@ void check_query(const GenerationRequest& r, const GlmConfig& config) {
   if (!problem.empty()) throw HttpError{400, problem, "invalid_request"};
 }
 
-json choice_json(int index, const std::string& text, const json& finish_reason) {
-  return {{"text", text}, {"index", index}, {"logprobs", nullptr}, {"finish_reason", finish_reason}};
+// OpenAI's logprobs object: {"tokens", "token_logprobs", "top_logprobs", "text_offset"}. A token's
+// top_logprobs holds the most likely tokens and always the token itself (so up to logprobs + 1
+// entries, as OpenAI's); two tokens with the same text keep the higher log-probability.
+json logprobs_json(const CompletionLogprobs& lp) {
+  json tokens = json::array(), values = json::array(), top = json::array(), offsets = json::array();
+  size_t offset = lp.text_offset;
+  for (const LogprobEntry& e : lp.entries) {
+    tokens.push_back(e.text);
+    values.push_back(e.logprob);
+    json alternatives = json::object();
+    for (const auto& [text, value] : e.top)
+      if (!alternatives.contains(text)) alternatives[text] = value;
+    if (!alternatives.contains(e.text)) alternatives[e.text] = e.logprob;
+    top.push_back(std::move(alternatives));
+    offsets.push_back(offset);
+    offset += utf8_length(e.text);
+  }
+  return {{"tokens", std::move(tokens)},
+          {"token_logprobs", std::move(values)},
+          {"top_logprobs", std::move(top)},
+          {"text_offset", std::move(offsets)}};
+}
+
+json choice_json(int index, const std::string& text, const json& finish_reason,
+                 const CompletionLogprobs* logprobs = nullptr) {
+  return {{"text", text},
+          {"index", index},
+          {"logprobs", logprobs ? logprobs_json(*logprobs) : json(nullptr)},
+          {"finish_reason", finish_reason}};
 }
 
 json completion_json(const CompletionMeta& m, json choices) {
@@ -257,6 +284,7 @@ GenerationRequest HttpApi::parse_generate(const std::string& text_body) const {
   Fields f(body);
   GenerationRequest r;
   r.params = defaults_;
+  r.params.logprobs = -1;  // this API has no log-probabilities
   const auto text = f.string("text");
   const json* ids = f.get("prompt_ids");
   if (text && ids)
@@ -350,7 +378,12 @@ CompletionQuery HttpApi::parse_completion(const std::string& text_body) const {
       c.stop.sequences.push_back(one.get<std::string>());
     }
   }
-  f.unsupported("logprobs", [](const json&) { return false; }, "log-probabilities are not returned");
+  const auto logprobs = f.integer("logprobs", 0, kMaxLogprobs);
+  if (logprobs && echo)
+    throw HttpError{400,
+                    "\"logprobs\" with \"echo\" is not supported: a GLM prompt is bidirectional "
+                    "context, so its tokens have no left-to-right log-probabilities",
+                    "unsupported_parameter", "logprobs"};
   f.unsupported("suffix", [](const json& v) { return v == json(""); },
                 "put [MASK] in the prompt for infilling instead");
   const auto presence = f.number("presence_penalty", -2, 2);
@@ -378,6 +411,7 @@ CompletionQuery HttpApi::parse_completion(const std::string& text_body) const {
   if (min_tokens) p.min_gen_length = *min_tokens;
   if (presence) p.presence_penalty = *presence;
   if (frequency) p.frequency_penalty = *frequency;
+  p.logprobs = logprobs.value_or(-1);
   p.out_seq_length = completion_out_seq_length(r.prompt_ids, max_tokens, config_);
   check_query(r, config_);
 
@@ -438,9 +472,47 @@ std::string finish_reason(const GenerationResult& result) {
 }
 
 std::string completion_chunk(const CompletionMeta& meta, int index, const std::string& text,
-                             const std::optional<std::string>& finish_reason) {
+                             const std::optional<std::string>& finish_reason,
+                             const CompletionLogprobs* logprobs) {
   return dump(completion_json(
-      meta, json::array({choice_json(index, text, finish_reason ? json(*finish_reason) : json(nullptr))})));
+      meta, json::array({choice_json(index, text, finish_reason ? json(*finish_reason) : json(nullptr),
+                                     logprobs)})));
+}
+
+size_t utf8_length(const std::string& text) {
+  size_t n = 0;
+  for (const char c : text) n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+  return n;
+}
+
+namespace {
+// What `id` adds to the decoded text of `before`, as a stream would send it: the growth of the
+// decoded text's complete characters (utf8_stable_prefix), so that a token holding only part of
+// a character adds "" and the token completing it the whole character, and the texts of a blank's
+// tokens add up to its text. At most the last 16 tokens of `before` are decoded with it: enough
+// for sentencepiece's spaces and multi-token characters, and bounded per token.
+std::string added_text(const Tokenizer& tok, const std::vector<int32_t>& before, int32_t id) {
+  const auto stable = [](std::string t) {
+    t.resize(utf8_stable_prefix(t));
+    return t;
+  };
+  const size_t from = before.size() > 16 ? before.size() - 16 : 0;
+  std::vector<int32_t> window(before.begin() + static_cast<std::ptrdiff_t>(from), before.end());
+  const std::string base = stable(tok.decode(window));
+  window.push_back(id);
+  const std::string full = stable(tok.decode(window));
+  if (full.size() >= base.size() && full.compare(0, base.size(), base) == 0) return full.substr(base.size());
+  return stable(tok.decode({id}));
+}
+}  // namespace
+
+LogprobEntry logprob_entry(const Tokenizer& tokenizer, const std::vector<int32_t>& before,
+                           const TokenLogprobs& lp) {
+  LogprobEntry e;
+  e.text = added_text(tokenizer, before, lp.token);
+  e.logprob = lp.logprob;
+  for (const auto& [id, value] : lp.top) e.top.emplace_back(added_text(tokenizer, before, id), value);
+  return e;
 }
 
 std::string completion_response(const CompletionMeta& meta,
@@ -448,7 +520,8 @@ std::string completion_response(const CompletionMeta& meta,
                                 int64_t prompt_tokens, int64_t completion_tokens) {
   json list = json::array();
   for (size_t i = 0; i < choices.size(); ++i)
-    list.push_back(choice_json(static_cast<int>(i), choices[i].text, choices[i].finish_reason));
+    list.push_back(choice_json(static_cast<int>(i), choices[i].text, choices[i].finish_reason,
+                               choices[i].logprobs ? &*choices[i].logprobs : nullptr));
   json out = completion_json(meta, std::move(list));
   out["usage"] = usage_json(prompt_tokens, completion_tokens);
   return dump(out);

@@ -131,14 +131,39 @@ std::string completion_id();
 // The finish_reason of a finished query ("stop" when the engine gave none).
 std::string finish_reason(const GenerationResult& result);
 
-// One choice of a completion.
-struct CompletionChoice {
-  std::string text, finish_reason;
+// One generated token as OpenAI's "logprobs" shows it: its text (what it adds to its blank's
+// decoded text), its log-probability and the most likely tokens' texts with theirs.
+struct LogprobEntry {
+  std::string text;
+  float logprob = 0;
+  std::vector<std::pair<std::string, float>> top;
 };
 
-// A streamed text_completion chunk of choice `index`; finish_reason null while streaming.
+// The entry of token lp.token, generated after `before` (the earlier tokens of its blank).
+LogprobEntry logprob_entry(const Tokenizer& tokenizer, const std::vector<int32_t>& before,
+                           const TokenLogprobs& lp);
+
+// A choice's (or a chunk's) logprobs: its entries and the character offset of the first one in
+// the choice's text (the echoed prompt counts).
+struct CompletionLogprobs {
+  std::vector<LogprobEntry> entries;
+  size_t text_offset = 0;
+};
+
+// The number of characters (code points) of UTF-8 text.
+size_t utf8_length(const std::string& text);
+
+// One choice of a completion; logprobs only when the request asked for them.
+struct CompletionChoice {
+  std::string text, finish_reason;
+  std::optional<CompletionLogprobs> logprobs;
+};
+
+// A streamed text_completion chunk of choice `index`; finish_reason null while streaming;
+// `logprobs` (may be null): the entries of the tokens this chunk's text comes from.
 std::string completion_chunk(const CompletionMeta& meta, int index, const std::string& text,
-                             const std::optional<std::string>& finish_reason);
+                             const std::optional<std::string>& finish_reason,
+                             const CompletionLogprobs* logprobs = nullptr);
 // The non-streamed answer: every choice (index = its position) with its finish_reason, and the
 // usage (completion_tokens: all choices together, as OpenAI counts them).
 std::string completion_response(const CompletionMeta& meta,

@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <ctime>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -36,6 +37,7 @@ struct Query {
   bool done = false;
   GenerationResult result;
   std::vector<std::vector<int32_t>> blanks;  // streamed tokens per blank (stop tokens dropped)
+  std::vector<TokenLogprobs> logprobs;       // with logprobs: one per streamed token, in order
   uint64_t version = 0;                      // bumped by every token
   std::atomic<bool> cancelled{false};        // the engine drops the query at its next step
   std::atomic<const char*> cancel_reason{""};
@@ -129,6 +131,8 @@ struct HttpServer::Impl {
   struct StoppedText {
     std::string text, finish_reason;
     int64_t generated_tokens = 0;
+    std::vector<std::vector<int32_t>> blanks;  // the generated tokens behind `text`, per blank
+    std::vector<TokenLogprobs> logprobs;       // with logprobs: one per token of `blanks`
   };
   StoppedText wait_text(Query& q, const StopSequences& stop);
   std::string spans_text(const std::vector<std::vector<int32_t>>& spans) const {
@@ -247,12 +251,13 @@ std::shared_ptr<Query> HttpServer::Impl::submit(GenerationRequest r, bool stream
   p.request = std::move(r);
   if (stream) {
     const int32_t eop = config.tokens.eop, eos = config.tokens.eos;
-    p.on_token = [q, eop, eos](int32_t token, int64_t blank) {
+    p.on_token = [q, eop, eos](int32_t token, int64_t blank, const TokenLogprobs* lp) {
       if (token == eop || token == eos || blank < 0) return;  // stop tokens are not in the span
       {
         std::lock_guard<std::mutex> lock(q->mu);
         if (q->blanks.size() <= static_cast<size_t>(blank)) q->blanks.resize(blank + 1);
         q->blanks[blank].push_back(token);
+        if (lp) q->logprobs.push_back(*lp);
         ++q->version;
       }
       q->cv.notify_all();
@@ -288,11 +293,13 @@ const GenerationResult& HttpServer::Impl::wait(Query& q) {
 HttpServer::Impl::StoppedText HttpServer::Impl::wait_text(Query& q, const StopSequences& stop) {
   if (stop.empty()) {
     const GenerationResult& result = wait(q);
-    return {spans_text(result.spans), finish_reason(result), result.generated_tokens};
+    return {spans_text(result.spans), finish_reason(result), result.generated_tokens, result.spans,
+            result.logprobs};
   }
   uint64_t seen = 0;
   for (;;) {
     std::vector<std::vector<int32_t>> blanks;
+    std::vector<TokenLogprobs> logprobs;
     {
       std::unique_lock<std::mutex> lock(q.mu);
       q.cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return q.done || q.version != seen; });
@@ -304,20 +311,21 @@ HttpServer::Impl::StoppedText HttpServer::Impl::wait_text(Query& q, const StopSe
       }
       seen = q.version;
       blanks = q.blanks;
+      logprobs = q.logprobs;
     }
     const std::string text = spans_text(blanks);
     if (const size_t at = stop.find(text); at != std::string::npos) {
       q.cancel("a stop sequence was generated");
       int64_t tokens = 0;
       for (const auto& b : blanks) tokens += static_cast<int64_t>(b.size());
-      return {text.substr(0, at), "stop", tokens};
+      return {text.substr(0, at), "stop", tokens, std::move(blanks), std::move(logprobs)};
     }
   }
   const GenerationResult& result = wait(q);  // done: its result, or its error as an HttpError
   const std::string text = spans_text(result.spans);
   if (const size_t at = stop.find(text); at != std::string::npos)
-    return {text.substr(0, at), "stop", result.generated_tokens};
-  return {text, finish_reason(result), result.generated_tokens};
+    return {text.substr(0, at), "stop", result.generated_tokens, result.spans, result.logprobs};
+  return {text, finish_reason(result), result.generated_tokens, result.spans, result.logprobs};
 }
 
 // ---- POST /generate -----------------------------------------------------------------------------
@@ -334,6 +342,25 @@ void HttpServer::Impl::generate(const httplib::Request& req, httplib::Response& 
 
 namespace {
 
+// The logprobs entries of a completion's tokens (`blanks`, with `logprobs` one per token in order),
+// the first at character `offset`, up to the tokens that start within the first `length`
+// characters of the generated text (a stop sequence may have cut it).
+CompletionLogprobs completion_logprobs(const Tokenizer& tok, const std::vector<std::vector<int32_t>>& blanks,
+                                       const std::vector<TokenLogprobs>& logprobs, size_t offset,
+                                       size_t length) {
+  CompletionLogprobs out;
+  out.text_offset = offset;
+  size_t k = 0, at = 0;
+  for (const auto& blank : blanks)
+    for (size_t i = 0; i < blank.size() && k < logprobs.size(); ++i, ++k) {
+      if (at >= length) return out;
+      out.entries.push_back(logprob_entry(tok, {blank.begin(), blank.begin() + static_cast<std::ptrdiff_t>(i)},
+                                          logprobs[k]));
+      at += utf8_length(out.entries.back().text);
+    }
+  return out;
+}
+
 // One choice of a streamed completion: turns its query's tokens into chunks (text_completion
 // JSON for choice `index`): one per generated token that adds text (the blank's tokens are
 // decoded whole and the new suffix is sent, holding back an incomplete UTF-8 tail and a tail that
@@ -341,9 +368,11 @@ namespace {
 class ChoiceStream {
  public:
   ChoiceStream(std::shared_ptr<Query> q, const Tokenizer& tok, CompletionMeta meta, int index,
-               std::string echo, StopSequences stop)
+               std::string echo, StopSequences stop, bool logprobs)
       : q_(std::move(q)), tok_(tok), meta_(std::move(meta)), index_(index), pending_echo_(echo),
-        echo_prefix_(echo), stop_(std::move(stop)), prefix_(std::move(echo)) {}
+        echo_prefix_(echo), stop_(std::move(stop)), prefix_(std::move(echo)), logprobs_(logprobs) {
+    pending_lp_.text_offset = utf8_length(echo_prefix_);
+  }
 
   enum class Poll { idle, news, ended };
   // Appends this choice's new chunks to `out`, waiting up to `wait` for news. `ended`: its last
@@ -357,6 +386,7 @@ class ChoiceStream {
       out.push_back(completion_chunk(meta_, index_, emitted_, std::nullopt));
     }
     std::vector<std::vector<int32_t>> blanks;
+    std::vector<TokenLogprobs> lps;
     bool done;
     GenerationResult result;
     {
@@ -365,6 +395,7 @@ class ChoiceStream {
       if (!q_->done && q_->version == seen_version_) return out.size() > before ? Poll::news : Poll::idle;
       seen_version_ = q_->version;
       blanks = q_->blanks;
+      if (logprobs_) lps = q_->logprobs;
       done = q_->done;
       if (done) result = q_->result;
     }
@@ -374,6 +405,10 @@ class ChoiceStream {
       for (; token_ < tokens.size(); ++token_) {
         const std::string text = tok_.decode({tokens.begin(), tokens.begin() + token_ + 1});
         std::string stable = prefix_ + text.substr(0, utf8_stable_prefix(text));
+        if (logprobs_ && static_cast<size_t>(tokens_seen_) < lps.size())
+          pending_lp_.entries.push_back(logprob_entry(
+              tok_, {tokens.begin(), tokens.begin() + static_cast<std::ptrdiff_t>(token_)},
+              lps[static_cast<size_t>(tokens_seen_)]));
         ++tokens_seen_;
         if (!stop_.empty()) {
           const std::string generated = stable.substr(echo_prefix_.size());
@@ -384,7 +419,7 @@ class ChoiceStream {
         if (stable.size() > emitted_.size() && stable.compare(0, emitted_.size(), emitted_) == 0) {
           const std::string delta = stable.substr(emitted_.size());
           emitted_ = stable;
-          out.push_back(completion_chunk(meta_, index_, delta, std::nullopt));
+          out.push_back(completion_chunk(meta_, index_, delta, std::nullopt, take_logprobs()));
         }
       }
       if (blank_ + 1 < blanks.size()) prefix_ += tok_.decode(tokens);  // this blank is complete
@@ -406,7 +441,7 @@ class ChoiceStream {
     const std::string rest = text.compare(0, emitted_.size(), emitted_) == 0 && text.size() >= emitted_.size()
                                  ? text.substr(emitted_.size())
                                  : std::string();
-    out.push_back(completion_chunk(meta_, index_, rest, finish_reason(result)));
+    out.push_back(completion_chunk(meta_, index_, rest, finish_reason(result), take_logprobs()));
     return Poll::ended;
   }
 
@@ -423,8 +458,18 @@ class ChoiceStream {
     const std::string rest = text.size() > emitted_.size() && text.compare(0, emitted_.size(), emitted_) == 0
                                  ? text.substr(emitted_.size())
                                  : std::string();
-    out.push_back(completion_chunk(meta_, index_, rest, std::string("stop")));
+    out.push_back(completion_chunk(meta_, index_, rest, std::string("stop"), take_logprobs()));
     return Poll::ended;
+  }
+
+  // With logprobs: the entries of the tokens since the last chunk, for the chunk being sent.
+  const CompletionLogprobs* take_logprobs() {
+    if (!logprobs_) return nullptr;
+    sent_lp_ = std::move(pending_lp_);
+    pending_lp_ = {};
+    pending_lp_.text_offset = sent_lp_.text_offset;
+    for (const LogprobEntry& e : sent_lp_.entries) pending_lp_.text_offset += utf8_length(e.text);
+    return &sent_lp_;
   }
 
   std::shared_ptr<Query> q_;
@@ -438,6 +483,8 @@ class ChoiceStream {
   uint64_t seen_version_ = 0;
   size_t blank_ = 0, token_ = 0;  // the next token to turn into a chunk
   std::string prefix_;            // echo + the text of the completed blanks
+  bool logprobs_;
+  CompletionLogprobs pending_lp_, sent_lp_;  // entries not sent yet / of the chunk being sent
   std::string emitted_;           // everything sent so far
 };
 
@@ -560,7 +607,14 @@ void HttpServer::Impl::completions(const httplib::Request& req, httplib::Respons
     try {
       for (auto& q : queries) {
         const StoppedText answer = wait_text(*q, c.stop);
-        choices.push_back({c.echo_text + answer.text, answer.finish_reason});
+        choices.push_back({c.echo_text + answer.text, answer.finish_reason, std::nullopt});
+        if (c.request.params.logprobs >= 0) {
+          // Tokens past a stop sequence's cut are left out; otherwise every token is listed.
+          const bool cut = answer.text.size() < spans_text(answer.blanks).size();
+          choices.back().logprobs = completion_logprobs(
+              *tokenizer, answer.blanks, answer.logprobs, utf8_length(c.echo_text),
+              cut ? utf8_length(answer.text) : std::numeric_limits<size_t>::max());
+        }
         tokens += answer.generated_tokens;
       }
     } catch (...) {
@@ -572,7 +626,8 @@ void HttpServer::Impl::completions(const httplib::Request& req, httplib::Respons
   }
   std::vector<ChoiceStream> streams;
   for (int i = 0; i < c.n; ++i)
-    streams.emplace_back(queries[static_cast<size_t>(i)], *tokenizer, meta, i, c.echo_text, c.stop);
+    streams.emplace_back(queries[static_cast<size_t>(i)], *tokenizer, meta, i, c.echo_text, c.stop,
+                         c.request.params.logprobs >= 0);
   auto events = std::make_shared<EventStream>(std::move(streams), meta, prompt_tokens,
                                               c.include_usage, stopping);
   res.set_header("Cache-Control", "no-cache");

@@ -21,8 +21,9 @@ struct PendingRequest {
   GenerationRequest request;
   // Called from the engine thread for each generated token of the query's current blank, in order
   // (blank = 0-based index of the blank being filled). Not called for beam search (its tokens
-  // are known only when the blank ends). May be empty.
-  std::function<void(int32_t token, int64_t blank)> on_token;
+  // are known only when the blank ends). `logprobs`: the token's log-probabilities when the query
+  // asked for them (params.logprobs >= 0), else null. May be empty.
+  std::function<void(int32_t token, int64_t blank, const TokenLogprobs* logprobs)> on_token;
   // Called exactly once from the engine thread when the query ends (result.error set on failure).
   std::function<void(const GenerationResult&)> on_done;
   // Polled from the engine thread between steps (may be empty): true drops the query, e.g. when

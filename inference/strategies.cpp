@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <numeric>
 
@@ -94,6 +95,28 @@ int32_t choose_token(const float* logits, int64_t vocab, const GenerationParams&
   }
   const double u = draw_uniform(p.seed, blank, static_cast<uint64_t>(step));
   return static_cast<int32_t>(pick_by_weight(softmax_weights(z), u));
+}
+
+TokenLogprobs token_logprobs(const float* logits, int64_t vocab, int32_t chosen, int64_t top) {
+  GLMRT_CHECK(chosen >= 0 && chosen < vocab, "token_logprobs: token ", chosen, " outside the vocabulary");
+  double max = -std::numeric_limits<double>::infinity();
+  for (int64_t i = 0; i < vocab; ++i) max = std::max(max, static_cast<double>(logits[i]));
+  double sum = 0;
+  for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(logits[i]) - max);
+  const double log_z = max + std::log(sum);
+  TokenLogprobs r;
+  r.token = chosen;
+  r.logprob = static_cast<float>(static_cast<double>(logits[chosen]) - log_z);
+  const int64_t n = std::min(std::max<int64_t>(top, 0), vocab);
+  std::vector<int32_t> order(static_cast<size_t>(vocab));
+  std::iota(order.begin(), order.end(), 0);
+  std::partial_sort(order.begin(), order.begin() + n, order.end(), [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  for (int64_t i = 0; i < n; ++i)
+    r.top.emplace_back(order[static_cast<size_t>(i)],
+                       static_cast<float>(static_cast<double>(logits[order[static_cast<size_t>(i)]]) - log_z));
+  return r;
 }
 
 BeamSearch::BeamSearch(const GenerationParams& p, const TokenIds& ids, std::vector<int32_t> context,

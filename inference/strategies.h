@@ -18,6 +18,10 @@ int32_t choose_token(const float* logits, int64_t vocab, const GenerationParams&
                      const TokenIds& ids, int64_t blank, int64_t step,
                      const std::vector<int32_t>& generated = {});
 
+// The model's log-probability of `chosen` at a position (log-softmax of the raw logits, in double)
+// and the `top` most likely tokens with theirs, highest first, ties by the lower id.
+TokenLogprobs token_logprobs(const float* logits, int64_t vocab, int32_t chosen, int64_t top);
+
 class BeamSearch {
  public:
   // `context` = the blank's context (with sop): the one beam the search starts from.

@@ -59,6 +59,11 @@ std::string render(const InferenceSetup& s, const Query& q, const GenerationResu
       j["generated_tokens"] = r.generated_tokens;
       j["finish_reason"] = r.finish_reason;
       if (s.tokenizer) j["text"] = s.tokenizer->decode(r.output_ids);
+      if (q.request.params.logprobs >= 0) {  // per token of the spans: [token, logprob, [[id, logprob], ...]]
+        nlohmann::json lps = nlohmann::json::array();
+        for (const TokenLogprobs& lp : r.logprobs) lps.push_back({lp.token, lp.logprob, lp.top});
+        j["logprobs"] = std::move(lps);
+      }
     }
     return j.dump() + "\n";
   }

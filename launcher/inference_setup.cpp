@@ -41,6 +41,9 @@ void add_generation_options(po::options_description& desc) {
      "greedy/sampling: lower the logit of every token already generated in the blank by this")
     ("frequency-penalty", po::value<double>()->default_value(d.frequency_penalty),
      "greedy/sampling: ... and by this times its count")
+    ("logprobs", po::value<int64_t>()->default_value(d.logprobs),
+     "greedy/sampling with --json: each generated token's log-probability and the N most likely "
+     "tokens' (0..5; -1 = off)")
     ("num-beams", po::value<int64_t>()->default_value(d.num_beams), "beam search: beams")
     ("length-penalty", po::value<double>()->default_value(d.length_penalty), "beam search: length penalty")
     ("no-repeat-ngram-size", po::value<int64_t>()->default_value(d.no_repeat_ngram_size),
@@ -59,6 +62,7 @@ GenerationParams generation_params(const po::variables_map& vm) {
   p.seed = vm["seed"].as<uint64_t>();
   p.presence_penalty = vm["presence-penalty"].as<double>();
   p.frequency_penalty = vm["frequency-penalty"].as<double>();
+  p.logprobs = vm["logprobs"].as<int64_t>();
   p.num_beams = vm["num-beams"].as<int64_t>();
   p.length_penalty = vm["length-penalty"].as<double>();
   p.no_repeat_ngram_size = vm["no-repeat-ngram-size"].as<int64_t>();

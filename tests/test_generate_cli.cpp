@@ -30,6 +30,8 @@ TEST(GenerateCli, BadInputIsRefusedByName) {
   expect_refused("--prompt-ids 5,6 --top-p 1.5", "--top-p");
   expect_refused("--prompt-ids 5,6 --temperature 0", "--temperature");
   expect_refused("--prompt-ids 5,6 --num-beams 0 --strategy beam", "--num-beams");
+  expect_refused("--prompt-ids 5,6 --logprobs 6", "--logprobs must be in 0..5");
+  expect_refused("--prompt-ids 5,6 --logprobs 1 --strategy beam", "--logprobs applies to greedy and sampling");
   expect_refused("--prompt 'hello'", "needs a tokenizer");
   expect_refused("--prompt-ids 5,6 --prompt 'x'", "at most one of");
   expect_refused("--input-file /nonexistent/q.txt", "no such file");

@@ -93,10 +93,18 @@ class FakeEngine {
     const int64_t room = std::max<int64_t>(0, limit - prepared_context_length(r.prompt_ids, config_.tokens));
     GenerationResult result;
     std::vector<int32_t> span(answer_.begin(), answer_.begin() + std::min<int64_t>(room, answer_.size()));
-    for (int32_t t : span)
-      if (p.on_token) p.on_token(t, 0);
+    for (size_t i = 0; i < span.size(); ++i) {
+      // With logprobs: token i at -0.25·(i + 1), the top list the token and the ids above it.
+      TokenLogprobs lp;
+      lp.token = span[i];
+      lp.logprob = -0.25f * static_cast<float>(i + 1);
+      for (int64_t j = 0; j < r.params.logprobs; ++j)
+        lp.top.emplace_back(span[i] + static_cast<int32_t>(j), lp.logprob - static_cast<float>(j));
+      if (r.params.logprobs >= 0) result.logprobs.push_back(lp);
+      if (p.on_token) p.on_token(span[i], 0, r.params.logprobs >= 0 ? &lp : nullptr);
+    }
     const bool cut = static_cast<int64_t>(answer_.size()) > room;
-    if (!cut && p.on_token) p.on_token(config_.tokens.eop, 0);
+    if (!cut && p.on_token) p.on_token(config_.tokens.eop, 0, nullptr);
     result.output_ids = r.prompt_ids;
     result.output_ids.insert(result.output_ids.end(), span.begin(), span.end());
     result.spans = {span};
@@ -312,6 +320,90 @@ TEST(ServeHttp, CompletionsAndStream) {
   auto [s4, c4] = call(f.post("/v1/completions", R"({"prompt": [5, 6, 7], "max_tokens": 2})"));
   ASSERT_EQ(s4, 200) << c4.dump();
   EXPECT_EQ(c4["usage"]["completion_tokens"], 2);
+}
+
+// "logprobs": OpenAI's object per choice — each generated token's text (the texts add up to the
+// choice's text, a character split over tokens going whole to the token that completes it), its
+// log-probability, the most likely tokens with theirs (the token itself always among them) and
+// its character offset; streamed, each chunk carries the tokens its text comes from.
+TEST(ServeHttp, Logprobs) {
+  Fixture f;
+  const auto check = [](const json& lp, const std::string& text, size_t first_offset, size_t top) {
+    ASSERT_TRUE(lp.is_object()) << lp.dump();
+    const size_t n = lp["tokens"].size();
+    ASSERT_EQ(lp["token_logprobs"].size(), n);
+    ASSERT_EQ(lp["top_logprobs"].size(), n);
+    ASSERT_EQ(lp["text_offset"].size(), n);
+    std::string joined;
+    size_t offset = first_offset;
+    for (size_t i = 0; i < n; ++i) {
+      const std::string token = lp["tokens"][i];
+      EXPECT_EQ(lp["text_offset"][i], offset) << "token " << i;
+      offset += utf8_length(token);
+      joined += token;
+      const json& alternatives = lp["top_logprobs"][i];
+      EXPECT_LE(alternatives.size(), top + 1);
+      EXPECT_GE(alternatives.size(), 1u);
+      ASSERT_TRUE(alternatives.contains(token)) << alternatives.dump();
+      EXPECT_FLOAT_EQ(alternatives[token].get<float>(), lp["token_logprobs"][i].get<float>());
+    }
+    EXPECT_EQ(joined, text);
+  };
+  const int64_t answer_tokens = tokenizer().encode(kAnswer).size();
+  auto [s, c] = call(f.post("/v1/completions", R"({"prompt": "Light", "max_tokens": 100, "logprobs": 2})"));
+  ASSERT_EQ(s, 200) << c.dump();
+  const json& lp = c["choices"][0]["logprobs"];
+  ASSERT_EQ(lp["tokens"].size(), static_cast<size_t>(answer_tokens));
+  for (int64_t i = 0; i < answer_tokens; ++i)  // the fake engine's values: -0.25 · (i + 1)
+    EXPECT_FLOAT_EQ(lp["token_logprobs"][i].get<float>(), -0.25f * static_cast<float>(i + 1));
+  check(lp, kAnswer, 0, 2);
+  EXPECT_NE(std::find(lp["tokens"].begin(), lp["tokens"].end(), json("")), lp["tokens"].end())
+      << "the answer's emoji spans several byte tokens: all but the last add no text";
+
+  // Without "logprobs": null; logprobs 0: only the token itself.
+  auto [s0, c0] = call(f.post("/v1/completions", R"({"prompt": "Light", "max_tokens": 4})"));
+  EXPECT_TRUE(c0["choices"][0]["logprobs"].is_null());
+  auto [s1, c1] = call(f.post("/v1/completions", R"({"prompt": "Light", "max_tokens": 4, "logprobs": 0})"));
+  ASSERT_EQ(s1, 200) << c1.dump();
+  check(c1["choices"][0]["logprobs"], c1["choices"][0]["text"], 0, 0);
+
+  // A stop sequence cuts the tokens too.
+  auto [s2, c2] = call(f.post("/v1/completions",
+                              R"({"prompt": "Light", "max_tokens": 100, "logprobs": 1, "stop": "小路"})"));
+  ASSERT_EQ(s2, 200) << c2.dump();
+  const std::string cut = c2["choices"][0]["text"];
+  const json& lp2 = c2["choices"][0]["logprobs"];
+  std::string joined;
+  for (const auto& t : lp2["tokens"]) joined += t.get<std::string>();
+  EXPECT_EQ(joined.substr(0, cut.size()), cut);
+  EXPECT_LT(lp2["tokens"].size(), static_cast<size_t>(answer_tokens));
+  EXPECT_LT(utf8_length(joined) - utf8_length(cut), 3u) << "only the tokens before the cut (and the one over it)";
+
+  // Streamed: the chunks' entries are the same tokens, offsets running on across chunks.
+  auto r = f.post("/v1/completions", R"({"prompt": "Light", "max_tokens": 100, "stream": true, "logprobs": 2})");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  json all = {{"tokens", json::array()}, {"token_logprobs", json::array()},
+              {"top_logprobs", json::array()}, {"text_offset", json::array()}};
+  std::string text;
+  for (const std::string& e : events(r->body)) {
+    if (e == "[DONE]") break;
+    const json chunk = json::parse(e);
+    text += chunk["choices"][0]["text"].get<std::string>();
+    const json& part = chunk["choices"][0]["logprobs"];
+    ASSERT_TRUE(part.is_object()) << e;
+    for (const char* key : {"tokens", "token_logprobs", "top_logprobs", "text_offset"})
+      for (const auto& v : part[key]) all[key].push_back(v);
+  }
+  EXPECT_EQ(text, kAnswer);
+  EXPECT_EQ(all["tokens"], lp["tokens"]);
+  EXPECT_EQ(all["token_logprobs"], lp["token_logprobs"]);
+  check(all, kAnswer, 0, 2);
+
+  expect_error(f.post("/v1/completions", R"({"prompt": "a", "logprobs": 6})"), 400, "\"logprobs\"");
+  expect_error(f.post("/v1/completions", R"({"prompt": "a", "logprobs": true})"), 400, "\"logprobs\"");
+  expect_error(f.post("/v1/completions", R"({"prompt": "a", "logprobs": 1, "echo": true})"), 400,
+               "bidirectional");
 }
 
 // "n": choice i is its own query, sampled with seed + i (tests/serve/serve_test.sh checks on the

@@ -257,6 +257,25 @@ for prompt in ["The cook quickly repairs", "大型语言模型"]:
                          frequency_penalty=2.0).choices[0].text
     assert penalized != plain, (penalized, plain)
     print(f"ok: penalties: {plain!r} -> {penalized!r}")
+    # logprobs: the tokens' texts add up to the text (unchanged by asking); greedy takes the most
+    # likely token, so its log-probability is the highest of its top_logprobs; streamed, the
+    # chunks carry the same tokens with the same values.
+    for kw in [dict(temperature=0), dict(temperature=1.0, top_p=1.0, seed=11)]:
+        r = complete(prompt=prompt, max_tokens=12, logprobs=3, **kw)
+        lp = r.choices[0].logprobs
+        assert r.choices[0].text == complete(prompt=prompt, max_tokens=12, **kw).choices[0].text, r
+        assert "".join(lp.tokens) == r.choices[0].text, (lp.tokens, r.choices[0].text)
+        assert len(lp.tokens) == r.usage.completion_tokens, (lp, r.usage)
+        assert all(v <= 0 for v in lp.token_logprobs), lp
+        assert all(1 <= len(t) <= 4 and lp.tokens[i] in t for i, t in enumerate(lp.top_logprobs)), lp
+        if kw["temperature"] == 0:
+            assert all(abs(v - max(t.values())) < 1e-6 for v, t in zip(lp.token_logprobs, lp.top_logprobs)), lp
+        chunks = list(client.completions.create(model="glm", stream=True, prompt=prompt, max_tokens=12,
+                                                logprobs=3, **kw))
+        tokens = [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.tokens]
+        values = [v for c in chunks if c.choices[0].logprobs for v in c.choices[0].logprobs.token_logprobs]
+        assert tokens == lp.tokens and values == lp.token_logprobs, (tokens, values, lp)
+        print(f"ok: logprobs {kw}: {[round(v, 3) for v in lp.token_logprobs[:4]]}...")
     top_k = complete(prompt=prompt, max_tokens=12, extra_body={"top_k": 1})
     assert top_k.choices[0].text == complete(prompt=prompt, max_tokens=12, temperature=0).choices[0].text
 # n = 3: choice i is the answer to a one-choice request with seed + i, plain and streamed (the
