@@ -353,10 +353,16 @@ CompletionQuery HttpApi::parse_completion(const std::string& text_body) const {
   const auto seed = f.unsigned_integer("seed");
   const auto min_tokens = f.integer("min_tokens", 0);
   c.n = static_cast<int>(f.integer("n", 1, kMaxCompletionChoices).value_or(1));
-  const int n = c.n;
-  f.unsupported("best_of", [n](const json& v) { return v == json(n); },
-                "choices are not ranked, so best_of must equal n");
+  c.best_of = static_cast<int>(f.integer("best_of", 1, kMaxCompletionChoices).value_or(c.n));
+  if (c.best_of < c.n)
+    throw HttpError{400, "\"best_of\" (" + std::to_string(c.best_of) + ") must be at least \"n\" (" +
+                             std::to_string(c.n) + ")",
+                    "invalid_value", "best_of"};
   c.stream = f.boolean("stream").value_or(false);
+  if (c.stream && c.best_of > c.n)
+    throw HttpError{400, "\"best_of\" above \"n\" cannot be streamed: the choices are known only once "
+                         "every candidate has ended",
+                    "invalid_value", "best_of"};
   const bool echo = f.boolean("echo").value_or(false);
   if (const json* so = f.get("stream_options")) {
     if (!so->is_object() || (so->contains("include_usage") && !(*so)["include_usage"].is_boolean()))
@@ -411,7 +417,8 @@ CompletionQuery HttpApi::parse_completion(const std::string& text_body) const {
   if (min_tokens) p.min_gen_length = *min_tokens;
   if (presence) p.presence_penalty = *presence;
   if (frequency) p.frequency_penalty = *frequency;
-  p.logprobs = logprobs.value_or(-1);
+  c.show_logprobs = logprobs.has_value();
+  p.logprobs = logprobs ? *logprobs : c.best_of > c.n ? 0 : -1;  // ranking needs them
   p.out_seq_length = completion_out_seq_length(r.prompt_ids, max_tokens, config_);
   check_query(r, config_);
 

@@ -66,6 +66,11 @@ struct CompletionQuery {
   // "n": how many choices, each generated as its own query; sampled choice i uses seed + i, so
   // that the choices differ and a request with a seed is reproducible.
   int n = 1;
+  // "best_of" (>= n): candidates generated (candidate i with seed + i); the n with the highest
+  // mean log-probability per token are the choices, best first. Above n the queries compute
+  // log-probabilities (request.params.logprobs >= 0) whether or not the answer shows them.
+  int best_of = 1;
+  bool show_logprobs = false;  // the request asked for "logprobs"
 };
 
 // The most choices ("n") one completion request may ask for.
@@ -84,8 +89,8 @@ class HttpApi {
   // "sampling_strategy", "num_beams", "length_penalty", "no_repeat_ngram_size", "temperature",
   // "topk", "topp", "deterministic"}. Throws HttpError.
   GenerationRequest parse_generate(const std::string& body) const;
-  // POST /v1/completions (text only, n = 1; GLM blank filling on the prompt, a prompt without a
-  // mask is continued). Throws HttpError.
+  // POST /v1/completions (GLM blank filling on the prompt, a prompt without a mask is continued;
+  // n, best_of, logprobs, stop, penalties: README "Serving"). Throws HttpError.
   CompletionQuery parse_completion(const std::string& body) const;
 
   // POST /generate's answer: {"text": [answer], "output_ids": [...], "spans": [[...], ...]}

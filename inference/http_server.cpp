@@ -6,6 +6,7 @@
 #include <httplib.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
@@ -361,6 +362,28 @@ CompletionLogprobs completion_logprobs(const Tokenizer& tok, const std::vector<s
   return out;
 }
 
+// The n candidates with the highest mean log-probability per token (a candidate without tokens
+// ranks last), best first, ties in candidate order; their logprobs kept only when `show`.
+std::vector<CompletionChoice> best_choices(std::vector<CompletionChoice> candidates, int n, bool show) {
+  const auto mean = [](const CompletionChoice& c) {
+    const auto& e = c.logprobs->entries;
+    if (e.empty()) return -std::numeric_limits<double>::infinity();
+    double sum = 0;
+    for (const LogprobEntry& x : e) sum += x.logprob;
+    return sum / static_cast<double>(e.size());
+  };
+  std::vector<size_t> order(candidates.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return mean(candidates[a]) > mean(candidates[b]); });
+  std::vector<CompletionChoice> best;
+  for (int i = 0; i < n; ++i) {
+    best.push_back(std::move(candidates[order[static_cast<size_t>(i)]]));
+    if (!show) best.back().logprobs.reset();
+  }
+  return best;
+}
+
 // One choice of a streamed completion: turns its query's tokens into chunks (text_completion
 // JSON for choice `index`): one per generated token that adds text (the blank's tokens are
 // decoded whole and the new suffix is sent, holding back an incomplete UTF-8 tail and a tail that
@@ -587,10 +610,10 @@ void HttpServer::Impl::completions(const httplib::Request& req, httplib::Respons
   CompletionQuery c = api.parse_completion(req.body);
   const int64_t prompt_tokens = static_cast<int64_t>(c.request.prompt_ids.size());
   const CompletionMeta meta{completion_id(), static_cast<int64_t>(std::time(nullptr)), c.model};
-  // One query per choice; sampled choices draw from seeds seed, seed + 1, ... (greedy ones are
-  // the same answer n times, as OpenAI's).
+  // One query per candidate (best_of of them, n without best_of); sampled candidates draw from
+  // seeds seed, seed + 1, ... (greedy ones are the same answer each time, as OpenAI's).
   std::vector<std::shared_ptr<Query>> queries;
-  for (int i = 0; i < c.n; ++i) {
+  for (int i = 0; i < c.best_of; ++i) {
     GenerationRequest r = c.request;
     r.params.seed += static_cast<uint64_t>(i);
     try {
@@ -621,6 +644,7 @@ void HttpServer::Impl::completions(const httplib::Request& req, httplib::Respons
       for (auto& q : queries) q->cancel("another choice of the same request failed");
       throw;
     }
+    if (c.best_of > c.n) choices = best_choices(std::move(choices), c.n, c.show_logprobs);
     res.set_content(completion_response(meta, choices, prompt_tokens, tokens), "application/json");
     return;
   }

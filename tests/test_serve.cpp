@@ -94,10 +94,11 @@ class FakeEngine {
     GenerationResult result;
     std::vector<int32_t> span(answer_.begin(), answer_.begin() + std::min<int64_t>(room, answer_.size()));
     for (size_t i = 0; i < span.size(); ++i) {
-      // With logprobs: token i at -0.25·(i + 1), the top list the token and the ids above it.
+      // With logprobs: token i at -0.25·(i + 1) - 0.5·(seed mod 3), the top list the token and
+      // the ids above it.
       TokenLogprobs lp;
       lp.token = span[i];
-      lp.logprob = -0.25f * static_cast<float>(i + 1);
+      lp.logprob = -0.25f * static_cast<float>(i + 1) - 0.5f * static_cast<float>(r.params.seed % 3);
       for (int64_t j = 0; j < r.params.logprobs; ++j)
         lp.top.emplace_back(span[i] + static_cast<int32_t>(j), lp.logprob - static_cast<float>(j));
       if (r.params.logprobs >= 0) result.logprobs.push_back(lp);
@@ -249,7 +250,11 @@ TEST(ServeHttp, RequestErrors) {
   expect_error(f.client.Delete("/health"), 405, "not allowed");
   expect_error(f.post("/v1/completions", R"({"prompt": "a", "n": 0})"), 400, "\"n\" must be an integer in [1, 16]");
   expect_error(f.post("/v1/completions", R"({"prompt": "a", "n": 17})"), 400, "\"n\"");
-  expect_error(f.post("/v1/completions", R"({"prompt": "a", "n": 2, "best_of": 3})"), 400, "best_of must equal n");
+  expect_error(f.post("/v1/completions", R"({"prompt": "a", "n": 2, "best_of": 1})"), 400,
+               "\"best_of\" (1) must be at least \"n\" (2)");
+  expect_error(f.post("/v1/completions", R"({"prompt": "a", "n": 2, "best_of": 3, "stream": true})"), 400,
+               "cannot be streamed");
+  expect_error(f.post("/v1/completions", R"({"prompt": "a", "best_of": 17})"), 400, "\"best_of\"");
   expect_error(f.post("/v1/completions", R"({"prompt": ["a", "b"]})"), 400, "one prompt");
   expect_error(f.post("/v1/completions", R"({"prompt": "a", "presence_penalty": 2.5})"), 400, "\"presence_penalty\"");
   expect_error(f.post("/v1/completions", R"({"prompt": "a", "frequency_penalty": "x"})"), 400, "\"frequency_penalty\"");
@@ -350,11 +355,12 @@ TEST(ServeHttp, Logprobs) {
     EXPECT_EQ(joined, text);
   };
   const int64_t answer_tokens = tokenizer().encode(kAnswer).size();
-  auto [s, c] = call(f.post("/v1/completions", R"({"prompt": "Light", "max_tokens": 100, "logprobs": 2})"));
+  auto [s, c] = call(f.post("/v1/completions", R"({"prompt": "Light", "max_tokens": 100, "logprobs": 2,
+                                                   "seed": 3})"));
   ASSERT_EQ(s, 200) << c.dump();
   const json& lp = c["choices"][0]["logprobs"];
   ASSERT_EQ(lp["tokens"].size(), static_cast<size_t>(answer_tokens));
-  for (int64_t i = 0; i < answer_tokens; ++i)  // the fake engine's values: -0.25 · (i + 1)
+  for (int64_t i = 0; i < answer_tokens; ++i)  // the fake engine's values for seed 3: -0.25 · (i + 1)
     EXPECT_FLOAT_EQ(lp["token_logprobs"][i].get<float>(), -0.25f * static_cast<float>(i + 1));
   check(lp, kAnswer, 0, 2);
   EXPECT_NE(std::find(lp["tokens"].begin(), lp["tokens"].end(), json("")), lp["tokens"].end())
@@ -380,7 +386,8 @@ TEST(ServeHttp, Logprobs) {
   EXPECT_LT(utf8_length(joined) - utf8_length(cut), 3u) << "only the tokens before the cut (and the one over it)";
 
   // Streamed: the chunks' entries are the same tokens, offsets running on across chunks.
-  auto r = f.post("/v1/completions", R"({"prompt": "Light", "max_tokens": 100, "stream": true, "logprobs": 2})");
+  auto r = f.post("/v1/completions",
+                  R"({"prompt": "Light", "max_tokens": 100, "stream": true, "logprobs": 2, "seed": 3})");
   ASSERT_TRUE(r);
   ASSERT_EQ(r->status, 200);
   json all = {{"tokens", json::array()}, {"token_logprobs", json::array()},
@@ -404,6 +411,33 @@ TEST(ServeHttp, Logprobs) {
   expect_error(f.post("/v1/completions", R"({"prompt": "a", "logprobs": true})"), 400, "\"logprobs\"");
   expect_error(f.post("/v1/completions", R"({"prompt": "a", "logprobs": 1, "echo": true})"), 400,
                "bidirectional");
+}
+
+// "best_of": best_of candidates (seeds seed, seed + 1, ...), the n with the highest mean
+// log-probability per token returned best first; usage counts every candidate's tokens; the
+// logprobs used for ranking are shown only when asked for.
+TEST(ServeHttp, BestOf) {
+  Fixture f;
+  const int64_t answer_tokens = tokenizer().encode(kAnswer).size();
+  // Seeds 10, 11, 12: the fake engine's mean logprobs rank 12 (12 mod 3 = 0), 10, 11.
+  auto [s, c] = call(f.post("/v1/completions", R"({"prompt": "Light", "seed": 10, "n": 2, "best_of": 3, "max_tokens": 100,
+                                                   "logprobs": 0})"));
+  ASSERT_EQ(s, 200) << c.dump();
+  ASSERT_EQ(c["choices"].size(), 2u);
+  EXPECT_EQ(c["choices"][0]["index"], 0);
+  EXPECT_EQ(c["choices"][1]["index"], 1);
+  EXPECT_FLOAT_EQ(c["choices"][0]["logprobs"]["token_logprobs"][0].get<float>(), -0.25f);  // seed 12
+  EXPECT_FLOAT_EQ(c["choices"][1]["logprobs"]["token_logprobs"][0].get<float>(), -0.75f);  // seed 10
+  EXPECT_EQ(c["usage"]["completion_tokens"], 3 * answer_tokens);
+  const std::vector<uint64_t> seeds = f.engine.seeds();
+  ASSERT_GE(seeds.size(), 3u);
+  EXPECT_EQ(std::vector<uint64_t>(seeds.end() - 3, seeds.end()), (std::vector<uint64_t>{10, 11, 12}));
+
+  auto [s2, c2] = call(f.post("/v1/completions", R"({"prompt": "Light", "seed": 10, "best_of": 3})"));
+  ASSERT_EQ(s2, 200) << c2.dump();
+  ASSERT_EQ(c2["choices"].size(), 1u);
+  EXPECT_TRUE(c2["choices"][0]["logprobs"].is_null()) << "ranked by logprobs, which were not asked for";
+  EXPECT_EQ(c2["choices"][0]["text"], kAnswer.substr(0, c2["choices"][0]["text"].get<std::string>().size()));
 }
 
 // "n": choice i is its own query, sampled with seed + i (tests/serve/serve_test.sh checks on the

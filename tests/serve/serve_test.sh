@@ -296,9 +296,22 @@ for chunk in client.completions.create(model="glm", n=3, seed=21, stream=True, *
 assert texts == [c.text for c in many.choices], (texts, many)
 assert reasons == [c.finish_reason for c in many.choices], (reasons, many)
 print(f"ok: n=3: {texts}")
+# best_of = 3: the candidates are the one-choice answers with seeds 31, 32, 33; the answer is the
+# one with the highest mean log-probability per token, and the usage counts all three.
+kw = dict(prompt="The river", max_tokens=10, temperature=1.0, top_p=1.0)
+cands = [complete(seed=31 + i, logprobs=0, **kw) for i in range(3)]
+def mean(c):
+    v = c.choices[0].logprobs.token_logprobs
+    return sum(v) / len(v) if v else float("-inf")
+best = client.completions.create(model="glm", seed=31, best_of=3, **kw)
+want = cands[max(range(3), key=lambda i: mean(cands[i]))].choices[0].text
+assert best.choices[0].text == want, (best, [c.choices[0].text for c in cands])
+assert best.choices[0].logprobs is None, best
+assert best.usage.completion_tokens == sum(c.usage.completion_tokens for c in cands), best.usage
+print(f"ok: best_of=3: {want!r} of {[c.choices[0].text for c in cands]}")
 try:
-    client.completions.create(model="glm", prompt="a", max_tokens=4, n=2, best_of=3)
-    sys.exit("best_of=3 with n=2 was accepted")
+    client.completions.create(model="glm", prompt="a", max_tokens=4, n=2, best_of=3, stream=True)
+    sys.exit("best_of=3 with n=2 was streamed")
 except openai.BadRequestError as e:
     assert "best_of" in str(e), e
 PY
