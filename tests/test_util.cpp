@@ -7,9 +7,40 @@
 
 namespace glmrt::testing {
 
+namespace {
+
+// The variables by which Open MPI / PMIx tell a process which job it belongs to. A test process
+// that started an MPI singleton (the in-process engine tests) holds them, and a child mpiexec or
+// glmrt that inherited them would try to join that job instead of starting its own.
+bool is_job_identity(const std::string& name) {
+  static const char* const prefixes[] = {"PMIX_", "ORTE_", "OMPI_MCA_orte_", "OMPI_APP_CTX_",
+                                         "OMPI_COMM_WORLD_", "OMPI_FIRST_RANKS", "OMPI_NUM_APP_CTX",
+                                         "OMPI_UNIVERSE_SIZE", "OMPI_ARGV", "OMPI_COMMAND",
+                                         "OMPI_FILE_LOCATION"};
+  for (const char* p : prefixes)
+    if (name.rfind(p, 0) == 0) return true;
+  return name == "OMPI_MCA_ess" || name == "OMPI_MCA_pmix" || name == "OMPI_MCA_initial_wdir";
+}
+
+// `command` for sh, run with the job-identity variables of this process removed.
+std::string without_job_identity(const std::string& command) {
+  std::string unset;
+  for (char** e = environ; *e; ++e) {
+    const std::string entry = *e;
+    const std::string name = entry.substr(0, entry.find('='));
+    if (is_job_identity(name)) unset += " -u " + name;
+  }
+  if (unset.empty()) return command;
+  std::string quoted;
+  for (const char c : command) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return "env" + unset + " sh -c '" + quoted + "'";
+}
+
+}  // namespace
+
 CommandResult run_command(const std::string& command) {
   CommandResult r{-1, ""};
-  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+  FILE* pipe = ::popen((without_job_identity(command) + " 2>&1").c_str(), "r");
   if (!pipe) return r;
   std::array<char, 4096> buf{};
   size_t n;

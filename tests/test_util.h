@@ -45,7 +45,8 @@ struct CommandResult {
   std::string output;  // stdout and stderr together
 };
 
-// Runs a shell command, capturing its output.
+// Runs a shell command, capturing its output, without the MPI job identity of this process (so a
+// child mpiexec or glmrt starts its own job after an in-process MPI singleton).
 CommandResult run_command(const std::string& command);
 // Runs the glmrt binary with `args`.
 CommandResult run_glmrt(const std::string& args);
