@@ -105,6 +105,99 @@ void broadcast_vector(Communicator& comm, std::vector<T>& v, int root, DType dty
   comm.broadcast(t, root);
 }
 
+// ---- Queries and results between world rank 0 and the other replicas' roots (I64 payloads).
+void put_ints(std::vector<int64_t>& v, const std::vector<int32_t>& ids) {
+  v.push_back(static_cast<int64_t>(ids.size()));
+  v.insert(v.end(), ids.begin(), ids.end());
+}
+std::vector<int32_t> get_ints(const int64_t*& q) {
+  const int64_t n = *q++;
+  std::vector<int32_t> ids(q, q + n);
+  q += n;
+  return ids;
+}
+void put_string(std::vector<int64_t>& v, const std::string& s) {
+  v.push_back(static_cast<int64_t>(s.size()));
+  for (const char c : s) v.push_back(static_cast<unsigned char>(c));
+}
+std::string get_string(const int64_t*& q) {
+  const int64_t n = *q++;
+  std::string s;
+  for (int64_t i = 0; i < n; ++i) s += static_cast<char>(*q++);
+  return s;
+}
+void put_result(std::vector<int64_t>& v, const GenerationResult& r) {
+  put_string(v, r.error);
+  put_ints(v, r.output_ids);
+  v.push_back(static_cast<int64_t>(r.spans.size()));
+  for (const auto& span : r.spans) put_ints(v, span);
+  v.push_back(r.generated_tokens);
+  put_string(v, r.finish_reason);
+  v.push_back(static_cast<int64_t>(r.logprobs.size()));
+  for (const TokenLogprobs& lp : r.logprobs) {
+    v.insert(v.end(), {lp.token, fp32_bits(lp.logprob), static_cast<int64_t>(lp.top.size())});
+    for (const auto& [id, value] : lp.top) v.insert(v.end(), {id, fp32_bits(value)});
+  }
+}
+GenerationResult get_result(const int64_t*& q) {
+  GenerationResult r;
+  r.error = get_string(q);
+  r.output_ids = get_ints(q);
+  r.spans.resize(static_cast<size_t>(*q++));
+  for (auto& span : r.spans) span = get_ints(q);
+  r.generated_tokens = *q++;
+  r.finish_reason = get_string(q);
+  r.logprobs.resize(static_cast<size_t>(*q++));
+  for (TokenLogprobs& lp : r.logprobs) {
+    lp.token = static_cast<int32_t>(*q++);
+    lp.logprob = fp32_from_bits(static_cast<int32_t>(*q++));
+    lp.top.resize(static_cast<size_t>(*q++));
+    for (auto& [id, value] : lp.top) {
+      id = static_cast<int32_t>(*q++);
+      value = fp32_from_bits(static_cast<int32_t>(*q++));
+    }
+  }
+  return r;
+}
+void send_vector(MpiCommunicator& comm, const std::vector<int64_t>& v, int peer) {
+  Tensor size = Tensor::empty({1}, DType::I64);
+  size.data_as<int64_t>()[0] = static_cast<int64_t>(v.size());
+  comm.send(size, peer);
+  if (!v.empty()) comm.send(Tensor::wrap(const_cast<int64_t*>(v.data()), {static_cast<int64_t>(v.size())}, DType::I64, nullptr), peer);
+  comm.wait_sends();
+}
+std::vector<int64_t> recv_vector(MpiCommunicator& comm, int peer) {
+  Tensor size = Tensor::empty({1}, DType::I64);
+  comm.recv(size, peer);
+  std::vector<int64_t> v(static_cast<size_t>(size.data_as<int64_t>()[0]));
+  if (!v.empty()) {
+    Tensor t = Tensor::wrap(v.data(), {static_cast<int64_t>(v.size())}, DType::I64, nullptr);
+    comm.recv(t, peer);
+  }
+  return v;
+}
+
+// Which replica answers each query: longest first (prompt + out_seq_length, × beams), each to the
+// replica with the least work so far (ties: the lower one), so that replicas end close together.
+std::vector<int> assign_replicas(const std::vector<GenerationRequest>& requests, int replicas) {
+  std::vector<size_t> order(requests.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  const auto cost = [&](size_t i) {
+    const GenerationParams& p = requests[i].params;
+    return (static_cast<int64_t>(requests[i].prompt_ids.size()) + p.out_seq_length) *
+           (p.strategy == Strategy::Beam ? p.num_beams : 1);
+  };
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return cost(a) > cost(b); });
+  std::vector<int64_t> load(static_cast<size_t>(replicas), 0);
+  std::vector<int> replica(requests.size(), 0);
+  for (size_t i : order) {
+    const int r = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+    replica[i] = r;
+    load[static_cast<size_t>(r)] += cost(i);
+  }
+  return replica;
+}
+
 // Where the tokens of one micro-batch come from.
 struct MicroBatch {
   std::vector<Query*> queries;
@@ -147,8 +240,6 @@ struct GenerationEngine::Impl {
   Impl(GlmModel& m, ProcessGroups& groups, EngineOptions o)
       : model(m), g(groups), opt(o), cfg(m.config()) {
     const Layout& L = g.topo.layout();
-    GLMRT_CHECK(L.data == 1, "generation runs on one model replica: use --data 1 (the layout is ",
-                L.str(), ")");
     GLMRT_CHECK(opt.max_batch >= 1, "max_batch must be >= 1, got ", opt.max_batch);
     rows_total = opt.max_rows > 0 ? opt.max_rows : default_cache_rows(opt.max_batch, GenerationParams{});
     capacity = opt.capacity > 0 ? std::min(opt.capacity, cfg.max_sequence_length) : cfg.max_sequence_length;
@@ -164,9 +255,11 @@ struct GenerationEngine::Impl {
     }
     table.assign(static_cast<size_t>(rows_total * capacity), 0);
     for (int64_t r = rows_total; r-- > 0;) free_rows.push_back(static_cast<int32_t>(r));
-    decider = g.topo.rank_of({0, 0, L.pipeline - 1});
-    root = g.topo.rank() == 0;
-    deciding = g.topo.rank() == decider;
+    // Ranks within the replica (ProcessGroups::replica): tp + tensor · pp.
+    const Coordinates c = g.topo.coords();
+    decider = L.tensor * (L.pipeline - 1);
+    root = c.tp == 0 && c.pp == 0;
+    deciding = c.tp == 0 && c.pp == L.pipeline - 1;
   }
 
   // ---- rank 0: results
@@ -302,7 +395,7 @@ struct GenerationEngine::Impl {
       ctl.insert(ctl.end(), cancelled.begin(), cancelled.end());
       ctl.insert(ctl.end(), admitted.begin(), admitted.end());
     }
-    broadcast_vector(*g.world, ctl, 0, DType::I64);
+    broadcast_vector(*g.replica, ctl, 0, DType::I64);
     if (ctl[0] != 0) return false;
     const int64_t* q = ctl.data() + 3;
     if (ctl[2] > 0) {  // cancelled queries leave between steps, freeing their rows
@@ -477,7 +570,7 @@ struct GenerationEngine::Impl {
                        }
                        return out;
                      });
-    broadcast_vector(*g.world, decisions, decider, DType::I32);
+    broadcast_vector(*g.replica, decisions, decider, DType::I32);
     return decisions;
   }
 
@@ -610,6 +703,65 @@ void GenerationEngine::reset_stats() { impl_->stats = {}; }
 std::vector<GenerationResult> GenerationEngine::generate(
     const std::vector<GenerationRequest>& requests,
     const std::function<void(size_t, int32_t, int64_t)>& on_token) {
+  ProcessGroups& g = impl_->g;
+  const Layout& L = g.topo.layout();
+  if (L.data == 1) return generate_here(requests, on_token);
+  // Data-parallel replicas: world rank 0 (replica 0's root) sends each other replica's root its
+  // share of the queries, every replica generates its share on its own, and the roots send the
+  // results back. Replica roots are world ranks tensor · d.
+  MpiCommunicator& world = *g.world;
+  const bool world_root = g.topo.rank() == 0;
+  std::vector<GenerationRequest> mine;
+  std::vector<size_t> index;  // world rank 0: the query each of its own results answers
+  std::vector<std::vector<size_t>> shares(static_cast<size_t>(L.data));
+  if (world_root) {
+    const std::vector<int> replica = assign_replicas(requests, L.data);
+    for (size_t i = 0; i < requests.size(); ++i) shares[static_cast<size_t>(replica[i])].push_back(i);
+    for (int d = 1; d < L.data; ++d) {
+      std::vector<int64_t> msg;
+      for (size_t i : shares[static_cast<size_t>(d)]) {
+        put_ints(msg, requests[i].prompt_ids);
+        put_params(msg, requests[i].params);
+      }
+      send_vector(world, msg, g.topo.rank_of({0, d, 0}));
+    }
+    for (size_t i : shares[0]) mine.push_back(requests[i]);
+    index = shares[0];
+  } else if (impl_->root) {
+    const std::vector<int64_t> msg = recv_vector(world, 0);
+    for (const int64_t* q = msg.data(); q < msg.data() + msg.size();) {
+      GenerationRequest r;
+      r.prompt_ids = get_ints(q);
+      r.params = get_params(q);
+      mine.push_back(std::move(r));
+    }
+  }
+  std::function<void(size_t, int32_t, int64_t)> local_token;
+  if (world_root && on_token)
+    local_token = [&](size_t i, int32_t t, int64_t blank) { on_token(index[i], t, blank); };
+  std::vector<GenerationResult> local = generate_here(mine, local_token);
+  if (!world_root) {
+    if (impl_->root) {
+      std::vector<int64_t> msg;
+      for (const GenerationResult& r : local) put_result(msg, r);
+      send_vector(world, msg, 0);
+    }
+    return {};
+  }
+  std::vector<GenerationResult> results(requests.size());
+  for (size_t j = 0; j < local.size(); ++j) results[index[j]] = std::move(local[j]);
+  for (int d = 1; d < L.data; ++d) {
+    // The replicas run concurrently; this waits at most timeout_s past replica 0's own end.
+    const std::vector<int64_t> msg = recv_vector(world, g.topo.rank_of({0, d, 0}));
+    const int64_t* q = msg.data();
+    for (size_t i : shares[static_cast<size_t>(d)]) results[i] = get_result(q);
+  }
+  return results;
+}
+
+std::vector<GenerationResult> GenerationEngine::generate_here(
+    const std::vector<GenerationRequest>& requests,
+    const std::function<void(size_t, int32_t, int64_t)>& on_token) {
   std::vector<GenerationResult> results;
   size_t next = 0;
   Impl::Source src;
@@ -635,6 +787,8 @@ std::vector<GenerationResult> GenerationEngine::generate(
 }
 
 void GenerationEngine::serve(RequestQueue* queue) {
+  const Layout& L = impl_->g.topo.layout();
+  if (L.data != 1) throw ConfigError("serve runs one model replica: use --data 1 (the layout is " + L.str() + ")");
   Impl::Source src;
   if (impl_->root) {
     GLMRT_CHECK(queue != nullptr, "serve: world rank 0 needs the request queue");

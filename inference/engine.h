@@ -1,11 +1,13 @@
 // The generation engine: many queries in flight at once over a tensor + pipeline parallel model
 // replica, each filled blank by blank (inference/SEMANTICS.md) with a KV cache per sequence.
 //
-// Every rank of the job runs the same engine loop. World rank 0 owns the queries: each step it
-// broadcasts what changed (new queries, shutdown); every rank then plans the same step from the
+// Every rank of a model replica runs the same engine loop. The replica's root (tensor and
+// pipeline rank 0; world rank 0 for replica 0) owns its queries: each step it broadcasts what
+// changed (new queries, shutdown) over the replica; every rank then plans the same step from the
 // same state; the step runs as a forward-only pipeline over micro-batches of rows; the last
 // stage picks the next tokens and broadcasts its decisions, which every rank applies. So all
 // ranks hold the same bookkeeping and no rank ever waits on a message that is not coming.
+// Data-parallel replicas generate independently (generate() shares the queries out).
 #pragma once
 
 #include <functional>
@@ -47,7 +49,9 @@ class GenerationEngine {
   ~GenerationEngine();
 
   // Collective over the job. On world rank 0, `requests` are the queries (ignored elsewhere);
-  // returns their results in order on world rank 0 (empty elsewhere). A query that fails
+  // returns their results in order on world rank 0 (empty elsewhere). With data-parallel
+  // replicas each generates its own share of the queries (the longest first, each to the replica
+  // with the least work so far); `on_token` then sees replica 0's queries only. A query that fails
   // (e.g. a prompt longer than the model's max_sequence_length) gets result.error and does not
   // stop the others. `on_token(query, token, blank)` (rank 0, may be empty) sees every
   // generated token of sampling/greedy queries as it is chosen.
@@ -70,6 +74,10 @@ class GenerationEngine {
   void reset_stats();
 
  private:
+  // generate() on this rank's replica alone (its root holds `requests`).
+  std::vector<GenerationResult> generate_here(
+      const std::vector<GenerationRequest>& requests,
+      const std::function<void(size_t query, int32_t token, int64_t blank)>& on_token);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

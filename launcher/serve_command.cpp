@@ -80,6 +80,9 @@ int run_serve(const Args& args) {
   const GenerationParams defaults = generation_params(vm);  // checked: InputError naming the flag
 
   InferenceSetup setup = setup_inference(vm, "serve");
+  if (const Layout& L = setup.rt.groups->topo.layout(); L.data != 1)  // every rank throws the same
+    throw ConfigError("serve runs one model replica (one HTTP endpoint): use --data 1, got the layout " +
+                      L.str() + "; for more throughput run one server per replica");
   http.model_name = std::filesystem::path(setup.rc.source).stem().string();
   if (http.model_name.empty()) http.model_name = "glm";
   http.max_prompt_tokens = setup.rc.model.max_sequence_length;

@@ -20,7 +20,7 @@ std::unique_ptr<ProcessGroups> ProcessGroups::create(const Layout& layout,
   int world = 1, rank = 0;
   MPI_Comm_size(MPI_COMM_WORLD, &world);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  auto g = std::unique_ptr<ProcessGroups>(new ProcessGroups{Topology(layout, world, rank), {}, {}, {}, {}, {}});
+  auto g = std::unique_ptr<ProcessGroups>(new ProcessGroups{Topology(layout, world, rank), {}, {}, {}, {}, {}, {}});
   const Coordinates c = g->topo.coords();
   const int T = layout.tensor, D = layout.data;
   MPI_Comm dup;
@@ -32,6 +32,9 @@ std::unique_ptr<ProcessGroups> ProcessGroups::create(const Layout& layout,
   const bool on_embedding_stage = g->topo.is_first_stage() || g->topo.is_last_stage();
   g->embedding = split(on_embedding_stage ? c.tp + T * c.dp : MPI_UNDEFINED, c.pp, "embedding",
                        timeout, on_embedding_stage ? device : Device::cpu());
+  MPI_Comm replica;
+  MPI_Comm_split(MPI_COMM_WORLD, c.dp, c.tp + T * c.pp, &replica);
+  g->replica = std::make_unique<MpiCommunicator>(replica, "replica", timeout);
   return g;
 }
 

@@ -17,6 +17,10 @@ struct ProcessGroups {
   std::unique_ptr<MpiCommunicator> world;  // host scalars: losses, norms, weight gathering
   std::unique_ptr<GroupCommunicator> tp, dp, pp;
   std::unique_ptr<GroupCommunicator> embedding;  // null on middle stages
+  // Host messages within one model replica (every tensor and pipeline rank of this data-parallel
+  // index; replica rank = tp + tensor · pp): the generation engine's control and decisions, so
+  // that data-parallel replicas generate independently.
+  std::unique_ptr<MpiCommunicator> replica;
 
   // Splits MPI_COMM_WORLD (collective over every rank); on a CUDA `device` every group also gets
   // an NCCL communicator for device tensors. Throws ConfigError when the layout does not match

@@ -8,6 +8,7 @@
 // token: single-rank, under mpiexec for (tensor, pipeline) = (2, 2) and (1, 2), and batched
 // (--input-file, queries of different lengths in one batch).
 #include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -225,9 +226,11 @@ GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(GenerateGoldenMpi);
 
 // --- batched: every case with the same flags in one --input-file run ---------------------------
 
-TEST(GenerateGoldenBatch, BatchedQueriesOfDifferentLengthsMatchSingleQueryGoldens) {
+// Every case, grouped by its flags into --input-file runs of `launch` (a batch shares one set of
+// flags; more queries than --max-batch 4, so several batches), each answer against its golden.
+void check_batched_runs(const std::string& launch, const std::string& flags, const std::string& label) {
   ASSERT_TRUE(load_error.empty()) << load_error;
-  // Group the cases by their flags (a batch shares one set), in file order.
+  // Group the cases by their flags, in file order.
   std::vector<std::string> order;
   std::map<std::string, std::vector<size_t>> groups;
   for (size_t i = 0; i < cases().size(); ++i) {
@@ -239,7 +242,9 @@ TEST(GenerateGoldenBatch, BatchedQueriesOfDifferentLengthsMatchSingleQueryGolden
   for (const auto& [args, members] : groups) largest = std::max(largest, members.size());
   EXPECT_GT(largest, 4u);  // more queries than --max-batch: several batches
 
-  const std::string dir = testing::temp_dir("generate_golden_batch");
+  std::string tag;
+  for (const char ch : label) tag += std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
+  const std::string dir = testing::temp_dir("generate_golden_batch_" + tag);
   for (size_t g = 0; g < order.size(); ++g) {
     const auto& members = groups[order[g]];
     const std::string file = dir + "/queries_" + std::to_string(g) + ".txt";
@@ -248,9 +253,10 @@ TEST(GenerateGoldenBatch, BatchedQueriesOfDifferentLengthsMatchSingleQueryGolden
       for (size_t i : members) out << ids_csv(cases()[i].prompt_ids) << "\n";
     }
     const GenerateRun run =
-        run_generate(kSingleRank, "--input-file " + file + " --input-format ids --max-batch 4 " + order[g]);
+        run_generate(launch, "--input-file " + file + " --input-format ids --max-batch 4 " + order[g] + flags);
     const testing::CommandResult& r = run.log;
-    const std::string where = "batch of " + std::to_string(members.size()) + " (" + order[g] + ")";
+    const std::string where =
+        label + ", batch of " + std::to_string(members.size()) + " (" + order[g] + ")";
     ASSERT_EQ(r.exit_code, 0) << where << ": " << tail(r.output);
     const auto got = answers(run.answers);
     ASSERT_EQ(got.size(), members.size()) << where << "\n" << tail(r.output);
@@ -265,6 +271,21 @@ TEST(GenerateGoldenBatch, BatchedQueriesOfDifferentLengthsMatchSingleQueryGolden
     }
   }
   std::filesystem::remove_all(dir);
+}
+
+TEST(GenerateGoldenBatch, BatchedQueriesOfDifferentLengthsMatchSingleQueryGoldens) {
+  check_batched_runs(kSingleRank, "", "single rank");
+}
+
+// Two data-parallel replicas share the queries of a file out (each generates its own share):
+// every answer still equals its golden, in the file's order.
+TEST(GenerateGoldenBatch, DataParallelReplicasAnswerEveryQueryAsOneRankDoes) {
+  const std::string mpi =
+      "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_mpi_yield_when_idle=1 "
+      "OMPI_MCA_pml=ob1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 timeout 300 mpiexec -n 4 "
+      "--oversubscribe " + std::string(GLMRT_BINARY);
+  check_batched_runs(mpi, " --tensor 1 --pipeline 2 --data 2", "(1, 2, 2)");
+  check_batched_runs(mpi, " --tensor 2 --pipeline 1 --data 2", "(2, 1, 2)");
 }
 
 }  // namespace
