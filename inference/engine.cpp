@@ -382,8 +382,7 @@ struct GenerationEngine::Impl {
         ++next_id;
         ++count;
         admitted.push_back(static_cast<int64_t>(id));
-        admitted.push_back(static_cast<int64_t>(r.request.prompt_ids.size()));
-        for (int32_t t : r.request.prompt_ids) admitted.push_back(t);
+        put_ints(admitted, r.request.prompt_ids);
         put_params(admitted, r.request.params);
         callbacks[id] = {std::move(r.on_token), std::move(r.on_done), std::move(r.cancelled)};
       }
@@ -415,9 +414,7 @@ struct GenerationEngine::Impl {
     for (int64_t i = 0; i < ctl[1]; ++i) {
       auto query = std::make_unique<Query>();
       query->id = static_cast<uint64_t>(*q++);
-      const int64_t n = *q++;
-      std::vector<int32_t> ids(q, q + n);
-      q += n;
+      std::vector<int32_t> ids = get_ints(q);
       query->p = get_params(q);
       query->prompt = prepare_prompt(ids, cfg.tokens);
       for (int64_t r = 0; r < rows_needed(query->p); ++r) {

@@ -373,9 +373,12 @@ std::vector<CompletionChoice> best_choices(std::vector<CompletionChoice> candida
     return sum / static_cast<double>(e.size());
   };
   std::vector<size_t> order(candidates.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(),
-                   [&](size_t a, size_t b) { return mean(candidates[a]) > mean(candidates[b]); });
+  std::vector<double> means(candidates.size());
+  for (size_t i = 0; i < order.size(); ++i) {
+    order[i] = i;
+    means[i] = mean(candidates[i]);
+  }
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return means[a] > means[b]; });
   std::vector<CompletionChoice> best;
   for (int i = 0; i < n; ++i) {
     best.push_back(std::move(candidates[order[static_cast<size_t>(i)]]));
