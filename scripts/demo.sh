@@ -4,8 +4,9 @@
 # sentencepiece tokenizer, preprocesses the corpus into token files, and pretrains the tiny GLM
 # of configs/demo.yaml with the GLM-130B objective on 8 local MPI ranks (tensor 2 × pipeline 2 ×
 # data 2). It reports the validation loss against a unigram model of the same data, then fills
-# blanks ([MASK] spans and a [gMASK] continuation) with the model it just trained, served on 4
-# ranks (tensor 2 × pipeline 2) with a KV cache and beam search.
+# blanks ([MASK] spans and a [gMASK] continuation) with the model it just trained, on the layout
+# it was trained on (each data-parallel replica fills its share of the prompts) with a KV cache
+# and beam search.
 #   STEPS=400 (optimizer steps), RANKS=8, RUN_DIR=run/demo (must match configs/demo.yaml)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,7 +54,7 @@ echo "== summary"
 grep -E "unigram baseline|final validation loss" "$RUN/train.log"
 echo "metrics: $RUN/metrics.jsonl, loss curves: $RUN/metrics.png, weights: $RUN/trained.safetensors"
 
-echo "== glmrt generate: blank filling with the model just trained (4 ranks: tensor 2 x pipeline 2)"
+echo "== glmrt generate: blank filling with the model just trained ($RANKS ranks: tensor 2 x pipeline 2 x data $((RANKS / 4)))"
 cat > "$RUN/prompts.txt" <<'PROMPTS'
 In the beginning God created the [MASK] and the earth.
 And God said, Let there be [MASK]: and there was light.
@@ -61,6 +62,6 @@ The LORD is my shepherd; I shall not [MASK].
 A fool and his [MASK] are soon parted.
 For God so loved the world, [gMASK]
 PROMPTS
-mpiexec -n 4 "$GLMRT" generate --config configs/demo.yaml --weights "$RUN/trained.safetensors" \
-  --tensor 2 --pipeline 2 --data 1 --input-file "$RUN/prompts.txt" \
+mpiexec -n "$RANKS" "$GLMRT" generate --config configs/demo.yaml --weights "$RUN/trained.safetensors" \
+  --tensor 2 --pipeline 2 --data auto --input-file "$RUN/prompts.txt" \
   --strategy beam --deterministic --num-beams 4 --no-repeat-ngram-size 3 --out-seq-length 64
