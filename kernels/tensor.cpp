@@ -26,9 +26,11 @@ void count_allocation(std::atomic<size_t>& counter, std::atomic<size_t>& peak, s
   }
 }
 
+#ifndef GLMRT_WITH_CUDA
 [[noreturn]] void no_cuda() {
   throw Error("this glmrt was built without the CUDA backend (configure with nvcc on PATH)");
 }
+#endif
 }  // namespace
 
 std::string shape_str(const Shape& s) {
