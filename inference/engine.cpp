@@ -748,7 +748,8 @@ std::vector<GenerationResult> GenerationEngine::generate(
   std::vector<GenerationResult> results(requests.size());
   for (size_t j = 0; j < local.size(); ++j) results[index[j]] = std::move(local[j]);
   for (int d = 1; d < L.data; ++d) {
-    // The replicas run concurrently; this waits at most timeout_s past replica 0's own end.
+    // The replicas run concurrently; the shares are balanced so that they end close together:
+    // a root whose results wait more than parallel.timeout_s for the other side fails by name.
     const std::vector<int64_t> msg = recv_vector(world, g.topo.rank_of({0, d, 0}));
     const int64_t* q = msg.data();
     for (size_t i : shares[static_cast<size_t>(d)]) results[i] = get_result(q);
