@@ -202,15 +202,13 @@ TEST(GradCheck, DropoutIsItsOwnBackwardAndKeyed) {
   for (int64_t i = 0; i < tail.numel(); ++i) EXPECT_EQ(tail.item(i), y.item(32 * 16 + i));
 }
 
+// testing::small_glm_config made smaller still (finite differences in double over every weight).
 GlmConfig tiny_config(int64_t layers = 1) {
-  GlmConfig c;
-  c.num_layers = layers;
+  GlmConfig c = testing::small_glm_config(layers);
   c.hidden_size = 16;
   c.num_attention_heads = 2;
   c.ffn_hidden_size = 12;
   c.vocab_size = 20;
-  c.max_sequence_length = 64;
-  c.rotary_fp16_tables = false;
   c.tokens = TokenIds{10, 11, 12, 13, 14, 15, 16, 0};
   return c;
 }
