@@ -132,6 +132,7 @@ struct HttpServer::Impl {
   struct StoppedText {
     std::string text, finish_reason;
     int64_t generated_tokens = 0;
+    bool cut = false;                          // a stop sequence ended `text` early
     std::vector<std::vector<int32_t>> blanks;  // the generated tokens behind `text`, per blank
     std::vector<TokenLogprobs> logprobs;       // with logprobs: one per token of `blanks`
   };
@@ -294,8 +295,8 @@ const GenerationResult& HttpServer::Impl::wait(Query& q) {
 HttpServer::Impl::StoppedText HttpServer::Impl::wait_text(Query& q, const StopSequences& stop) {
   if (stop.empty()) {
     const GenerationResult& result = wait(q);
-    return {spans_text(result.spans), finish_reason(result), result.generated_tokens, result.spans,
-            result.logprobs};
+    return {spans_text(result.spans), finish_reason(result), result.generated_tokens, false,
+            result.spans, result.logprobs};
   }
   uint64_t seen = 0;
   for (;;) {
@@ -319,14 +320,14 @@ HttpServer::Impl::StoppedText HttpServer::Impl::wait_text(Query& q, const StopSe
       q.cancel("a stop sequence was generated");
       int64_t tokens = 0;
       for (const auto& b : blanks) tokens += static_cast<int64_t>(b.size());
-      return {text.substr(0, at), "stop", tokens, std::move(blanks), std::move(logprobs)};
+      return {text.substr(0, at), "stop", tokens, true, std::move(blanks), std::move(logprobs)};
     }
   }
   const GenerationResult& result = wait(q);  // done: its result, or its error as an HttpError
   const std::string text = spans_text(result.spans);
   if (const size_t at = stop.find(text); at != std::string::npos)
-    return {text.substr(0, at), "stop", result.generated_tokens, result.spans, result.logprobs};
-  return {text, finish_reason(result), result.generated_tokens, result.spans, result.logprobs};
+    return {text.substr(0, at), "stop", result.generated_tokens, true, result.spans, result.logprobs};
+  return {text, finish_reason(result), result.generated_tokens, false, result.spans, result.logprobs};
 }
 
 // ---- POST /generate -----------------------------------------------------------------------------
@@ -636,10 +637,9 @@ void HttpServer::Impl::completions(const httplib::Request& req, httplib::Respons
         choices.push_back({c.echo_text + answer.text, answer.finish_reason, std::nullopt});
         if (c.request.params.logprobs >= 0) {
           // Tokens past a stop sequence's cut are left out; otherwise every token is listed.
-          const bool cut = answer.text.size() < spans_text(answer.blanks).size();
           choices.back().logprobs = completion_logprobs(
               *tokenizer, answer.blanks, answer.logprobs, utf8_length(c.echo_text),
-              cut ? utf8_length(answer.text) : std::numeric_limits<size_t>::max());
+              answer.cut ? utf8_length(answer.text) : std::numeric_limits<size_t>::max());
         }
         tokens += answer.generated_tokens;
       }

@@ -44,6 +44,16 @@ std::vector<double> softmax_weights(const std::vector<double>& z) {
   return w;
 }
 
+// log Σ exp(z[i]) over n values, in double (shifted by the largest).
+template <class T>
+double log_sum_exp(const T* z, size_t n) {
+  double mx = -std::numeric_limits<double>::infinity();
+  for (size_t i = 0; i < n; ++i) mx = std::max(mx, static_cast<double>(z[i]));
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(z[i]) - mx);
+  return mx + std::log(sum);
+}
+
 void ban_end_tokens(std::vector<double>& z, const TokenIds& ids) {
   for (int32_t t : {ids.eop, ids.eos})
     if (t >= 0 && t < static_cast<int32_t>(z.size())) z[static_cast<size_t>(t)] = kFiltered;
@@ -99,11 +109,7 @@ int32_t choose_token(const float* logits, int64_t vocab, const GenerationParams&
 
 TokenLogprobs token_logprobs(const float* logits, int64_t vocab, int32_t chosen, int64_t top) {
   GLMRT_CHECK(chosen >= 0 && chosen < vocab, "token_logprobs: token ", chosen, " outside the vocabulary");
-  double max = -std::numeric_limits<double>::infinity();
-  for (int64_t i = 0; i < vocab; ++i) max = std::max(max, static_cast<double>(logits[i]));
-  double sum = 0;
-  for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(logits[i]) - max);
-  const double log_z = max + std::log(sum);
+  const double log_z = log_sum_exp(logits, static_cast<size_t>(vocab));
   TokenLogprobs r;
   r.token = chosen;
   r.logprob = static_cast<float>(static_cast<double>(logits[chosen]) - log_z);
@@ -154,10 +160,7 @@ BeamSearch::Step BeamSearch::step(const std::vector<const float*>& logits, int64
       if (it != beams_[b].bans.end())
         for (int32_t t : it->second) z[static_cast<size_t>(t)] = kFiltered;
     }
-    const double mx = *std::max_element(z.begin(), z.end());
-    double sum = 0;
-    for (double x : z) sum += std::exp(x - mx);
-    const double lse = mx + std::log(sum);
+    const double lse = log_sum_exp(z.data(), z.size());
     for (size_t t = 0; t < V; ++t) cand[b * V + t] = z[t] - lse + beams_[b].score;
   }
   // 3. K candidates.
