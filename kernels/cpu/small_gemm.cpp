@@ -121,7 +121,13 @@ template <int RX, int RW, class T>
 GLMRT_AVX2_FMA inline void fma_step(__m256 (&acc)[RX][RW], const float* x, const T* w, int64_t k,
                                     int64_t l) {
   __m256 wv[RW];
-  for (int j = 0; j < RW; ++j) wv[j] = load8(w + j * k + l);
+  for (int j = 0; j < RW; ++j) {
+    wv[j] = load8(w + j * k + l);
+    // Keeps the weight vector in a register: left alone, GCC folds the loads into the FMAs of a
+    // 4 × 3 tile (all 16 ymm registers live) and loads each weight once per x row (16 loads per
+    // 12 FMAs instead of 7), which caps the tile at about 60% of the FMA peak.
+    asm("" : "+x"(wv[j]));
+  }
   for (int i = 0; i < RX; ++i) {
     const __m256 xv = _mm256_loadu_ps(x + i * k + l);
     for (int j = 0; j < RW; ++j) acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
