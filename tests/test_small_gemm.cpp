@@ -69,7 +69,10 @@ class SmallGemm : public ::testing::TestWithParam<DType> {
 void check_sizes(DType dt, bool allow_vectorized) {
   const Case cases[] = {{1, 72, 33},  {2, 100, 257}, {3, 2053, 33}, {7, 72, 257}, {16, 100, 33},
                         {17, 2053, 1}, {32, 72, 1},   {1, 2053, 257}, {16, 2053, 257},
-                        {32, 100, 257}, {2, 72, 1},   {3, 100, 1},    {7, 2053, 33}};
+                        {32, 100, 257}, {2, 72, 1},   {3, 100, 1},    {7, 2053, 33},
+                        // F32 with more than 4 rows takes k in chunks of 512: two full chunks,
+                        // a last one of one step of 8, then a tail of 5 (and tiles of 4 + 1..3)
+                        {16, 1037, 9},  {5, 1037, 7},  {11, 1032, 4},  {6, 7, 12}};
   uint32_t seed = 1;
   for (const Case& c : cases)
     for (bool with_bias : {false, true}) {
@@ -108,7 +111,8 @@ TEST_P(SmallGemm, BiasInF32WithSixteenBitTensors) {
 // Bit-identical on 1 and 2 threads, and a row's result is the same whatever n and tile it is in.
 TEST_P(SmallGemm, IndependentOfThreadCountAndBatch) {
   const int saved = omp_get_max_threads();
-  for (const Case& c : {Case{1, 2053, 257}, Case{16, 2053, 257}, Case{7, 1000, 301}}) {
+  for (const Case& c : {Case{1, 2053, 257}, Case{16, 2053, 257}, Case{7, 1000, 301},
+                        Case{13, 1037, 31}}) {
     SCOPED_TRACE(::testing::Message() << "n=" << c.n << " k=" << c.k << " m=" << c.m);
     Tensor x = random_tensor({c.n, c.k}, 50, dt()), w = random_tensor({c.m, c.k}, 51, dt());
     Tensor bias = random_tensor({c.m}, 52, dt());

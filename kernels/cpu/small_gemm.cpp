@@ -19,6 +19,8 @@
 #include "kernels/cpu/small_gemm.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/vec_math.h"
@@ -64,6 +66,7 @@ struct Operands {
   const void* bias;   // [m] or null
   DType bias_dtype;   // F32 or T's dtype
   int64_t n, m, k;
+  int64_t ldx;        // x's row stride (≥ k)
 };
 
 float bias_at(const void* bias, DType dtype, int64_t j) {
@@ -101,7 +104,7 @@ template <class T>
 void block_scalar(const Operands<T>& op, int64_t j0, int rw) {
   for (int64_t i = 0; i < op.n; ++i)
     for (int j = 0; j < rw; ++j) {
-      const float s = dot_scalar(op.x + i * op.k, op.w + (j0 + j) * op.k, op.k);
+      const float s = dot_scalar(op.x + i * op.ldx, op.w + (j0 + j) * op.k, op.k);
       store_tile(op, i, 1, j0 + j, 1, &s);
     }
 }
@@ -118,8 +121,8 @@ GLMRT_AVX2_FMA inline __m256 load_partial(const T* p, int64_t r) {
 }
 // acc[i][j] += x row i · w row j over the 8 values at l, lane by lane.
 template <int RX, int RW, class T>
-GLMRT_AVX2_FMA inline void fma_step(__m256 (&acc)[RX][RW], const float* x, const T* w, int64_t k,
-                                    int64_t l) {
+GLMRT_AVX2_FMA inline void fma_step(__m256 (&acc)[RX][RW], const float* x, int64_t ldx, const T* w,
+                                    int64_t k, int64_t l) {
   __m256 wv[RW];
   for (int j = 0; j < RW; ++j) {
     wv[j] = load8(w + j * k + l);
@@ -129,7 +132,7 @@ GLMRT_AVX2_FMA inline void fma_step(__m256 (&acc)[RX][RW], const float* x, const
     asm("" : "+x"(wv[j]));
   }
   for (int i = 0; i < RX; ++i) {
-    const __m256 xv = _mm256_loadu_ps(x + i * k + l);
+    const __m256 xv = _mm256_loadu_ps(x + i * ldx + l);
     for (int j = 0; j < RW; ++j) acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
   }
 }
@@ -149,7 +152,8 @@ struct Prefetch {
 // sums[i·RW + j] = x row i · w row j for RX rows of x (stride k) and RW rows of w (stride k).
 // Steps along k go a cache line of each weight row at a time (16 F32 or 32 16-bit weights).
 template <int RX, int RW, class T>
-GLMRT_AVX2_FMA void tile_avx2(const float* x, const T* w, int64_t k, float* sums, Prefetch pf) {
+GLMRT_AVX2_FMA void tile_avx2(const float* x, int64_t ldx, const T* w, int64_t k, float* sums,
+                              Prefetch pf) {
   constexpr int64_t line = 64 / sizeof(T), ahead = rows_ahead_bytes / sizeof(T);
   const int64_t line_steps = std::max<int64_t>(1, k / line);
   const int64_t per_line = (pf.lines + line_steps - 1) / line_steps;  // L2 prefetches per step
@@ -167,14 +171,14 @@ GLMRT_AVX2_FMA void tile_avx2(const float* x, const T* w, int64_t k, float* sums
         _mm_prefetch(reinterpret_cast<const char*>(w + j * k + a), _MM_HINT_T0);
     }
 #pragma GCC unroll 1  // unrolled, the 4 × 3 tiles run out of registers
-    for (int64_t s = 0; s < line; s += 8) fma_step(acc, x, w, k, l + s);
+    for (int64_t s = 0; s < line; s += 8) fma_step(acc, x, ldx, w, k, l + s);
   }
-  for (; l + 8 <= k; l += 8) fma_step(acc, x, w, k, l);
+  for (; l + 8 <= k; l += 8) fma_step(acc, x, ldx, w, k, l);
   if (l < k) {  // the last k % 8 values, zero-padded
     __m256 wv[RW];
     for (int j = 0; j < RW; ++j) wv[j] = load_partial(w + j * k + l, k - l);
     for (int i = 0; i < RX; ++i) {
-      const __m256 xv = load_partial(x + i * k + l, k - l);
+      const __m256 xv = load_partial(x + i * ldx + l, k - l);
       for (int j = 0; j < RW; ++j) acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
     }
   }
@@ -202,21 +206,196 @@ GLMRT_AVX2_FMA void block_avx2(const Operands<T>& op, int64_t j0, bool prefetch_
   float sums[RX_MAX * RW];
   int64_t i = 0;
   for (; i + RX_MAX <= op.n; i += RX_MAX) {
-    tile_avx2<RX_MAX, RW>(op.x + i * k, w, k, sums, share(i / RX_MAX));
+    tile_avx2<RX_MAX, RW>(op.x + i * op.ldx, op.ldx, w, k, sums, share(i / RX_MAX));
     store_tile(op, i, RX_MAX, j0, RW, sums);
   }
   const int rest = static_cast<int>(op.n - i);
   if (rest == 0) return;
-  const float* x = op.x + i * k;
+  const float* x = op.x + i * op.ldx;
   const Prefetch pf = share(i / RX_MAX);
   if constexpr (RX_MAX > 3) {
-    if (rest == 3) tile_avx2<3, RW>(x, w, k, sums, pf);
+    if (rest == 3) tile_avx2<3, RW>(x, op.ldx, w, k, sums, pf);
   }
   if constexpr (RX_MAX > 2) {
-    if (rest == 2) tile_avx2<2, RW>(x, w, k, sums, pf);
+    if (rest == 2) tile_avx2<2, RW>(x, op.ldx, w, k, sums, pf);
   }
-  if (rest == 1) tile_avx2<1, RW>(x, w, k, sums, pf);
+  if (rest == 1) tile_avx2<1, RW>(x, op.ldx, w, k, sums, pf);
   store_tile(op, i, rest, j0, RW, sums);
+}
+
+
+// ---- F32 weights, several tiles of x rows: k in chunks ---------------------------------------
+// With more than one tile of x rows the F32 kernel is bound by how fast the core is fed, not by
+// memory: a 4 × 3 tile over the whole of k reads its 4 x rows and 3 weight rows from L2 (neither
+// fits in L1 next to the other), 7 vector loads per 12 FMAs, which L2 cannot deliver at the FMA
+// rate. Here a block's 3 weight rows are taken in chunks of f32_chunk values: a chunk
+// (3 × 2 KiB) stays in L1 while every tile of x rows passes over it, so only the x rows come from
+// L2 (4 loads per 12 FMAs); the tiles' accumulators wait in memory between chunks. The x rows
+// are a padded copy (row stride not a multiple of 4 KiB, so that they do not all fall into the
+// same L1 sets). The first tile of each chunk prefetches the next chunk (after the last chunk,
+// the next block's first). Each lane sees the same FMAs in the same order as in tile_avx2: the
+// results are bit-identical to the other paths.
+constexpr int64_t f32_chunk = 512;
+
+// acc (4 x rows × 3 weight rows × 8 lanes, row-major) += 2·pairs steps of 8 values from x
+// (4 rows, ldx bytes apart) and w (3 rows, ldw bytes apart). Each pair of steps also prefetches
+// the 64 bytes at pf + r·ldw for r < prefetch_rows (0, 1 or 3), then advances pf by 64. Written
+// in assembly because the tile needs all 16 ymm registers (12 accumulators, 3 weights, 1 x):
+// from intrinsics GCC spills accumulators around the loop or folds the weight loads into the
+// FMAs (each weight loaded 4 times).
+#define GLMRT_MK4X3_STEP(off)                         \
+  "vmovups " off "(%[w]), %%ymm12\n\t"                \
+  "vmovups " off "(%[w],%[ldw]), %%ymm13\n\t"         \
+  "vmovups " off "(%[w],%[ldw],2), %%ymm14\n\t"       \
+  "vmovups " off "(%[x]), %%ymm15\n\t"                \
+  "vfmadd231ps %%ymm15, %%ymm12, %%ymm0\n\t"          \
+  "vfmadd231ps %%ymm15, %%ymm13, %%ymm1\n\t"          \
+  "vfmadd231ps %%ymm15, %%ymm14, %%ymm2\n\t"          \
+  "vmovups " off "(%[x],%[ldx]), %%ymm15\n\t"         \
+  "vfmadd231ps %%ymm15, %%ymm12, %%ymm3\n\t"          \
+  "vfmadd231ps %%ymm15, %%ymm13, %%ymm4\n\t"          \
+  "vfmadd231ps %%ymm15, %%ymm14, %%ymm5\n\t"          \
+  "vmovups " off "(%[x],%[ldx],2), %%ymm15\n\t"       \
+  "vfmadd231ps %%ymm15, %%ymm12, %%ymm6\n\t"          \
+  "vfmadd231ps %%ymm15, %%ymm13, %%ymm7\n\t"          \
+  "vfmadd231ps %%ymm15, %%ymm14, %%ymm8\n\t"          \
+  "vmovups " off "(%[x3]), %%ymm15\n\t"               \
+  "vfmadd231ps %%ymm15, %%ymm12, %%ymm9\n\t"          \
+  "vfmadd231ps %%ymm15, %%ymm13, %%ymm10\n\t"         \
+  "vfmadd231ps %%ymm15, %%ymm14, %%ymm11\n\t"
+
+#define GLMRT_MK4X3_LOAD_ACC                                                                  \
+  "vmovups 0(%[acc]), %%ymm0\n\t"                                                             \
+  "vmovups 32(%[acc]), %%ymm1\n\t"                                                            \
+  "vmovups 64(%[acc]), %%ymm2\n\t"                                                            \
+  "vmovups 96(%[acc]), %%ymm3\n\t"                                                            \
+  "vmovups 128(%[acc]), %%ymm4\n\t"                                                           \
+  "vmovups 160(%[acc]), %%ymm5\n\t"                                                           \
+  "vmovups 192(%[acc]), %%ymm6\n\t"                                                           \
+  "vmovups 224(%[acc]), %%ymm7\n\t"                                                           \
+  "vmovups 256(%[acc]), %%ymm8\n\t"                                                           \
+  "vmovups 288(%[acc]), %%ymm9\n\t"                                                           \
+  "vmovups 320(%[acc]), %%ymm10\n\t"                                                          \
+  "vmovups 352(%[acc]), %%ymm11\n\t"
+#define GLMRT_MK4X3_STORE_ACC                                                                 \
+  "vmovups %%ymm0, 0(%[acc])\n\t"                                                             \
+  "vmovups %%ymm1, 32(%[acc])\n\t"                                                            \
+  "vmovups %%ymm2, 64(%[acc])\n\t"                                                            \
+  "vmovups %%ymm3, 96(%[acc])\n\t"                                                            \
+  "vmovups %%ymm4, 128(%[acc])\n\t"                                                           \
+  "vmovups %%ymm5, 160(%[acc])\n\t"                                                           \
+  "vmovups %%ymm6, 192(%[acc])\n\t"                                                           \
+  "vmovups %%ymm7, 224(%[acc])\n\t"                                                           \
+  "vmovups %%ymm8, 256(%[acc])\n\t"                                                           \
+  "vmovups %%ymm9, 288(%[acc])\n\t"                                                           \
+  "vmovups %%ymm10, 320(%[acc])\n\t"                                                          \
+  "vmovups %%ymm11, 352(%[acc])\n\t"
+#define GLMRT_MK4X3_PREFETCH3                                                                 \
+  "prefetcht0 (%[pf])\n\t"                                                                    \
+  "prefetcht0 (%[pf],%[ldw])\n\t"                                                             \
+  "prefetcht0 (%[pf],%[ldw],2)\n\t"                                                           \
+  "add $64, %[pf]\n\t"
+#define GLMRT_MK4X3_PREFETCH1                                                                 \
+  "prefetcht0 (%[pf])\n\t"                                                                    \
+  "add $64, %[pf]\n\t"
+#define GLMRT_MK4X3_LOOP(prefetch)                                                            \
+  GLMRT_MK4X3_LOAD_ACC                                                                        \
+  ".p2align 4\n"                                                                              \
+  "1:\n\t" prefetch GLMRT_MK4X3_STEP("0") GLMRT_MK4X3_STEP("32")                              \
+  "add $64, %[w]\n\t"                                                                         \
+  "add $64, %[x]\n\t"                                                                         \
+  "add $64, %[x3]\n\t"                                                                        \
+  "dec %[n]\n\t"                                                                              \
+  "jnz 1b\n\t" GLMRT_MK4X3_STORE_ACC
+
+template <int prefetch_rows>
+inline void mk4x3_f32(const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t pairs,
+                      float* acc, const char* pf) {
+  if (pairs <= 0) return;
+  const float* x3 = reinterpret_cast<const float*>(reinterpret_cast<const char*>(x) + 3 * ldx);
+#define GLMRT_MK4X3_OPERANDS                                                                  \
+  : [x] "+r"(x), [x3] "+r"(x3), [w] "+r"(w), [n] "+r"(pairs), [pf] "+r"(pf)                   \
+  : [ldx] "r"(ldx), [ldw] "r"(ldw), [acc] "r"(acc)                                            \
+  : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",   \
+    "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15"
+  if constexpr (prefetch_rows == 3)
+    asm volatile(GLMRT_MK4X3_LOOP(GLMRT_MK4X3_PREFETCH3) GLMRT_MK4X3_OPERANDS);
+  else if constexpr (prefetch_rows == 1)
+    asm volatile(GLMRT_MK4X3_LOOP(GLMRT_MK4X3_PREFETCH1) GLMRT_MK4X3_OPERANDS);
+  else
+    asm volatile(GLMRT_MK4X3_LOOP("") GLMRT_MK4X3_OPERANDS);
+#undef GLMRT_MK4X3_OPERANDS
+}
+
+// acc (RX x rows × 3 weight rows × 8 lanes, in memory) += the steps of 8 over [l0, l1) (l1 - l0
+// a multiple of 8), and over the r < 8 values after l1 (zero-padded) when r > 0.
+template <int RX>
+GLMRT_AVX2_FMA void steps_in_memory(const float* x, int64_t ldx, const float* w, int64_t k,
+                                    int64_t l0, int64_t l1, int64_t r, float* acc) {
+  __m256 a[RX][3];
+  for (int i = 0; i < RX; ++i)
+    for (int j = 0; j < 3; ++j) a[i][j] = _mm256_loadu_ps(acc + (i * 3 + j) * 8);
+  for (int64_t l = l0; l < l1; l += 8) fma_step(a, x, ldx, w, k, l);
+  if (r > 0) {
+    __m256 wv[3];
+    for (int j = 0; j < 3; ++j) wv[j] = load_partial(w + j * k + l1, r);
+    for (int i = 0; i < RX; ++i) {
+      const __m256 xv = load_partial(x + i * ldx + l1, r);
+      for (int j = 0; j < 3; ++j) a[i][j] = _mm256_fmadd_ps(xv, wv[j], a[i][j]);
+    }
+  }
+  for (int i = 0; i < RX; ++i)
+    for (int j = 0; j < 3; ++j) _mm256_storeu_ps(acc + (i * 3 + j) * 8, a[i][j]);
+}
+
+template <int RX>
+void steps_in_memory_rows(int rows, const float* x, int64_t ldx, const float* w, int64_t k,
+                          int64_t l0, int64_t l1, int64_t r, float* acc) {
+  if constexpr (RX > 0) {
+    if (rows == RX) return steps_in_memory<RX>(x, ldx, w, k, l0, l1, r, acc);
+    steps_in_memory_rows<RX - 1>(rows, x, ldx, w, k, l0, l1, r, acc);
+  }
+}
+
+// Weight rows [j0, j0 + 3) of F32 weights against every row of x (n > 4; op.ldx padded).
+GLMRT_AVX2_FMA void block_f32_chunked(const Operands<float>& op, int64_t j0, bool prefetch_next) {
+  const int64_t k = op.k, n = op.n, ldx = op.ldx, k8 = k & ~int64_t{7};
+  const int64_t full = n / 4 * 4;  // rows in full tiles of 4
+  const float* w = op.w + j0 * k;
+  alignas(32) float acc[small_gemm_max_rows * 3 * 8];
+  std::fill(acc, acc + n * 3 * 8, 0.0f);
+  for (int64_t l0 = 0; l0 < k8; l0 += f32_chunk) {
+    const int64_t l1 = std::min(k8, l0 + f32_chunk), steps = (l1 - l0) / 8;
+    const bool last = l1 == k8;
+    const int64_t r = last ? k - k8 : 0;  // the zero-padded tail, with the last chunk
+    // What is prefetched: this block's next chunk, or the next block's first; one weight row by
+    // each of the first three tiles when there are three, else all three by the first.
+    const char* pf = reinterpret_cast<const char*>(last ? w + 3 * k : w + l1);
+    const bool prefetch = !last || prefetch_next, spread = full >= 12;
+    for (int64_t i = 0; i < full; i += 4) {
+      const float* x = op.x + i * ldx;
+      float* a = acc + i * 3 * 8;
+      const int64_t t = i / 4;
+      if (prefetch && spread && t < 3)
+        mk4x3_f32<1>(x + l0, ldx * 4, w + l0, k * 4, steps / 2, a, pf + t * k * 4);
+      else if (prefetch && !spread && t == 0)
+        mk4x3_f32<3>(x + l0, ldx * 4, w + l0, k * 4, steps / 2, a, pf);
+      else
+        mk4x3_f32<0>(x + l0, ldx * 4, w + l0, k * 4, steps / 2, a, pf);
+      if (steps % 2 || r) steps_in_memory<4>(x, ldx, w, k, l1 - steps % 2 * 8, l1, r, a);
+    }
+    if (full < n)
+      steps_in_memory_rows<3>(static_cast<int>(n - full), op.x + full * ldx, ldx, w, k, l0, l1, r,
+                              acc + full * 3 * 8);
+  }
+  if (k8 == 0) {  // k < 8: only the tail
+    for (int64_t i = 0; i < n; i += 4)
+      steps_in_memory_rows<4>(static_cast<int>(std::min<int64_t>(4, n - i)), op.x + i * ldx, ldx,
+                              w, k, 0, 0, k, acc + i * 3 * 8);
+  }
+  float sums[small_gemm_max_rows * 3];
+  for (int64_t t = 0; t < n * 3; ++t) sums[t] = horizontal_sum(_mm256_load_ps(acc + t * 8));
+  store_tile(op, 0, static_cast<int>(n), j0, 3, sums);
 }
 
 #endif  // GLMRT_SMALL_GEMM_X86
@@ -227,6 +406,9 @@ void run_block(const Operands<T>& op, int64_t j0, int rw, bool prefetch_next, bo
 #ifdef GLMRT_SMALL_GEMM_X86
   if (vectorized) {
     if (rw == 6) return block_avx2<6, 1>(op, j0, prefetch_next);
+    if constexpr (std::is_same_v<T, float>) {
+      if (rw == 3 && op.n > 4) return block_f32_chunked(op, j0, prefetch_next);
+    }
     if (rw == 3) return block_avx2<3, 4>(op, j0, prefetch_next);
     return block_avx2<1, 4>(op, j0, false);
   }
@@ -278,11 +460,23 @@ bool small_linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, 
                    (bias->dtype() != DType::F32 && bias->dtype() != dt)))
     return false;
 
-  // 16-bit x: one F32 copy per call, in a buffer the calling thread keeps between calls.
+  const bool vectorized = allow_vectorized && small_gemm_vectorized();
+  // 16-bit x: one F32 copy per call, in a buffer the calling thread keeps between calls. F32 x
+  // of more than 4 rows (block_f32_chunked): a copy 64-byte aligned with padded rows.
   thread_local std::vector<float> x_f32;
   const float* px;
-  if (dt == DType::F32) {
+  int64_t ldx = k;
+  if (dt == DType::F32 && !(vectorized && n > 4)) {
     px = x.data_as<float>();
+  } else if (dt == DType::F32) {
+    ldx = (k + 15) / 16 * 16 + 16;
+    x_f32.resize(static_cast<size_t>(n * ldx + 16));
+    float* base = x_f32.data() + (16 - reinterpret_cast<uintptr_t>(x_f32.data()) / 4 % 16) % 16;
+    for (int64_t i = 0; i < n; ++i) {
+      std::copy(x.data_as<float>() + i * k, x.data_as<float>() + (i + 1) * k, base + i * ldx);
+      std::fill(base + i * ldx + k, base + (i + 1) * ldx, 0.0f);
+    }
+    px = base;
   } else {
     x_f32.resize(static_cast<size_t>(n * k));
     convert_host(dt, x.data(), DType::F32, x_f32.data(), n * k);
@@ -290,18 +484,17 @@ bool small_linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, 
   }
   const void* pb = has_bias ? bias->data() : nullptr;
   const DType bias_dtype = has_bias ? bias->dtype() : DType::F32;
-  const bool vectorized = allow_vectorized && small_gemm_vectorized();
   switch (dt) {
     case DType::F32:
-      run(Operands<float>{px, w.data_as<float>(), y.data_as<float>(), pb, bias_dtype, n, m, k},
+      run(Operands<float>{px, w.data_as<float>(), y.data_as<float>(), pb, bias_dtype, n, m, k, ldx},
           vectorized);
       break;
     case DType::BF16:
-      run(Operands<bf16>{px, w.data_as<bf16>(), y.data_as<bf16>(), pb, bias_dtype, n, m, k},
+      run(Operands<bf16>{px, w.data_as<bf16>(), y.data_as<bf16>(), pb, bias_dtype, n, m, k, ldx},
           vectorized);
       break;
     default:
-      run(Operands<f16>{px, w.data_as<f16>(), y.data_as<f16>(), pb, bias_dtype, n, m, k},
+      run(Operands<f16>{px, w.data_as<f16>(), y.data_as<f16>(), pb, bias_dtype, n, m, k, ldx},
           vectorized);
       break;
   }
