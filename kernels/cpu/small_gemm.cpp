@@ -10,8 +10,9 @@
 //
 // n = 1..4 (one tile of x rows) is bound by memory: the tile prefetches its weight rows a little
 // ahead, on into the next block. With more rows each block is read by several tiles and the call
-// is bound by the FMAs; the tiles of a block then prefetch the next block into L2, so that the
-// first tile of a block does not wait on memory.
+// is bound by feeding the FMAs; the tiles of a block then prefetch the next block into L2, so
+// that the first tile of a block does not wait on memory. F32 weights with more rows go through
+// block_f32_chunked instead (k in L1-sized chunks, an assembly tile; see there).
 //
 // The AVX2/FMA/F16C kernels are compiled with target attributes and chosen at run time, so the
 // file builds without -march flags; other CPUs take a scalar loop with the same per-element order
