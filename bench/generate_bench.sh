@@ -9,7 +9,10 @@
 #   floor per step = (bytes of all weights in that dtype + bytes of the KV cache read in the step:
 #                     2 · layers · tokens in cache · hidden · dtype bytes · batch, averaged over
 #                     the steps) / read bandwidth (bench/read_bandwidth: a 1 GiB float sum on
-#                     all threads, the better of a measurement before and one after the runs);
+#                     all threads, the better of a measurement just before and one just after
+#                     the glmrt run, as this machine's bandwidth moves by a third within
+#                     minutes; the table also gives the ratio at the best bandwidth of the whole
+#                     benchmark, measured before, after and next to every run);
 #   % of GEMM peak  = prefill FLOPs (2 · layer matrix params · context tokens + 4 · s² · h ·
 #                     layers per row + 2 · h · V per row for the head) / prefill time / the fp32
 #                     sgemm rate of a 4096³ torch.matmul (OpenBLAS, the BLAS glmrt uses too);
@@ -83,26 +86,39 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/generate_bench.XXXXXX")
 RESULTS=$TMP/results.jsonl
 : > "$RESULTS"
 
+# Read bandwidth now, in bytes/s (bench/read_bandwidth: best of 8 passes over 1 GiB, ~1 s).
+bandwidth_now() {
+  OMP_NUM_THREADS=$THREADS "$BUILD_DIR/bench/read_bandwidth" --threads "$THREADS" | tail -n 1 |
+    "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["read_gbs"] * 1e9)'
+}
+
 # One run: records {"side", "config", "precision", "batch", "wall", "other_cores", ...} + its output.
 # The other processes' share is (machine busy seconds - this run's CPU seconds) / wall seconds.
+# glmrt runs are bracketed by read-bandwidth measurements ("bw_before", "bw_after"): this
+# machine's bandwidth moves by a third within minutes (other tenants), so a run's floor is taken
+# from the better of the two measurements next to it (and, in a second ratio, from the best of
+# the whole benchmark).
 run_side() {  # side config precision batch outfile -- command...
   local side=$1 cfg=$2 prec=$3 batch=$4 out=$5
   shift 6
   wait_quiet
-  local b0 t0 b1 t1 own
+  local b0 t0 b1 t1 own bw0=0 bw1=0
+  if [[ $side == glmrt ]]; then bw0=$(bandwidth_now); fi
   b0=$(busy_seconds); t0=$(date +%s.%N)
   /usr/bin/time -f "%U %S" -o "$out.cpu" "$@" > "$out" 2> "$out.err" || {
     echo "generate_bench: $side $cfg $prec batch $batch failed:" >&2; tail -n 20 "$out.err" >&2; exit 1; }
   b1=$(busy_seconds); t1=$(date +%s.%N)
+  if [[ $side == glmrt ]]; then bw1=$(bandwidth_now); fi
   own=$(awk '{ print $1 + $2 }' "$out.cpu")
-  "$PYTHON" - "$side" "$cfg" "$prec" "$batch" "$out" "$t0" "$t1" "$b0" "$b1" "$own" >> "$RESULTS" <<'EOF'
+  "$PYTHON" - "$side" "$cfg" "$prec" "$batch" "$out" "$t0" "$t1" "$b0" "$b1" "$own" "$bw0" "$bw1" \
+    >> "$RESULTS" <<'EOF'
 import json, sys
 sys.path.insert(0, "bench")
 from bench_common import read_run
 side, cfg, prec, batch, out = sys.argv[1:6]
-t0, t1, b0, b1, own = map(float, sys.argv[6:11])
+t0, t1, b0, b1, own, bw0, bw1 = map(float, sys.argv[6:13])
 r = {"side": side, "config": cfg, "precision": prec, "batch": int(batch), "wall": t1 - t0,
-     "other_cores": max(0.0, ((b1 - b0) - own) / (t1 - t0))}
+     "other_cores": max(0.0, ((b1 - b0) - own) / (t1 - t0)), "bw_before": bw0, "bw_after": bw1}
 r.update(read_run(side, out))
 print(json.dumps(r))
 EOF
@@ -169,7 +185,7 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 tmp = sys.argv[2]
 bws = [json.loads(open(f"{tmp}/bw.{t}.json").read())["read_gbs"] * 1e9 for t in ("before", "after")]
 peaks = [json.loads(open(f"{tmp}/peak.{t}.json").read()) for t in ("before", "after")]
-bw = max(bws)
+bw = max(bws + [r.get(k, 0.0) for r in rows for k in ("bw_before", "bw_after")])
 peak = max(peaks, key=lambda p: p["sgemm_gflops"])
 G, P, T, wall = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 files = {"tiny": "configs/tiny.yaml", "1b": "bench/configs/decode_1b.yaml"}
@@ -178,7 +194,7 @@ S = P + 1  # context: prompt + sop
 
 hdr = ["config", "dtype", "batch", "prefill ms glmrt / torch", "% GEMM peak glmrt / torch",
        "decode ms/step glmrt / torch", "tokens/s glmrt / torch", "glmrt ÷ floor", "torch ÷ floor",
-       "floor ms", "tokens equal"]
+       "floor ms", "GB/s before / after", "glmrt ÷ floor at the best GB/s", "tokens equal"]
 table, notes = [], []
 configs = list(dict.fromkeys(r["config"] for r in rows))
 for name in configs:
@@ -188,7 +204,9 @@ for name in configs:
             g, t = by.get(("glmrt", name, prec, batch)), by.get(("pytorch", name, prec, batch))
             if not g or not t:
                 continue
-            floor = decode_floor(mn, S, G, 4 if prec == "fp32" else 2, batch, bw)
+            run_bw = max(g.get("bw_before", 0), g.get("bw_after", 0)) or bw
+            floor = decode_floor(mn, S, G, 4 if prec == "fp32" else 2, batch, run_bw)
+            floor_best = decode_floor(mn, S, G, 4 if prec == "fp32" else 2, batch, bw)
             flops = batch * (2 * mn["mats"] * S + 4 * S * S * mn["h"] * mn["L"] + 2 * mn["h"] * mn["V"])
             gd, td = g["decode_ms_per_step"] / 1e3, t["decode_ms_per_step"] / 1e3
             gp, tp = g["prefill_seconds"], t["prefill_seconds"]
@@ -203,7 +221,9 @@ for name in configs:
                           f"{100 * flops / tp / 1e9 / peak['sgemm_gflops']:.0f}%{est}",
                           f"{1e3 * gd:.2f} / {1e3 * td:.2f}",
                           f"{batch / gd:.1f} / {batch / td:.1f}",
-                          f"{gd / floor:.2f}×", f"{td / floor:.2f}×", f"{1e3 * floor:.3f}", eq])
+                          f"{gd / floor:.2f}×", f"{td / floor:.2f}×", f"{1e3 * floor:.3f}",
+                          f"{g.get('bw_before', 0) / 1e9:.1f} / {g.get('bw_after', 0) / 1e9:.1f}",
+                          f"{gd / floor_best:.2f}×", eq])
             if t.get("mode") == "estimate":
                 notes.append(
                     f"* {name} {prec} batch {batch}: PyTorch in estimate mode (predicted "
@@ -217,8 +237,9 @@ for name in configs:
                                  f"{who} {name} {prec} batch {batch} run; its figures are low.")
 print()
 print(f"Decoding: {P}-token prompts + sop, {G} greedy tokens per query (prefill → token 1, then "
-      f"{G - 1} decoding steps), {T} threads; read bandwidth {bw / 1e9:.2f} GB/s "
-      f"(bench/read_bandwidth, before / after the runs: {bws[0] / 1e9:.2f} / {bws[1] / 1e9:.2f}), "
+      f"{G - 1} decoding steps), {T} threads; best read bandwidth {bw / 1e9:.2f} GB/s "
+      f"(bench/read_bandwidth, before / after all runs: {bws[0] / 1e9:.2f} / {bws[1] / 1e9:.2f}; "
+      f"next to each glmrt run in the table), "
       f"GEMM peak {peak['sgemm_gflops']:.1f} GFLOP/s (fp32 sgemm {peak['gemm_size']}³, "
       f"torch.matmul/OpenBLAS; before / after: {peaks[0]['sgemm_gflops']:.1f} / "
       f"{peaks[1]['sgemm_gflops']:.1f}).")
@@ -227,7 +248,9 @@ print()
 for n in notes:
     print(n)
 print("floor = (all weights in the dtype + the KV cache read per step, averaged over the steps) / "
-      "read bandwidth; % GEMM peak = prefill FLOPs / prefill time / the fp32 sgemm rate (glmrt's "
+      "read bandwidth, the better of the measurements just before and just after the glmrt run "
+      "(GB/s before / after; the last ratio takes the best bandwidth of the whole benchmark "
+      "instead); % GEMM peak = prefill FLOPs / prefill time / the fp32 sgemm rate (glmrt's "
       "bf16 computes in fp32; this CPU has no bf16 units); tokens/s = batch / decoding step time.")
 print(f"Wall time of this benchmark: {wall // 60} min {wall % 60} s.")
 EOF
