@@ -151,7 +151,7 @@ struct Prefetch {
   bool into_next_block = false;
 };
 
-// sums[i·RW + j] = x row i · w row j for RX rows of x (stride k) and RW rows of w (stride k).
+// sums[i·RW + j] = x row i · w row j for RX rows of x (stride ldx) and RW rows of w (stride k).
 // Steps along k go a cache line of each weight row at a time (16 F32 or 32 16-bit weights).
 template <int RX, int RW, class T>
 GLMRT_AVX2_FMA void tile_avx2(const float* x, int64_t ldx, const T* w, int64_t k, float* sums,
@@ -226,7 +226,9 @@ GLMRT_AVX2_FMA void block_avx2(const Operands<T>& op, int64_t j0, bool prefetch_
 }
 
 
-// ---- F32 weights, several tiles of x rows: k in chunks ---------------------------------------
+// ---- F32 weights, several tiles of x rows: k in chunks (x86-64) -----------------------------
+#if defined(__x86_64__)
+#define GLMRT_SMALL_GEMM_F32_CHUNKED 1
 // With more than one tile of x rows the F32 kernel is bound by how fast the core is fed, not by
 // memory: a 4 × 3 tile over the whole of k reads its 4 x rows and 3 weight rows from L2 (neither
 // fits in L1 next to the other), 7 vector loads per 12 FMAs, which L2 cannot deliver at the FMA
@@ -399,6 +401,7 @@ GLMRT_AVX2_FMA void block_f32_chunked(const Operands<float>& op, int64_t j0, boo
   for (int64_t t = 0; t < n * 3; ++t) sums[t] = horizontal_sum(_mm256_load_ps(acc + t * 8));
   store_tile(op, 0, static_cast<int>(n), j0, 3, sums);
 }
+#endif  // __x86_64__
 
 #endif  // GLMRT_SMALL_GEMM_X86
 
@@ -408,9 +411,11 @@ void run_block(const Operands<T>& op, int64_t j0, int rw, bool prefetch_next, bo
 #ifdef GLMRT_SMALL_GEMM_X86
   if (vectorized) {
     if (rw == 6) return block_avx2<6, 1>(op, j0, prefetch_next);
+#ifdef GLMRT_SMALL_GEMM_F32_CHUNKED
     if constexpr (std::is_same_v<T, float>) {
       if (rw == 3 && op.n > 4) return block_f32_chunked(op, j0, prefetch_next);
     }
+#endif
     if (rw == 3) return block_avx2<3, 4>(op, j0, prefetch_next);
     return block_avx2<1, 4>(op, j0, false);
   }
@@ -474,10 +479,8 @@ bool small_linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, 
     ldx = (k + 15) / 16 * 16 + 16;
     x_f32.resize(static_cast<size_t>(n * ldx + 16));
     float* base = x_f32.data() + (16 - reinterpret_cast<uintptr_t>(x_f32.data()) / 4 % 16) % 16;
-    for (int64_t i = 0; i < n; ++i) {
+    for (int64_t i = 0; i < n; ++i)
       std::copy(x.data_as<float>() + i * k, x.data_as<float>() + (i + 1) * k, base + i * ldx);
-      std::fill(base + i * ldx + k, base + (i + 1) * ldx, 0.0f);
-    }
     px = base;
   } else {
     x_f32.resize(static_cast<size_t>(n * k));
