@@ -129,7 +129,7 @@ EOF
 measure_machine() {  # tag
   echo "== read bandwidth (read_bandwidth, $THREADS threads) [$1]" >&2
   wait_quiet
-  OMP_NUM_THREADS=$THREADS "$BUILD_DIR/bench/read_bandwidth" --threads "$THREADS" | tail -n 1 > "$TMP/bw.$1.json"
+  bandwidth_now > "$TMP/bw.$1"
   echo "== GEMM peak (torch.matmul fp32 4096³, $THREADS threads) [$1]" >&2
   wait_quiet
   "$PYTHON" bench/torch_generate.py --gemm-peak --threads "$THREADS" | tail -n 1 > "$TMP/peak.$1.json"
@@ -183,7 +183,7 @@ from bench_common import decode_floor, markdown_table, model_numbers, token_agre
 
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 tmp = sys.argv[2]
-bws = [json.loads(open(f"{tmp}/bw.{t}.json").read())["read_gbs"] * 1e9 for t in ("before", "after")]
+bws = [float(open(f"{tmp}/bw.{t}").read()) for t in ("before", "after")]
 peaks = [json.loads(open(f"{tmp}/peak.{t}.json").read()) for t in ("before", "after")]
 bw = max(bws + [r.get(k, 0.0) for r in rows for k in ("bw_before", "bw_after")])
 peak = max(peaks, key=lambda p: p["sgemm_gflops"])

@@ -139,6 +139,18 @@ GLMRT_AVX2_FMA inline void fma_step(__m256 (&acc)[RX][RW], const float* x, int64
   }
 }
 
+// acc[i][j] += x row i · w row j over the r < 8 values at l, zero-padded (a row's last k % 8).
+template <int RX, int RW, class T>
+GLMRT_AVX2_FMA inline void fma_tail(__m256 (&acc)[RX][RW], const float* x, int64_t ldx, const T* w,
+                                    int64_t k, int64_t l, int64_t r) {
+  __m256 wv[RW];
+  for (int j = 0; j < RW; ++j) wv[j] = load_partial(w + j * k + l, r);
+  for (int i = 0; i < RX; ++i) {
+    const __m256 xv = load_partial(x + i * ldx + l, r);
+    for (int j = 0; j < RW; ++j) acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+  }
+}
+
 // What a tile prefetches while it computes.
 struct Prefetch {
   // Lines of the next block, into L2, spread over the tile's steps (blocks of several tiles).
@@ -176,14 +188,7 @@ GLMRT_AVX2_FMA void tile_avx2(const float* x, int64_t ldx, const T* w, int64_t k
     for (int64_t s = 0; s < line; s += 8) fma_step(acc, x, ldx, w, k, l + s);
   }
   for (; l + 8 <= k; l += 8) fma_step(acc, x, ldx, w, k, l);
-  if (l < k) {  // the last k % 8 values, zero-padded
-    __m256 wv[RW];
-    for (int j = 0; j < RW; ++j) wv[j] = load_partial(w + j * k + l, k - l);
-    for (int i = 0; i < RX; ++i) {
-      const __m256 xv = load_partial(x + i * ldx + l, k - l);
-      for (int j = 0; j < RW; ++j) acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
-    }
-  }
+  if (l < k) fma_tail(acc, x, ldx, w, k, l, k - l);
   for (int i = 0; i < RX; ++i)
     for (int j = 0; j < RW; ++j) sums[i * RW + j] = horizontal_sum(acc[i][j]);
 }
@@ -340,14 +345,7 @@ GLMRT_AVX2_FMA void steps_in_memory(const float* x, int64_t ldx, const float* w,
   for (int i = 0; i < RX; ++i)
     for (int j = 0; j < 3; ++j) a[i][j] = _mm256_loadu_ps(acc + (i * 3 + j) * 8);
   for (int64_t l = l0; l < l1; l += 8) fma_step(a, x, ldx, w, k, l);
-  if (r > 0) {
-    __m256 wv[3];
-    for (int j = 0; j < 3; ++j) wv[j] = load_partial(w + j * k + l1, r);
-    for (int i = 0; i < RX; ++i) {
-      const __m256 xv = load_partial(x + i * ldx + l1, r);
-      for (int j = 0; j < 3; ++j) a[i][j] = _mm256_fmadd_ps(xv, wv[j], a[i][j]);
-    }
-  }
+  if (r > 0) fma_tail(a, x, ldx, w, k, l1, r);
   for (int i = 0; i < RX; ++i)
     for (int j = 0; j < 3; ++j) _mm256_storeu_ps(acc + (i * 3 + j) * 8, a[i][j]);
 }
@@ -368,7 +366,7 @@ GLMRT_AVX2_FMA void block_f32_chunked(const Operands<float>& op, int64_t j0, boo
   const float* w = op.w + j0 * k;
   alignas(32) float acc[small_gemm_max_rows * 3 * 8];
   std::fill(acc, acc + n * 3 * 8, 0.0f);
-  for (int64_t l0 = 0; l0 < k8; l0 += f32_chunk) {
+  for (int64_t l0 = 0; l0 < k8 || l0 == 0; l0 += f32_chunk) {  // (k < 8: one chunk, the tail)
     const int64_t l1 = std::min(k8, l0 + f32_chunk), steps = (l1 - l0) / 8;
     const bool last = l1 == k8;
     const int64_t r = last ? k - k8 : 0;  // the zero-padded tail, with the last chunk
@@ -392,11 +390,6 @@ GLMRT_AVX2_FMA void block_f32_chunked(const Operands<float>& op, int64_t j0, boo
       steps_in_memory_rows<3>(static_cast<int>(n - full), op.x + full * ldx, ldx, w, k, l0, l1, r,
                               acc + full * 3 * 8);
   }
-  if (k8 == 0) {  // k < 8: only the tail
-    for (int64_t i = 0; i < n; i += 4)
-      steps_in_memory_rows<4>(static_cast<int>(std::min<int64_t>(4, n - i)), op.x + i * ldx, ldx,
-                              w, k, 0, 0, k, acc + i * 3 * 8);
-  }
   float sums[small_gemm_max_rows * 3];
   for (int64_t t = 0; t < n * 3; ++t) sums[t] = horizontal_sum(_mm256_load_ps(acc + t * 8));
   store_tile(op, 0, static_cast<int>(n), j0, 3, sums);
@@ -404,6 +397,12 @@ GLMRT_AVX2_FMA void block_f32_chunked(const Operands<float>& op, int64_t j0, boo
 #endif  // __x86_64__
 
 #endif  // GLMRT_SMALL_GEMM_X86
+
+#ifdef GLMRT_SMALL_GEMM_F32_CHUNKED
+constexpr bool f32_chunked_path = true;
+#else
+constexpr bool f32_chunked_path = false;
+#endif
 
 // Weight rows [j0, j0 + rw) against every row of x; rw is 6 (n = 1), 3 (n > 1) or 1.
 template <class T>
@@ -473,7 +472,7 @@ bool small_linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, 
   thread_local std::vector<float> x_f32;
   const float* px;
   int64_t ldx = k;
-  if (dt == DType::F32 && !(vectorized && n > 4)) {
+  if (dt == DType::F32 && !(f32_chunked_path && vectorized && n > 4)) {
     px = x.data_as<float>();
   } else if (dt == DType::F32) {
     ldx = (k + 15) / 16 * 16 + 16;
