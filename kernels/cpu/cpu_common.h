@@ -7,6 +7,11 @@
 
 namespace glmrt::cpu {
 
+// Row and element loops run on the calling thread below this many values: an OpenMP fork and
+// its barrier (a few µs) cost more than such a loop (one decoding row of a layernorm, RoPE,
+// GeGLU or residual add: 2-11 K values), and a batch-1 decoding step runs ~10 of them per layer.
+constexpr int64_t parallel_min_values = int64_t{1} << 15;
+
 // Calls fn(T{}) with T = float or double according to `dtype`; other dtypes are refused.
 template <class Fn>
 auto dispatch_float(DType dtype, const char* op, Fn&& fn) {

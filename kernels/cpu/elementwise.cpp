@@ -14,7 +14,7 @@ void scale_add(float alpha, const Tensor& a, const Tensor& b, Tensor& out) {
     T* po = out.data_as<T>();
     const T al = static_cast<T>(alpha);
     const int64_t n = a.numel();
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n >= parallel_min_values)
     for (int64_t i = 0; i < n; ++i) po[i] = al * pa[i] + pb[i];
   });
 }
@@ -25,7 +25,7 @@ void scale_inplace(Tensor& x, float s) {
     T* p = x.data_as<T>();
     const T f = static_cast<T>(s);
     const int64_t n = x.numel();
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n >= parallel_min_values)
     for (int64_t i = 0; i < n; ++i) p[i] *= f;
   });
 }
@@ -47,7 +47,7 @@ void dropout_apply(Tensor& x, const DropoutSpec& spec) {
     T* p = x.data_as<T>();
     const T scale = T(1) / (T(1) - static_cast<T>(spec.p));
     const int64_t n = x.numel();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= parallel_min_values)
     for (int64_t i = 0; i < n; ++i)
       p[i] = dropout_keep(spec, spec.offset + static_cast<uint64_t>(i)) ? p[i] * scale : T(0);
   });

@@ -210,6 +210,11 @@ GLMRT_AVX2_FMA void block_avx2(const Operands<T>& op, int64_t j0, bool prefetch_
     const int64_t b = t * lines / tiles, e = (t + 1) * lines / tiles;
     return Prefetch{next_line + b * 64, e - b, tiles == 1, prefetch_next};
   };
+  // The bias of the block after next: one cache line serves 16 or 32 blocks' worth of columns,
+  // but left to its demand load each line is a full memory latency that nothing hides.
+  if (op.bias && prefetch_next)
+    _mm_prefetch(static_cast<const char*>(op.bias) + (j0 + 2 * RW) * dtype_size(op.bias_dtype),
+                 _MM_HINT_T0);
   float sums[RX_MAX * RW];
   int64_t i = 0;
   for (; i + RX_MAX <= op.n; i += RX_MAX) {
