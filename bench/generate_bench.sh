@@ -24,8 +24,13 @@
 # decoding repeat sop forever), written once per config into a temp dir and deleted. At the end
 # bench/linear_decode_bench prints glmrt's decode linear kernel against its own bandwidth figure.
 #
+# Each case runs R times (--repeat, default 3; PyTorch runs in estimate mode once), glmrt and
+# PyTorch in turn: this machine's read bandwidth and step times move by 20-30% from one minute to
+# the next (other tenants), so one run says little. The table gives the median run of each side
+# (glmrt's by its ratio to its own floor) and the range of glmrt's ratios over the R runs.
+#
 #   bench/generate_bench.sh [--threads T] [--tokens G] [--prompt-len P] [--configs tiny,1b]
-#                           [--precision fp32|bf16|both] [--batches 1,16]
+#                           [--precision fp32|bf16|both] [--batches 1,16] [--repeat R]
 #
 # Environment: BUILD_DIR (default build-cpu when configured, else build), JOBS (build jobs,
 # default 2), PYTHON (default /usr/bin/python3, Debian's torch), TORCH_BUDGET_S (default 90: a
@@ -42,6 +47,7 @@ PROMPT_LEN=128
 CONFIGS="tiny,1b"
 PRECISIONS="fp32 bf16"
 BATCHES="1,16"
+REPEAT=3
 while (($#)); do
   case "$1" in
     --threads) THREADS=$2; shift 2 ;;
@@ -50,10 +56,12 @@ while (($#)); do
     --configs) CONFIGS=$2; shift 2 ;;
     --precision) [[ $2 == both ]] && PRECISIONS="fp32 bf16" || PRECISIONS=$2; shift 2 ;;
     --batches) BATCHES=$2; shift 2 ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    --repeat) REPEAT=$2; shift 2 ;;
+    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
     *) echo "generate_bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
+[[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || { echo "generate_bench.sh: --repeat wants a positive integer, got '$REPEAT'" >&2; exit 2; }
 PYTHON=${PYTHON:-/usr/bin/python3}
 start=$(date +%s)
 
@@ -92,15 +100,15 @@ bandwidth_now() {
     "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["read_gbs"] * 1e9)'
 }
 
-# One run: records {"side", "config", "precision", "batch", "wall", "other_cores", ...} + its output.
+# One run: records {"side", "config", "precision", "batch", "rep", "wall", "other_cores", ...} + its output.
 # The other processes' share is (machine busy seconds - this run's CPU seconds) / wall seconds.
 # glmrt runs are bracketed by read-bandwidth measurements ("bw_before", "bw_after"): this
 # machine's bandwidth moves by a third within minutes (other tenants), so a run's floor is taken
 # from the better of the two measurements next to it (and, in a second ratio, from the best of
 # the whole benchmark).
-run_side() {  # side config precision batch outfile -- command...
-  local side=$1 cfg=$2 prec=$3 batch=$4 out=$5
-  shift 6
+run_side() {  # side config precision batch rep outfile -- command...
+  local side=$1 cfg=$2 prec=$3 batch=$4 rep=$5 out=$6
+  shift 7
   wait_quiet
   local b0 t0 b1 t1 own bw0=0 bw1=0
   if [[ $side == glmrt ]]; then bw0=$(bandwidth_now); fi
@@ -111,13 +119,14 @@ run_side() {  # side config precision batch outfile -- command...
   if [[ $side == glmrt ]]; then bw1=$(bandwidth_now); fi
   own=$(awk '{ print $1 + $2 }' "$out.cpu")
   "$PYTHON" - "$side" "$cfg" "$prec" "$batch" "$out" "$t0" "$t1" "$b0" "$b1" "$own" "$bw0" "$bw1" \
-    >> "$RESULTS" <<'EOF'
+    "$rep" >> "$RESULTS" <<'EOF'
 import json, sys
 sys.path.insert(0, "bench")
 from bench_common import read_run
 side, cfg, prec, batch, out = sys.argv[1:6]
 t0, t1, b0, b1, own, bw0, bw1 = map(float, sys.argv[6:13])
-r = {"side": side, "config": cfg, "precision": prec, "batch": int(batch), "wall": t1 - t0,
+r = {"side": side, "config": cfg, "precision": prec, "batch": int(batch), "rep": int(sys.argv[13]),
+     "wall": t1 - t0,
      "other_cores": max(0.0, ((b1 - b0) - own) / (t1 - t0)), "bw_before": bw0, "bw_after": bw1}
 r.update(read_run(side, out))
 print(json.dumps(r))
@@ -149,18 +158,25 @@ for name in ${CONFIGS//,/ }; do
     dt=$([[ $prec == fp32 ]] && echo f32 || echo bf16)
     for batch in ${BATCHES//,/ }; do
       prompts=$TMP/$name.b$batch.txt
-      echo "== glmrt $name $prec batch $batch ($PROMPT_LEN-token prompts, $TOKENS tokens, $THREADS threads)" >&2
-      run_side glmrt "$name" "$prec" "$batch" "$TMP/$name.$prec.b$batch.glmrt" -- \
+      torch_estimated=
+      for rep in $(seq "$REPEAT"); do
+      echo "== glmrt $name $prec batch $batch, run $rep of $REPEAT ($PROMPT_LEN-token prompts, $TOKENS tokens, $THREADS threads)" >&2
+      run_side glmrt "$name" "$prec" "$batch" "$rep" "$TMP/$name.$prec.b$batch.r$rep.glmrt" -- \
         env OMP_NUM_THREADS="$THREADS" OPENBLAS_NUM_THREADS="$THREADS" \
         "$GLMRT" generate --config "$cfg" --weights "$weights" --input-file "$prompts" \
         --input-format ids --strategy greedy --out-seq-length $((PROMPT_LEN + 1 + TOKENS)) \
         --min-gen-length "$TOKENS" --max-batch "$batch" --max-rows "$batch" \
         --cache-length $((PROMPT_LEN + 1 + TOKENS)) --threads "$THREADS" --dtype "$dt" --json --timing
-      echo "== PyTorch $name $prec batch $batch" >&2
-      run_side pytorch "$name" "$prec" "$batch" "$TMP/$name.$prec.b$batch.torch" -- \
+      # PyTorch in estimate mode (minutes per run) runs once.
+      [[ -n $torch_estimated ]] && continue
+      echo "== PyTorch $name $prec batch $batch, run $rep of $REPEAT" >&2
+      out=$TMP/$name.$prec.b$batch.r$rep.torch
+      run_side pytorch "$name" "$prec" "$batch" "$rep" "$out" -- \
         "$PYTHON" bench/torch_generate.py --config "$cfg" --weights "$weights" --prompts "$prompts" \
         --tokens "$TOKENS" --precision "$prec" --threads "$THREADS" --budget-s "${TORCH_BUDGET_S:-90}"
-      sed 's/^/  /' "$TMP/$name.$prec.b$batch.torch.err" >&2
+      sed 's/^/  /' "$out.err" >&2
+      grep -Eq '"mode": *"estimate"' "$out" && torch_estimated=1
+      done
     done
   done
   rm -f "$weights"
@@ -189,24 +205,40 @@ bw = max(bws + [r.get(k, 0.0) for r in rows for k in ("bw_before", "bw_after")])
 peak = max(peaks, key=lambda p: p["sgemm_gflops"])
 G, P, T, wall = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 files = {"tiny": "configs/tiny.yaml", "1b": "bench/configs/decode_1b.yaml"}
-by = {(r["side"], r["config"], r["precision"], r["batch"]): r for r in rows}
+runs = {}
+for r in rows:
+    runs.setdefault((r["side"], r["config"], r["precision"], r["batch"]), []).append(r)
 S = P + 1  # context: prompt + sop
+
+
+def run_floor(mn, r, prec, batch, bandwidth=None):
+    bw_r = bandwidth or max(r.get("bw_before", 0), r.get("bw_after", 0)) or bw
+    return decode_floor(mn, S, G, 4 if prec == "fp32" else 2, batch, bw_r)
+
+
+def median_run(rs, key):
+    return sorted(rs, key=key)[len(rs) // 2]  # the upper middle of an even count
 
 hdr = ["config", "dtype", "batch", "prefill ms glmrt / torch", "% GEMM peak glmrt / torch",
        "decode ms/step glmrt / torch", "tokens/s glmrt / torch", "glmrt ÷ floor", "torch ÷ floor",
-       "floor ms", "GB/s before / after", "glmrt ÷ floor at the best GB/s", "tokens equal"]
+       "floor ms", "GB/s before / after", "glmrt ÷ floor at the best GB/s",
+       "glmrt ÷ floor, all runs", "tokens equal"]
 table, notes = [], []
 configs = list(dict.fromkeys(r["config"] for r in rows))
 for name in configs:
     mn = model_numbers(files.get(name, name))
     for prec in ("fp32", "bf16"):
         for batch in sorted({r["batch"] for r in rows if r["config"] == name}):
-            g, t = by.get(("glmrt", name, prec, batch)), by.get(("pytorch", name, prec, batch))
-            if not g or not t:
+            gs, ts = runs.get(("glmrt", name, prec, batch)), runs.get(("pytorch", name, prec, batch))
+            if not gs or not ts:
                 continue
-            run_bw = max(g.get("bw_before", 0), g.get("bw_after", 0)) or bw
-            floor = decode_floor(mn, S, G, 4 if prec == "fp32" else 2, batch, run_bw)
-            floor_best = decode_floor(mn, S, G, 4 if prec == "fp32" else 2, batch, bw)
+            # The median run of each side: glmrt's by its ratio to the floor at its own bandwidth.
+            ratio = lambda r: r["decode_ms_per_step"] / 1e3 / run_floor(mn, r, prec, batch)
+            g = median_run(gs, ratio)
+            t = median_run(ts, lambda r: r["decode_ms_per_step"])
+            ratios = sorted(ratio(r) for r in gs)
+            floor = run_floor(mn, g, prec, batch)
+            floor_best = run_floor(mn, g, prec, batch, bw)
             flops = batch * (2 * mn["mats"] * S + 4 * S * S * mn["h"] * mn["L"] + 2 * mn["h"] * mn["V"])
             gd, td = g["decode_ms_per_step"] / 1e3, t["decode_ms_per_step"] / 1e3
             gp, tp = g["prefill_seconds"], t["prefill_seconds"]
@@ -223,7 +255,8 @@ for name in configs:
                           f"{batch / gd:.1f} / {batch / td:.1f}",
                           f"{gd / floor:.2f}×", f"{td / floor:.2f}×", f"{1e3 * floor:.3f}",
                           f"{g.get('bw_before', 0) / 1e9:.1f} / {g.get('bw_after', 0) / 1e9:.1f}",
-                          f"{gd / floor_best:.2f}×", eq])
+                          f"{gd / floor_best:.2f}×",
+                          " ".join(f"{x:.2f}" for x in ratios) + f" ({len(ts)} torch)", eq])
             if t.get("mode") == "estimate":
                 notes.append(
                     f"* {name} {prec} batch {batch}: PyTorch in estimate mode (predicted "
@@ -231,6 +264,8 @@ for name in configs:
                     f"{t['estimate_rows']} row(s) × {S} tokens ({t['estimate_layer_seconds']:.2f} s) "
                     f"× {mn['L']} layers × {batch} rows + head; KV cache from an fp32 prefill; "
                     f"{t['decode_steps']} timed decoding steps, tokens compared: {len(to[0])}.")
+            if any(r["outputs"] != g["outputs"] for r in gs):
+                notes.append(f"warning: {name} {prec} batch {batch}: glmrt's runs produced different tokens")
             for r, who in ((g, "glmrt"), (t, "PyTorch")):
                 if r.get("other_cores", 0) > 0.25:
                     notes.append(f"warning: other processes used {r['other_cores']:.2f} cores during the "
@@ -247,9 +282,11 @@ print("\n".join(markdown_table(hdr, table)))
 print()
 for n in notes:
     print(n)
-print("floor = (all weights in the dtype + the KV cache read per step, averaged over the steps) / "
+print("Each side: the median of its runs (glmrt's by its ratio to its floor; 'all runs' lists "
+      "glmrt's ratios and how many PyTorch runs there were). "
+      "floor = (all weights in the dtype + the KV cache read per step, averaged over the steps) / "
       "read bandwidth, the better of the measurements just before and just after the glmrt run "
-      "(GB/s before / after; the last ratio takes the best bandwidth of the whole benchmark "
+      "(GB/s before / after; 'at the best GB/s' takes the best bandwidth of the whole benchmark "
       "instead); % GEMM peak = prefill FLOPs / prefill time / the fp32 sgemm rate (glmrt's "
       "bf16 computes in fp32; this CPU has no bf16 units); tokens/s = batch / decoding step time.")
 print(f"Wall time of this benchmark: {wall // 60} min {wall % 60} s.")
