@@ -319,9 +319,9 @@ namespace {
 
 // 16-bit linear layers at prefill row counts (33..256 rows: weight blocks widened to F32 for the
 // sgemm; 257: one F32 copy of the weights) against float64 on the same 16-bit operands, with and
-// without bias, output widths that are not a multiple of the 128-row weight block.
+// without bias, an output width of two full 512-row weight blocks and a partial one.
 TEST(LowPrecisionLinear, PrefillRowCountsMatchFloat64) {
-  const int64_t k = 300, m = 333;
+  const int64_t k = 300, m = 1100;
   for (DType dt : {DType::BF16, DType::F16})
     for (int64_t n : {33, 129, 256, 257})
       for (bool with_bias : {false, true}) {
