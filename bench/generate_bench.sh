@@ -241,7 +241,9 @@ for name in configs:
             floor_best = run_floor(mn, g, prec, batch, bw)
             flops = batch * (2 * mn["mats"] * S + 4 * S * S * mn["h"] * mn["L"] + 2 * mn["h"] * mn["V"])
             gd, td = g["decode_ms_per_step"] / 1e3, t["decode_ms_per_step"] / 1e3
-            gp, tp = g["prefill_seconds"], t["prefill_seconds"]
+            # Prefill: each side's median prefill over its runs (its own noise, not the decode's).
+            gp = median_run(gs, lambda r: r["prefill_seconds"])["prefill_seconds"]
+            tp = median_run(ts, lambda r: r["prefill_seconds"])["prefill_seconds"]
             est = "*" if t.get("mode") == "estimate" else ""
             to = t["outputs"]
             eq = token_agreement([s[0] if s else [] for s in g["outputs"]], to, G, batch)
@@ -282,8 +284,8 @@ print("\n".join(markdown_table(hdr, table)))
 print()
 for n in notes:
     print(n)
-print("Each side: the median of its runs (glmrt's by its ratio to its floor; 'all runs' lists "
-      "glmrt's ratios and how many PyTorch runs there were). "
+print("Each side: the median of its runs (decoding: glmrt's by its ratio to its floor; prefill: "
+      "the median prefill; 'all runs' lists glmrt's ratios and how many PyTorch runs there were). "
       "floor = (all weights in the dtype + the KV cache read per step, averaged over the steps) / "
       "read bandwidth, the better of the measurements just before and just after the glmrt run "
       "(GB/s before / after; 'at the best GB/s' takes the best bandwidth of the whole benchmark "
