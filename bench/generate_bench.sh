@@ -160,22 +160,22 @@ for name in ${CONFIGS//,/ }; do
       prompts=$TMP/$name.b$batch.txt
       torch_estimated=
       for rep in $(seq "$REPEAT"); do
-      echo "== glmrt $name $prec batch $batch, run $rep of $REPEAT ($PROMPT_LEN-token prompts, $TOKENS tokens, $THREADS threads)" >&2
-      run_side glmrt "$name" "$prec" "$batch" "$rep" "$TMP/$name.$prec.b$batch.r$rep.glmrt" -- \
-        env OMP_NUM_THREADS="$THREADS" OPENBLAS_NUM_THREADS="$THREADS" \
-        "$GLMRT" generate --config "$cfg" --weights "$weights" --input-file "$prompts" \
-        --input-format ids --strategy greedy --out-seq-length $((PROMPT_LEN + 1 + TOKENS)) \
-        --min-gen-length "$TOKENS" --max-batch "$batch" --max-rows "$batch" \
-        --cache-length $((PROMPT_LEN + 1 + TOKENS)) --threads "$THREADS" --dtype "$dt" --json --timing
-      # PyTorch in estimate mode (minutes per run) runs once.
-      [[ -n $torch_estimated ]] && continue
-      echo "== PyTorch $name $prec batch $batch, run $rep of $REPEAT" >&2
-      out=$TMP/$name.$prec.b$batch.r$rep.torch
-      run_side pytorch "$name" "$prec" "$batch" "$rep" "$out" -- \
-        "$PYTHON" bench/torch_generate.py --config "$cfg" --weights "$weights" --prompts "$prompts" \
-        --tokens "$TOKENS" --precision "$prec" --threads "$THREADS" --budget-s "${TORCH_BUDGET_S:-90}"
-      sed 's/^/  /' "$out.err" >&2
-      grep -Eq '"mode": *"estimate"' "$out" && torch_estimated=1
+        echo "== glmrt $name $prec batch $batch, run $rep of $REPEAT ($PROMPT_LEN-token prompts, $TOKENS tokens, $THREADS threads)" >&2
+        run_side glmrt "$name" "$prec" "$batch" "$rep" "$TMP/$name.$prec.b$batch.r$rep.glmrt" -- \
+          env OMP_NUM_THREADS="$THREADS" OPENBLAS_NUM_THREADS="$THREADS" \
+          "$GLMRT" generate --config "$cfg" --weights "$weights" --input-file "$prompts" \
+          --input-format ids --strategy greedy --out-seq-length $((PROMPT_LEN + 1 + TOKENS)) \
+          --min-gen-length "$TOKENS" --max-batch "$batch" --max-rows "$batch" \
+          --cache-length $((PROMPT_LEN + 1 + TOKENS)) --threads "$THREADS" --dtype "$dt" --json --timing
+        # PyTorch in estimate mode (minutes per run) runs once.
+        if [[ -n $torch_estimated ]]; then continue; fi
+        echo "== PyTorch $name $prec batch $batch, run $rep of $REPEAT" >&2
+        out=$TMP/$name.$prec.b$batch.r$rep.torch
+        run_side pytorch "$name" "$prec" "$batch" "$rep" "$out" -- \
+          "$PYTHON" bench/torch_generate.py --config "$cfg" --weights "$weights" --prompts "$prompts" \
+          --tokens "$TOKENS" --precision "$prec" --threads "$THREADS" --budget-s "${TORCH_BUDGET_S:-90}"
+        sed 's/^/  /' "$out.err" >&2
+        if grep -Eq '"mode": *"estimate"' "$out"; then torch_estimated=1; fi
       done
     done
   done

@@ -246,7 +246,7 @@ void attention_cached_forward(const Tensor& qkv, const Tensor& token_index, cons
     S* vc = v_cache.data_as<S>();
     S* out = context.data_as<S>();
     // 1. Store every token's key and value.
-#pragma omp parallel for schedule(static) if (2 * n * hl >= parallel_min_values)
+#pragma omp parallel for schedule(static) if (parallel_rows(n, 2 * hl))
     for (int64_t t = 0; t < n; ++t) {
       const int64_t row = ti[3 * t], pos = ti[3 * t + 1];
       const int64_t base = (static_cast<int64_t>(tab[row * capacity + pos]) * capacity + pos) * hl;

@@ -11,6 +11,10 @@ namespace glmrt::cpu {
 // its barrier (a few µs) cost more than such a loop (one decoding row of a layernorm, RoPE,
 // GeGLU or residual add: 2-11 K values), and a batch-1 decoding step runs ~10 of them per layer.
 constexpr int64_t parallel_min_values = int64_t{1} << 15;
+// Whether a loop over `rows` rows of `width` values each is worth an OpenMP fork.
+inline bool parallel_rows(int64_t rows, int64_t width) {
+  return rows > 1 && rows * width >= parallel_min_values;
+}
 
 // Calls fn(T{}) with T = float or double according to `dtype`; other dtypes are refused.
 template <class Fn>

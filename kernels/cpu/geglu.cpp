@@ -69,7 +69,7 @@ void geglu_forward(const Tensor& u, Tensor& out) {
     const T* pu = u.data_as<T>();
     T* po = out.data_as<T>();
     const T inv_sqrt2 = static_cast<T>(0.70710678118654752440);
-#pragma omp parallel for schedule(static) if (n > 1 && n * two_f >= parallel_min_values)
+#pragma omp parallel for schedule(static) if (parallel_rows(n, two_f))
     for (int64_t r = 0; r < n; ++r) {
       const T* x1 = pu + r * two_f;
       const T* x2 = x1 + f;
@@ -105,7 +105,7 @@ void geglu_backward(const Tensor& u, const Tensor& dout, Tensor& du) {
     T* pdu = du.data_as<T>();
     const T inv_sqrt2 = static_cast<T>(0.70710678118654752440);
     const T inv_sqrt_2pi = static_cast<T>(0.39894228040143267794);
-#pragma omp parallel for schedule(static) if (n > 1 && n * two_f >= parallel_min_values)
+#pragma omp parallel for schedule(static) if (parallel_rows(n, two_f))
     for (int64_t r = 0; r < n; ++r) {
       const T* x1 = pu + r * two_f;
       const T* x2 = x1 + f;

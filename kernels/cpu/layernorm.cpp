@@ -20,7 +20,7 @@ void layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias
     T* pr = rstd ? rstd->data_as<T>() : nullptr;
     if (mean) GLMRT_CHECK(mean->numel() == rows, "layernorm_forward mean ", mean->str());
     if (rstd) GLMRT_CHECK(rstd->numel() == rows, "layernorm_forward rstd ", rstd->str());
-#pragma omp parallel for schedule(static) if (rows > 1 && rows * h >= parallel_min_values)
+#pragma omp parallel for schedule(static) if (parallel_rows(rows, h))
     for (int64_t r = 0; r < rows; ++r) {
       const T* xr = px + r * h;
       double sum = 0;  // double accumulation: exact enough for h = 12288 in fp32

@@ -25,7 +25,7 @@ void rope_rotate(Tensor& qkv, const Tensor& position_ids, const Tensor& cos, con
   dispatch_float(qkv.dtype(), "rope_forward", [&](auto zero) {
     using T = decltype(zero);
     T* base = qkv.data_as<T>();
-#pragma omp parallel for schedule(static) if (n > 1 && n * qkv.cols() >= parallel_min_values)
+#pragma omp parallel for schedule(static) if (parallel_rows(n, qkv.cols()))
     for (int64_t t = 0; t < n; ++t) {
       const int32_t p = pos[t];
       const float* c = pc + p * half;

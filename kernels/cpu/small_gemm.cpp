@@ -235,7 +235,6 @@ GLMRT_AVX2_FMA void block_avx2(const Operands<T>& op, int64_t j0, bool prefetch_
   store_tile(op, i, rest, j0, RW, sums);
 }
 
-
 // ---- F32 weights, several tiles of x rows: k in chunks (x86-64) -----------------------------
 #if defined(__x86_64__)
 #define GLMRT_SMALL_GEMM_F32_CHUNKED 1
