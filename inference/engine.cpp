@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <optional>
@@ -236,6 +238,9 @@ struct GenerationEngine::Impl {
   std::map<uint64_t, Callbacks> callbacks;                   // rank 0
   std::vector<PendingRequest> held;                          // rank 0: taken, waiting for rows
   EngineStats stats;
+  // GLMRT_CUDA_PROFILE_STEPS=A-B (or A): decoding steps A..B (from 1) inside the CUDA profiler's
+  // capture range, for `ncu --profile-from-start off` (bench/gpu_decode_profile.sh); 0: none.
+  int64_t profile_first = 0, profile_last = 0;
 
   Impl(GlmModel& m, ProcessGroups& groups, EngineOptions o)
       : model(m), g(groups), opt(o), cfg(m.config()) {
@@ -260,6 +265,17 @@ struct GenerationEngine::Impl {
     decider = L.tensor * (L.pipeline - 1);
     root = c.tp == 0 && c.pp == 0;
     deciding = c.tp == 0 && c.pp == L.pipeline - 1;
+    if (const char* steps = std::getenv("GLMRT_CUDA_PROFILE_STEPS"); steps && *steps) {
+      long long first = 0, last = 0;
+      int used = 0;
+      const int got = std::sscanf(steps, "%lld%n-%lld%n", &first, &used, &last, &used);
+      if (got == 1) last = first;
+      if (got < 1 || steps[used] != '\0' || first < 1 || last < first)
+        throw ConfigError(detail::concat("GLMRT_CUDA_PROFILE_STEPS=", steps,
+                                         ": expected A-B or A, decoding steps counted from 1 (A <= B)"));
+      profile_first = first;
+      profile_last = last;
+    }
   }
 
   // ---- rank 0: results
@@ -648,6 +664,8 @@ struct GenerationEngine::Impl {
       const auto start = std::chrono::steady_clock::now();
       bool prefill = false;
       for (const auto& q : active) prefill = prefill || !q->prefilled;
+      const bool profiling = !prefill && profile_first > 0 && model.device().is_cuda();
+      if (profiling && stats.decode_steps + 1 == profile_first) cuda_profiler_range(true);
       std::vector<MicroBatch> mbs = plan();
       int64_t tokens = 0;
       for (const MicroBatch& mb : mbs) tokens += static_cast<int64_t>(mb.tokens.size());
@@ -662,6 +680,7 @@ struct GenerationEngine::Impl {
         ++stats.decode_steps;
         stats.decode_tokens += tokens;
         stats.decode_seconds += seconds;
+        if (profiling && stats.decode_steps == profile_last) cuda_profiler_range(false);
       }
     }
   }

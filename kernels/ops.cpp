@@ -33,6 +33,14 @@ void cuda_set_device(int index) {
 #endif
 }
 
+void cuda_profiler_range(bool start) {
+#ifdef GLMRT_WITH_CUDA
+  cuda::profiler_range(start);
+#else
+  (void)start;
+#endif
+}
+
 namespace {
 // The device every tensor of a call lives on; throws when they disagree.
 Device common_device(std::initializer_list<const Tensor*> tensors, const char* op) {

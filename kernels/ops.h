@@ -17,5 +17,7 @@ bool cuda_built();
 int cuda_device_count();
 // Makes GPU `index` current for this process (no-op without CUDA).
 void cuda_set_device(int index);
+// Starts (true) or stops (false) the CUDA profiler's capture range (no-op without CUDA).
+void cuda_profiler_range(bool start);
 
 }  // namespace glmrt

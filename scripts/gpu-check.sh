@@ -4,11 +4,13 @@
 # for a fast build); logs go to build-gpu/gpu-check-logs and, when $OUT is set, to $OUT too.
 #
 # Usage: scripts/gpu-check.sh [--bundle FILE] [--no-cpu-tests] [--no-e2e] [--no-bench] [--quick-bench]
-#                             [--train-bench] [--decode-bench]
+#                             [--train-bench] [--decode-bench] [--decode-profile]
 #   --train-bench: also bench/gpu_train_bench.sh (a bf16 training step, glmrt vs PyTorch).
 #   --decode-bench: also bench/gpu_generate_bench.sh (glmrt generate --device cuda vs PyTorch on
 #   the 1b decoding model, fp32 and bf16, batches 1 and 16); its raw results
 #   (decode_results.jsonl, decode_ceilings.json) go with the logs.
+#   --decode-profile: also bench/gpu_decode_profile.sh (the kernels of a decoding step under ncu,
+#   fp32 and bf16, batches 1 and 16, against the step's wall time).
 #   --bundle FILE: run the prebuilt binaries packed by scripts/gpu-bundle.sh (with the Debian
 #   libraries they need) instead of configuring and building here; implies --no-cpu-tests.
 # Environment: GLMRT_GPU_BUILD_DIR (build folder, default build-gpu), GLMRT_DEBS_DIR (carried
@@ -24,6 +26,7 @@ bench_args=()
 bundle=""
 run_train_bench=0
 run_decode_bench=0
+run_decode_profile=0
 while (($#)); do
   arg=$1
   shift
@@ -35,6 +38,7 @@ while (($#)); do
     --quick-bench) bench_args+=(--quick) ;;
     --train-bench) run_train_bench=1 ;;
     --decode-bench) run_decode_bench=1 ;;
+    --decode-profile) run_decode_profile=1 ;;
     -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown option $arg" >&2; exit 2 ;;
   esac
@@ -58,6 +62,7 @@ copy_logs() {
   if [[ -n "${OUT:-}" && -d "$OUT" ]]; then
     cp "$logs"/*.log "$OUT"/ 2>/dev/null || true
     cp "$logs"/decode_*.json "$logs"/decode_*.jsonl "$OUT"/ 2>/dev/null || true
+    cp "$logs"/decode_profile_*_b1.csv "$OUT"/ 2>/dev/null || true
   fi
 }
 trap copy_logs EXIT
@@ -391,6 +396,22 @@ elif ((build_ok && run_decode_bench)); then
   note decode-bench "skipped: no GPU"
 fi
 
+profile_table=""
+if ((build_ok && run_decode_profile && have_gpu)); then
+  step "decode profile (bench/gpu_decode_profile.sh)"
+  if timeout -k 10 420 bash bench/gpu_decode_profile.sh --build "$build" --batches 1,16 \
+       --out "$logs" >"$logs/decode-profile.log" 2>"$logs/decode-profile-err.log"; then
+    note decode-profile "ok"
+  else
+    note decode-profile "FAILED (see decode-profile-err.log)"
+    tail -20 "$logs/decode-profile-err.log"
+    failed=1
+  fi
+  profile_table=$(cat "$logs/decode-profile.log")
+elif ((build_ok && run_decode_profile)); then
+  note decode-profile "skipped: no GPU"
+fi
+
 # ---- Summary (last, so that the tail of the output holds it) ---------------------------------
 {
   printf '\n==== gpu-check summary ====\n'
@@ -398,6 +419,7 @@ fi
   if [[ -n $bench_table ]]; then printf '\n%s\n' "$bench_table"; fi
   if [[ -n $train_table ]]; then printf '\n%s\n' "$train_table"; fi
   if [[ -n $decode_table ]]; then printf '\n%s\n' "$decode_table"; fi
+  if [[ -n $profile_table ]]; then printf '\n%s\n' "$profile_table"; fi
   if ((failed)); then printf '\nRESULT: FAILED\n'; else printf '\nRESULT: ok\n'; fi
 } | tee "$logs/summary.log"
 exit "$failed"

@@ -20,5 +20,8 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
 void zero_bytes(void* ptr, size_t bytes, int device);
 // Waits for all work on the current device; throws a CUDA error that names what failed.
 void synchronize();
+// Starts or stops the profiler's capture range (cudaProfilerStart / cudaProfilerStop): what
+// `ncu --profile-from-start off` and `nsys --capture-range=cudaProfilerApi` record.
+void profiler_range(bool start);
 
 }  // namespace glmrt::cuda

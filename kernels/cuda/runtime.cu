@@ -18,6 +18,8 @@
 #include <mutex>
 #include <vector>
 
+#include <cuda_profiler_api.h>
+
 #include "kernels/cuda/cuda_common.cuh"
 
 namespace glmrt::cuda {
@@ -178,6 +180,10 @@ void zero_bytes(void* ptr, size_t bytes, int device) {
 void synchronize() {
   GLMRT_CUDA_CHECK(cudaDeviceSynchronize());
   GLMRT_CUDA_CHECK(cudaGetLastError());
+}
+
+void profiler_range(bool start) {
+  GLMRT_CUDA_CHECK(start ? cudaProfilerStart() : cudaProfilerStop());
 }
 
 }  // namespace glmrt::cuda
