@@ -75,6 +75,11 @@ void put_params(std::vector<int64_t>& v, const GenerationParams& p) {
   put_double(v, p.presence_penalty);
   put_double(v, p.frequency_penalty);
   v.push_back(p.logprobs);
+  v.push_back(static_cast<int64_t>(p.logit_bias.size()));
+  for (const auto& [token, bias] : p.logit_bias) {
+    v.push_back(token);
+    put_double(v, bias);
+  }
 }
 GenerationParams get_params(const int64_t*& q) {
   GenerationParams p;
@@ -92,6 +97,11 @@ GenerationParams get_params(const int64_t*& q) {
   p.presence_penalty = get_double(*q++);
   p.frequency_penalty = get_double(*q++);
   p.logprobs = *q++;
+  p.logit_bias.resize(static_cast<size_t>(*q++));
+  for (auto& [token, bias] : p.logit_bias) {
+    token = static_cast<int32_t>(*q++);
+    bias = get_double(*q++);
+  }
   return p;
 }
 
@@ -702,6 +712,10 @@ std::string GenerationEngine::check_request(const GenerationRequest& r, const Gl
   for (size_t i = 0; i < r.prompt_ids.size(); ++i)
     if (r.prompt_ids[i] < 0 || r.prompt_ids[i] >= config.vocab_size)
       return detail::concat("prompt token ", i, " is ", r.prompt_ids[i], ", outside the vocabulary [0, ",
+                            config.vocab_size, ")");
+  for (const auto& [token, bias] : r.params.logit_bias)
+    if (token >= config.vocab_size)
+      return detail::concat("logit_bias token ", token, " is outside the vocabulary [0, ",
                             config.vocab_size, ")");
   try {
     validate_params(r.params, "");

@@ -1,6 +1,8 @@
 #include "inference/generation.h"
 
 #include <cmath>
+#include <set>
+#include <string>
 #include <utility>
 
 #include "kernels/error.h"
@@ -42,6 +44,19 @@ void validate_params(const GenerationParams& p, const std::string& where) {
     if (!(v >= -2 && v <= 2)) fail(name, "must be in [-2, 2]");
     if (v != 0 && p.strategy == Strategy::Beam) fail(name, "applies to greedy and sampling, not to beam search");
   }
+  if (p.logit_bias.size() > kMaxLogitBias)
+    fail("logit_bias", "holds at most " + std::to_string(kMaxLogitBias) + " tokens, got " +
+                           std::to_string(p.logit_bias.size()));
+  std::set<int32_t> biased;
+  for (const auto& [token, bias] : p.logit_bias) {
+    const std::string which = "token " + std::to_string(token);
+    if (token < 0) fail("logit_bias", which + ": token ids are >= 0");
+    if (!biased.insert(token).second) fail("logit_bias", which + " is listed twice");
+    if (!(bias >= -100 && bias <= 100))
+      fail("logit_bias", which + ": the bias must be in [-100, 100], got " + std::to_string(bias));
+  }
+  if (!p.logit_bias.empty() && p.strategy == Strategy::Beam)
+    fail("logit_bias", "applies to greedy and sampling, not to beam search");
   if (p.logprobs < -1 || p.logprobs > kMaxLogprobs)
     fail("logprobs", "must be in 0.." + std::to_string(kMaxLogprobs) + " (or off), got " + std::to_string(p.logprobs));
   if (p.logprobs >= 0 && p.strategy == Strategy::Beam)

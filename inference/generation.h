@@ -31,6 +31,10 @@ struct GenerationParams {
   // already generated in the blank is lowered by presence_penalty + frequency_penalty · its count.
   double presence_penalty = 0.0;
   double frequency_penalty = 0.0;
+  // OpenAI's logit_bias (greedy and sampling): (token, bias in [-100, 100]) pairs, each bias added
+  // to its token's logit with the penalties, before the temperature and the end-token ban (-100
+  // all but bans a token, +100 all but forces it). Distinct tokens, at most kMaxLogitBias.
+  std::vector<std::pair<int32_t, double>> logit_bias;
   // OpenAI's logprobs (greedy and sampling): -1 = off; 0..kMaxLogprobs = report, for every
   // generated token, its log-probability and the `logprobs` most likely tokens with theirs. These
   // are the model's: log-softmax of the logits before penalties, bans, temperature, top-k and top-p.
@@ -44,6 +48,8 @@ struct GenerationParams {
 
 // The most alternatives a query may ask `logprobs` for (OpenAI's limit for completions).
 inline constexpr int64_t kMaxLogprobs = 5;
+// The most tokens one query may bias.
+inline constexpr size_t kMaxLogitBias = 1024;
 
 // Throws InputError naming the field when a value is out of range (temperature <= 0, top_p not
 // in [0, 1], num_beams < 1, out_seq_length < 2, ...). `where` prefixes the message.

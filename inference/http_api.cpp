@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <functional>
 #include <limits>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -108,15 +107,6 @@ class Fields {
       throw HttpError{400, "\"" + name + "\" must be a string, got " + dump(*v), "invalid_type", name};
     return v->get<std::string>();
   }
-  // An OpenAI option glmrt does not implement: accepted only when absent or equal to its no-op.
-  void unsupported(const std::string& name, const std::function<bool(const json&)>& is_noop,
-                   const std::string& why) {
-    const json* v = get(name);
-    if (v && !is_noop(*v))
-      throw HttpError{400, "\"" + name + "\" is not supported by this server: " + why,
-                      "unsupported_parameter", name};
-  }
-
   void reject_unknown() const {
     std::string unknown;
     for (const auto& [key, value] : body_.items()) {
@@ -178,6 +168,44 @@ std::vector<int32_t> prompt_ids_from(const json& v, const std::string& field, in
     ids.push_back(static_cast<int32_t>(x.get<int64_t>()));
   }
   return ids;
+}
+
+// OpenAI's logit_bias: {"token id": bias in [-100, 100], ...}, at most kMaxLogitBias entries.
+std::vector<std::pair<int32_t, double>> parse_logit_bias(const json& v, int64_t vocab_size) {
+  const auto bad = [](const std::string& why, const char* code) {
+    return HttpError{400, "\"logit_bias\" " + why, code, "logit_bias"};
+  };
+  if (!v.is_object())
+    throw bad("must be an object mapping token ids to biases, got " + dump(v), "invalid_type");
+  if (v.size() > kMaxLogitBias)
+    throw bad("holds at most " + std::to_string(kMaxLogitBias) + " tokens, got " +
+                  std::to_string(v.size()),
+              "invalid_value");
+  std::vector<std::pair<int32_t, double>> out;
+  std::set<int32_t> seen;
+  for (const auto& [key, value] : v.items()) {
+    const std::string at = "key \"" + key + "\"";
+    size_t used = 0;
+    long long id = -1;
+    try {
+      id = std::stoll(key, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != key.size() || key[0] == '+' || key[0] == ' ')
+      throw bad(at + " is not a token id", "invalid_value");
+    if (id < 0 || id >= vocab_size)
+      throw bad(at + " is not a token id in [0, " + std::to_string(vocab_size) + ")", "invalid_value");
+    if (!seen.insert(static_cast<int32_t>(id)).second)
+      throw bad(at + ": token " + std::to_string(id) + " is listed twice", "invalid_value");
+    if (!value.is_number())
+      throw bad(at + ": the bias must be a number in [-100, 100], got " + dump(value), "invalid_type");
+    const double bias = value.get<double>();
+    if (!std::isfinite(bias) || bias < -100 || bias > 100)
+      throw bad(at + ": the bias must be a number in [-100, 100], got " + dump(value), "invalid_value");
+    out.emplace_back(static_cast<int32_t>(id), bias);
+  }
+  return out;
 }
 
 std::vector<int32_t> encode(const Tokenizer* tokenizer, const std::string& text,
@@ -390,17 +418,36 @@ CompletionQuery HttpApi::parse_completion(const std::string& text_body) const {
                     "\"logprobs\" with \"echo\" is not supported: a GLM prompt is bidirectional "
                     "context, so its tokens have no left-to-right log-probabilities",
                     "unsupported_parameter", "logprobs"};
-  f.unsupported("suffix", [](const json& v) { return v == json(""); },
-                "put [MASK] in the prompt for infilling instead");
+  // suffix: the completion goes between the prompt and it — GLM's own blank infilling, the
+  // prompt becomes prompt [MASK] suffix (so the prompt itself must hold no mask token).
+  const std::string suffix = f.string("suffix").value_or("");
   const auto presence = f.number("presence_penalty", -2, 2);
   const auto frequency = f.number("frequency_penalty", -2, 2);
-  f.unsupported("logit_bias", [](const json& v) { return v.is_object() && v.empty(); },
-                "logit biases are not implemented");
+  std::vector<std::pair<int32_t, double>> logit_bias;
+  if (const json* lb = f.get("logit_bias")) logit_bias = parse_logit_bias(*lb, config_.vocab_size);
   f.reject_unknown();
 
   GenerationRequest& r = c.request;
   r.prompt_ids = one.is_string() ? encode(tokenizer_, one.get<std::string>(), "prompt")
                                  : prompt_ids_from(one, "prompt", config_.vocab_size);
+  const std::vector<int32_t> prompt_only = r.prompt_ids;
+  if (!suffix.empty()) {
+    const TokenIds& t = config_.tokens;
+    for (int32_t id : r.prompt_ids)
+      if (id == t.mask || id == t.smask || id == t.gmask)
+        throw HttpError{400, "\"suffix\" with a mask token in \"prompt\": the completion goes "
+                             "between the prompt and the suffix, so the prompt must hold no [MASK], "
+                             "[sMASK] or [gMASK]",
+                        "invalid_value", "suffix"};
+    r.prompt_ids.push_back(t.mask);
+    const std::vector<int32_t> tail = encode(tokenizer_, suffix, "suffix");
+    for (int32_t id : tail)
+      if (id == t.mask || id == t.smask || id == t.gmask)
+        throw HttpError{400, "\"suffix\" holds a mask token ([MASK], [sMASK] or [gMASK]): the "
+                             "completion has one place, between the prompt and the suffix",
+                        "invalid_value", "suffix"};
+    r.prompt_ids.insert(r.prompt_ids.end(), tail.begin(), tail.end());
+  }
   check_prompt(r.prompt_ids, "prompt", max_prompt_tokens_, config_);
   // Sampling with the server's defaults (its beam search default becomes sampling: OpenAI's API
   // has no beams); any sampling knob in the request selects sampling, temperature 0 greedy.
@@ -417,12 +464,13 @@ CompletionQuery HttpApi::parse_completion(const std::string& text_body) const {
   if (min_tokens) p.min_gen_length = *min_tokens;
   if (presence) p.presence_penalty = *presence;
   if (frequency) p.frequency_penalty = *frequency;
+  p.logit_bias = std::move(logit_bias);
   c.show_logprobs = logprobs.has_value();
   p.logprobs = logprobs ? *logprobs : c.best_of > c.n ? 0 : -1;  // ranking needs them
   p.out_seq_length = completion_out_seq_length(r.prompt_ids, max_tokens, config_);
   check_query(r, config_);
 
-  if (echo) c.echo_text = tokenizer_->decode(r.prompt_ids);
+  if (echo) c.echo_text = tokenizer_->decode(prompt_only);  // the prompt, not [MASK] + suffix
   return c;
 }
 

@@ -90,7 +90,8 @@ class HttpApi {
   // "topk", "topp", "deterministic"}. Throws HttpError.
   GenerationRequest parse_generate(const std::string& body) const;
   // POST /v1/completions (GLM blank filling on the prompt, a prompt without a mask is continued;
-  // n, best_of, logprobs, stop, penalties: README "Serving"). Throws HttpError.
+  // n, best_of, logprobs, stop, penalties, logit_bias, suffix: README "Serving"). Throws
+  // HttpError.
   CompletionQuery parse_completion(const std::string& body) const;
 
   // POST /generate's answer: {"text": [answer], "output_ids": [...], "spans": [[...], ...]}

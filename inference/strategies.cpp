@@ -66,6 +66,10 @@ int32_t choose_token(const float* logits, int64_t vocab, const GenerationParams&
                      const std::vector<int32_t>& generated) {
   const bool ban = step < p.min_gen_length;
   std::vector<double> z(logits, logits + vocab);
+  for (const auto& [t, bias] : p.logit_bias) {
+    GLMRT_CHECK(t >= 0 && t < vocab, "choose_token: logit_bias token ", t, " outside the vocabulary");
+    z[static_cast<size_t>(t)] += bias;
+  }
   if (p.presence_penalty != 0 || p.frequency_penalty != 0) {
     std::map<int32_t, int64_t> count;
     for (int32_t t : generated)

@@ -1,6 +1,7 @@
 #include "launcher/inference_setup.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 
 #include "launcher/model_source.h"
@@ -41,6 +42,8 @@ void add_generation_options(po::options_description& desc) {
      "greedy/sampling: lower the logit of every token already generated in the blank by this")
     ("frequency-penalty", po::value<double>()->default_value(d.frequency_penalty),
      "greedy/sampling: ... and by this times its count")
+    ("logit-bias", po::value<std::string>()->default_value(""),
+     "greedy/sampling: ID:BIAS[,ID:BIAS...] adds BIAS (-100..100) to token ID's logit")
     ("logprobs", po::value<int64_t>()->default_value(d.logprobs),
      "greedy/sampling with --json: each generated token's log-probability and the N most likely "
      "tokens' (0..5; -1 = off)")
@@ -50,6 +53,28 @@ void add_generation_options(po::options_description& desc) {
      "beam search: n-grams that may not repeat (0 = off)")
     ("deterministic", po::bool_switch(), "beam search: take the best candidates instead of sampling them");
 }
+
+namespace {
+// "ID:BIAS,ID:BIAS" -> pairs (ranges are checked by validate_params and the engine).
+std::vector<std::pair<int32_t, double>> parse_logit_bias(const std::string& text) {
+  std::vector<std::pair<int32_t, double>> out;
+  size_t at = 0;
+  while (at < text.size()) {
+    const size_t end = std::min(text.find(',', at), text.size());
+    const std::string item = text.substr(at, end - at);
+    long long id = 0;
+    double bias = 0;
+    int used = 0;
+    if (std::sscanf(item.c_str(), "%lld:%lf%n", &id, &bias, &used) != 2 ||
+        used != static_cast<int>(item.size()) || id < 0 || id > INT32_MAX)
+      throw InputError("--logit-bias: \"" + item + "\" is not ID:BIAS (a token id and a number), in \"" +
+                       text + "\"");
+    out.emplace_back(static_cast<int32_t>(id), bias);
+    at = end + 1;
+  }
+  return out;
+}
+}  // namespace
 
 GenerationParams generation_params(const po::variables_map& vm) {
   GenerationParams p;
@@ -63,6 +88,7 @@ GenerationParams generation_params(const po::variables_map& vm) {
   p.presence_penalty = vm["presence-penalty"].as<double>();
   p.frequency_penalty = vm["frequency-penalty"].as<double>();
   p.logprobs = vm["logprobs"].as<int64_t>();
+  p.logit_bias = parse_logit_bias(vm["logit-bias"].as<std::string>());
   p.num_beams = vm["num-beams"].as<int64_t>();
   p.length_penalty = vm["length-penalty"].as<double>();
   p.no_repeat_ngram_size = vm["no-repeat-ngram-size"].as<int64_t>();

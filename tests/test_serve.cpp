@@ -200,6 +200,54 @@ TEST(ServeHttp, CompletionLength) {
   EXPECT_EQ(completion_out_seq_length({5, 6, 7}, 1000, c), 64);  // capped at max_sequence_length
 }
 
+// suffix becomes GLM blank infilling (prompt [MASK] suffix); logit_bias reaches the query's
+// parameters; the bad forms of both are 400s that name the field.
+TEST(ServeHttp, SuffixAndLogitBiasParse) {
+  const GlmConfig config = serve_config();
+  GenerationParams defaults;
+  defaults.strategy = Strategy::Greedy;
+  const HttpApi api(&tokenizer(), config, defaults, 1 << 16, 0, "m");
+  const auto expect_400 = [&](const std::string& body, const std::string& needle) {
+    try {
+      api.parse_completion(body);
+      ADD_FAILURE() << "accepted: " << body;
+    } catch (const HttpError& e) {
+      EXPECT_EQ(e.status, 400) << body;
+      EXPECT_NE(e.message.find(needle), std::string::npos) << e.message;
+    }
+  };
+
+  const CompletionQuery q = api.parse_completion(
+      R"({"prompt": "The cook", "suffix": " the lake", "max_tokens": 5, "echo": true})");
+  std::vector<int32_t> want = tokenizer().encode("The cook");
+  want.push_back(config.tokens.mask);
+  for (int32_t id : tokenizer().encode(" the lake")) want.push_back(id);
+  EXPECT_EQ(q.request.prompt_ids, want);
+  EXPECT_EQ(q.echo_text, tokenizer().decode(tokenizer().encode("The cook")));  // no [MASK], no suffix
+  // The blank's room: the context (prompt, [MASK], suffix, eos, sop) plus max_tokens.
+  EXPECT_EQ(q.request.params.out_seq_length, static_cast<int64_t>(want.size()) + 2 + 5);
+  EXPECT_EQ(api.parse_completion(R"({"prompt": "a", "suffix": ""})").request.prompt_ids,
+            tokenizer().encode("a"));  // an empty suffix is none
+  expect_400(R"({"prompt": "a [MASK] b", "suffix": "c"})", "\"suffix\" with a mask token");
+  expect_400(R"({"prompt": "a", "suffix": "b [gMASK]"})", "\"suffix\" holds a mask token");
+  expect_400(R"({"prompt": "a", "suffix": 3})", "\"suffix\" must be a string");
+
+  const CompletionQuery b = api.parse_completion(
+      R"({"prompt": "a", "temperature": 0, "logit_bias": {"17": -100, "5": 2.5}})");
+  std::vector<std::pair<int32_t, double>> bias = b.request.params.logit_bias;
+  std::sort(bias.begin(), bias.end());
+  EXPECT_EQ(bias, (std::vector<std::pair<int32_t, double>>{{5, 2.5}, {17, -100.0}}));
+  EXPECT_TRUE(api.parse_completion(R"({"prompt": "a", "logit_bias": {}})").request.params.logit_bias.empty());
+  expect_400(R"({"prompt": "a", "logit_bias": [1, 2]})", "\"logit_bias\" must be an object");
+  expect_400(R"({"prompt": "a", "logit_bias": {"x1": 1}})", "key \"x1\" is not a token id");
+  expect_400(R"({"prompt": "a", "logit_bias": {"12a": 1}})", "key \"12a\" is not a token id");
+  expect_400(R"({"prompt": "a", "logit_bias": {"816": 1}})", "not a token id in [0, 816)");
+  expect_400(R"({"prompt": "a", "logit_bias": {"-1": 1}})", "not a token id in [0, 816)");
+  expect_400(R"({"prompt": "a", "logit_bias": {"7": 1, "07": 2}})", "token 7 is listed twice");
+  expect_400(R"({"prompt": "a", "logit_bias": {"7": 101}})", "in [-100, 100], got 101");
+  expect_400(R"({"prompt": "a", "logit_bias": {"7": "1"}})", "in [-100, 100], got \"1\"");
+}
+
 TEST(ServeHttp, HealthAndGenerate) {
   Fixture f;
   auto [status, health] = call(f.client.Get("/health"));

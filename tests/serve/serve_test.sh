@@ -257,6 +257,25 @@ for prompt in ["The cook quickly repairs", "大型语言模型"]:
                          frequency_penalty=2.0).choices[0].text
     assert penalized != plain, (penalized, plain)
     print(f"ok: penalties: {plain!r} -> {penalized!r}")
+    # logit_bias: +100 on one ordinary piece (ids past the byte pieces) makes greedy repeat it for
+    # every token; the logprobs stay the model's (<= 0), not the biased ones.
+    r = complete(prompt=prompt, max_tokens=6, temperature=0, logit_bias={"400": 100}, logprobs=0)
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == 6 and len(set(lp.tokens)) == 1, lp.tokens
+    assert all(v <= 0 for v in lp.token_logprobs), lp
+    assert r.choices[0].text != plain, (r.choices[0].text, plain)
+    print(f"ok: logit_bias +100: {r.choices[0].text!r}")
+    # suffix: the completion fills a [MASK] between prompt and suffix (GLM blank infilling); the
+    # suffix's tokens count as prompt tokens.
+    inner = complete(prompt=prompt, suffix=" by the river.", max_tokens=8, temperature=0)
+    bare = complete(prompt=prompt, max_tokens=8, temperature=0)
+    assert inner.usage.prompt_tokens > bare.usage.prompt_tokens, (inner.usage, bare.usage)
+    print(f"ok: suffix: {prompt!r} + {inner.choices[0].text!r} + ' by the river.'")
+    try:
+        complete(prompt=prompt + " [MASK] now", suffix=" later", max_tokens=4)
+        sys.exit("a suffix with a [MASK] in the prompt was accepted")
+    except openai.BadRequestError as e:
+        assert "suffix" in str(e), e
     # logprobs: the tokens' texts add up to the text (unchanged by asking); greedy takes the most
     # likely token, so its log-probability is the highest of its top_logprobs; streamed, the
     # chunks carry the same tokens with the same values.
