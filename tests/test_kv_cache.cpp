@@ -2,6 +2,7 @@
 // the cache (attention_cached_forward, slot tables, beams sharing a context and reordering)
 // equal those of a full forward pass over the whole sequence with the GLM mask (float64).
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include "kernels/ops.h"
 #include "model/glm_model.h"
@@ -199,6 +200,40 @@ TEST(KvCache, SixteenBitCachesMatchTheSixteenBitFullForward) {
     t.push_back(11);
     pos.push_back(5);
     EXPECT_LE(max_rel_diff(b, full_last_logits(low, t, pos, 4).to(DType::F32)), tol) << dtype_name(dt);
+  }
+}
+
+// Decoding rows of at least as many queries as threads walk their cache rows across all heads
+// (one task per row); fewer take one task per (row, head). Both are the same FMAs in the same
+// order: bit-identical, for F32 and BF16 caches, beams sharing a context included; and near the
+// float64 GEMM path.
+TEST(KvCache, RowWalkAndPerHeadDecodingAgreeBitForBit) {
+  const int64_t heads = 4, d = 16, hl = heads * d, slots = 6, cap = 24, rows = 6;
+  std::vector<int32_t> table(static_cast<size_t>(rows * cap));
+  for (int64_t r = 0; r < rows; ++r)  // rows 0-2: beams sharing slot 0's first 8 positions
+    for (int64_t j = 0; j < cap; ++j)
+      table[static_cast<size_t>(r * cap + j)] = static_cast<int32_t>(r < 3 && j < 8 ? 0 : r);
+  std::vector<int32_t> index;
+  for (int32_t r = 0; r < rows; ++r) index.insert(index.end(), {r, 14 + r, 15 + r});
+  const Tensor idx = Tensor::from_ints(index, {rows, 3}), tab = Tensor::from_ints(table, {rows, cap});
+  const Tensor qkv64 = random_tensor({rows, 3 * hl}, 3, DType::F64, 1.0);
+  const Tensor k64 = random_tensor({slots, cap, hl}, 4, DType::F64, 1.0);
+  const Tensor v64 = random_tensor({slots, cap, hl}, 5, DType::F64, 1.0);
+  Tensor kr = k64.clone(), vr = v64.clone(), ref = Tensor::empty({rows, hl}, DType::F64);
+  attention_cached_forward(qkv64, idx, tab, heads, d, 1.0f, kr, vr, ref);
+  const int threads = omp_get_max_threads();
+  for (DType dt : {DType::F32, DType::BF16}) {
+    Tensor out[2];
+    for (int pass = 0; pass < 2; ++pass) {
+      omp_set_num_threads(pass == 0 ? 2 : 16);  // 6 rows: walked by rows, then per (row, head)
+      Tensor kc = k64.to(dt), vc = v64.to(dt);
+      out[pass] = Tensor::empty({rows, hl}, dt);
+      attention_cached_forward(qkv64.to(dt), idx, tab, heads, d, 1.0f, kc, vc, out[pass]);
+    }
+    omp_set_num_threads(threads);
+    const Tensor a = out[0].to(DType::F64), b = out[1].to(DType::F64);
+    EXPECT_EQ(max_rel_diff(a, b), 0.0) << dtype_name(dt);
+    EXPECT_LE(max_rel_diff(a, ref), dt == DType::F32 ? 1e-5 : 0.05) << dtype_name(dt);
   }
 }
 

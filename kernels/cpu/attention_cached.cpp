@@ -7,9 +7,10 @@
 // arithmetic is fp32 (the CPU backend's convention for F16/BF16).
 //
 // Decoding (a group of at most direct_max_tokens tokens, fp32 arithmetic) takes direct loops
-// instead: per token and head, the scores are dot products with each visible key and the context
-// a weighted sum of the values, both read in place in their stored dtype through the slot table
-// (16-bit values widened in registers). The two GEMM calls cost more in packing than in
+// instead: per token, the scores are dot products with each visible key and the context a
+// weighted sum of the values, both read in place in their stored dtype through the slot table
+// (16-bit values widened in registers); with AVX2 one task per cache row walks the row key by
+// key across all heads (a sequential stream), else one task per (row, head). The two GEMM calls cost more in packing than in
 // arithmetic for one token against a few hundred keys (~10% of a 16-row decoding step of the 1b
 // model), and the gathered fp32 copy of 16-bit caches was a third pass over them.
 #include <algorithm>
@@ -23,6 +24,8 @@
 #define GLMRT_ATTN_X86 1
 #define GLMRT_AVX2_FMA __attribute__((target("avx2,fma,f16c")))
 #endif
+
+#include <omp.h>
 
 #include "kernels/cpu/cpu_common.h"
 #include "kernels/cpu/vec_math.h"
@@ -174,6 +177,47 @@ GLMRT_AVX2_FMA void attend_direct_avx2(const DirectArgs& a, const S* kc, const S
   }
 }
 
+
+// One token against every head of its cache row, walking the row key by key: key j of all heads
+// is one contiguous run of hl = heads · d values, so the keys and then the values are read as
+// one sequential stream, where the per-head loops above read d values out of every hl (16
+// decoding rows of the 1b model streamed their K and V at ~10-16 GB/s that way, ~20-25 GB/s this
+// way). The same FMAs in the same order per head as attend_direct_avx2: bit-identical.
+// q, ctx: [heads · d] (ctx accumulated in place, in L1); probs [heads · visible].
+struct RowArgs {
+  const float* q;
+  const int32_t* slot_of;
+  int64_t capacity, hl, heads, visible, d;
+  float scale;
+  float* probs;
+  float* ctx;
+};
+
+template <class S>
+GLMRT_AVX2_FMA void attend_row_avx2(const RowArgs& a, const S* kc, const S* vc) {
+  const int64_t d = a.d, H = a.heads, vis = a.visible;
+  for (int64_t j = 0; j < vis; ++j) {
+    const S* k = kc + (static_cast<int64_t>(a.slot_of[j]) * a.capacity + j) * a.hl;
+    for (int64_t h = 0; h < H; ++h) {
+      __m256 s = _mm256_setzero_ps();
+      for (int64_t i = 0; i < d; i += 8)
+        s = _mm256_fmadd_ps(_mm256_loadu_ps(a.q + h * d + i), load8(k + h * d + i), s);
+      a.probs[h * vis + j] = a.scale * horizontal_sum(s);
+    }
+  }
+  for (int64_t h = 0; h < H; ++h) softmax_in_place(a.probs + h * vis, vis);
+  std::fill(a.ctx, a.ctx + H * d, 0.0f);
+  for (int64_t j = 0; j < vis; ++j) {
+    const S* v = vc + (static_cast<int64_t>(a.slot_of[j]) * a.capacity + j) * a.hl;
+    for (int64_t h = 0; h < H; ++h) {
+      const __m256 p = _mm256_set1_ps(a.probs[h * vis + j]);
+      float* c = a.ctx + h * d;
+      for (int64_t i = 0; i < d; i += 8)
+        _mm256_storeu_ps(c + i, _mm256_fmadd_ps(p, load8(v + h * d + i), _mm256_loadu_ps(c + i)));
+    }
+  }
+}
+
 #endif
 
 template <class S>
@@ -256,9 +300,43 @@ void attention_cached_forward(const Tensor& qkv, const Tensor& token_index, cons
         std::copy(k + d, k + 2 * d, vc + base + h * d);
       }
     }
-    // 2. Attend, one task per (row group, head).
-    const int64_t tasks = static_cast<int64_t>(groups.size()) * num_heads;
     const T scale = T(1) / std::sqrt(static_cast<T>(d));
+#ifdef GLMRT_ATTN_X86
+    // 2a. Decoding rows of at least as many queries as threads: one task per row group, every
+    // head at once, walking the row's keys and values as one stream (attend_row_avx2). Fewer
+    // rows take the per-(row, head) tasks of 2b, which keep every thread busy (one row walked
+    // on one thread, or its heads split between two, measured level to 5% slower over a whole
+    // batch-1 step; 16 rows: the attention 1.3-3x faster).
+    if constexpr (std::is_same_v<T, float>) {
+      const int64_t ngroups = static_cast<int64_t>(groups.size());
+      const bool decoding = std::all_of(groups.begin(), groups.end(),
+                                        [](const RowGroup& g) { return g.count <= direct_max_tokens; });
+      if (decoding && d % 8 == 0 && vec_math_vectorized() && ngroups >= omp_get_max_threads()) {
+#pragma omp parallel
+        {
+          std::vector<float> q(static_cast<size_t>(hl)), ctx(static_cast<size_t>(hl)), probs;
+#pragma omp for schedule(dynamic)
+          for (int64_t gi = 0; gi < ngroups; ++gi) {
+            const RowGroup& g = groups[static_cast<size_t>(gi)];
+            for (int64_t r = 0; r < g.count; ++r) {
+              const int64_t t = g.first + r, visible = ti[3 * t + 2];
+              for (int64_t h = 0; h < num_heads; ++h)
+                for (int64_t i = 0; i < d; ++i)
+                  q[static_cast<size_t>(h * d + i)] = load_as<float>(src + t * 3 * hl + 3 * h * d + i);
+              probs.resize(static_cast<size_t>(num_heads * visible));
+              const RowArgs a{q.data(), tab + g.row * capacity, capacity, hl, num_heads, visible, d,
+                              scale, probs.data(), ctx.data()};
+              attend_row_avx2(a, kc, vc);
+              for (int64_t i = 0; i < hl; ++i) store_from(out + t * hl + i, ctx[static_cast<size_t>(i)]);
+            }
+          }
+        }
+        return;
+      }
+    }
+#endif
+    // 2b. Attend, one task per (row group, head).
+    const int64_t tasks = static_cast<int64_t>(groups.size()) * num_heads;
 #pragma omp parallel
     {
       std::vector<T> q, kbuf, vbuf, probs, ctx;
