@@ -70,7 +70,10 @@ std::string render(const InferenceSetup& s, const Query& q, const GenerationResu
   if (!r.error.empty()) return "Error (" + q.where + "): " + r.error + "\n";
   if (s.tokenizer) return s.tokenizer->decode(r.output_ids) + "\n";
   std::string out;
-  for (size_t i = 0; i < r.output_ids.size(); ++i) out += (i ? "," : "") + std::to_string(r.output_ids[i]);
+  for (size_t i = 0; i < r.output_ids.size(); ++i) {  // no "," + std::string&& (a GCC 12 warning)
+    if (i) out += ',';
+    out += std::to_string(r.output_ids[i]);
+  }
   return out + "\n";
 }
 

@@ -77,7 +77,11 @@ std::string schedule_str(const std::vector<PipeInstruction>& schedule) {
   for (const PipeInstruction& in : schedule) {
     if (!out.empty()) out += " ";
     out += pipe_op_name(in.op);
-    if (in.micro_batch >= 0) out += "(" + std::to_string(in.micro_batch) + ")";
+    if (in.micro_batch >= 0) {  // appended piece by piece: GCC 12 warns on "(" + std::string&&
+      out += '(';
+      out += std::to_string(in.micro_batch);
+      out += ')';
+    }
   }
   return out;
 }
