@@ -9,10 +9,11 @@
 // Decoding (a group of at most direct_max_tokens tokens, fp32 arithmetic) takes direct loops
 // instead: per token, the scores are dot products with each visible key and the context a
 // weighted sum of the values, both read in place in their stored dtype through the slot table
-// (16-bit values widened in registers); with AVX2 one task per cache row walks the row key by
-// key across all heads (a sequential stream), else one task per (row, head). The two GEMM calls cost more in packing than in
-// arithmetic for one token against a few hundred keys (~10% of a 16-row decoding step of the 1b
-// model), and the gathered fp32 copy of 16-bit caches was a third pass over them.
+// (16-bit values widened in registers); with AVX2 and at least as many rows as threads, one task
+// per cache row walks the row key by key across all heads (a sequential stream), else one task
+// per (row, head). The two GEMM calls cost more in packing than in arithmetic for one token
+// against a few hundred keys (~10% of a 16-row decoding step of the 1b model), and the gathered
+// fp32 copy of 16-bit caches was a third pass over them.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -176,7 +177,6 @@ GLMRT_AVX2_FMA void attend_direct_avx2(const DirectArgs& a, const S* kc, const S
     _mm256_storeu_ps(a.ctx + i0, c0);
   }
 }
-
 
 // One token against every head of its cache row, walking the row key by key: key j of all heads
 // is one contiguous run of hl = heads · d values, so the keys and then the values are read as

@@ -2,8 +2,8 @@
 // kernels/cpu/attention_cached.cpp. Two kernels: one thread per (token, head, dim) stores each
 // token's key and value into its cache slot; then one block of warps per (token, head) walks the
 // visible keys of its row through the slot table, the keys split among the warps, each with the
-// online softmax of attention.cu (every lane holds head dims lane, lane + 32, ...). Scores follow attention_common.cuh, including the F16
-// query-scaling trick. The table is read per key, so beams that share a context read it from
+// online softmax of attention.cu (every lane holds head dims lane, lane + 32, ...). Scores follow
+// attention_common.cuh, including the F16 query-scaling trick. The table is read per key, so beams that share a context read it from
 // the one slot that holds it.
 #include "kernels/cuda/attention_common.cuh"
 
