@@ -162,6 +162,39 @@ void bench_linear(DType dtype, int64_t tokens, int64_t in, int64_t out, double p
   add_row("linear+bias", dtype, dims({tokens, out, in}), ms, 2.0 * tokens * out * in, true, peak);
 }
 
+// Decoding (one token): a bf16 linear layer, whose time is streaming its weight, in GB/s of
+// weight bytes against the memcpy bandwidth.
+void bench_linear_decode(DType dtype, int64_t in, int64_t out, double bandwidth) {
+  Tensor x = random_gpu({1, in}, dtype), w = random_gpu({out, in}, dtype);
+  Tensor bias = random_gpu({out}, dtype), y = Tensor::empty({1, out}, dtype, kGpu);
+  const double ms = time_ms([&] { cuda::linear_forward(x, w, &bias, y); });
+  add_row("linear n=1", dtype, dims({1, out, in}), ms, static_cast<double>(w.nbytes()), false,
+          bandwidth);
+}
+
+// The same layer with INT8 or INT4 weights (quantized_linear_forward's weight-streaming kernel):
+// GB/s of weight bytes streamed (q and its F16 scales).
+void bench_quantized_linear_decode(int bits, DType dtype, int64_t in, int64_t out,
+                                   double bandwidth) {
+  Tensor x = random_gpu({1, in}, dtype), y = Tensor::empty({1, out}, dtype, kGpu);
+  Tensor scale = random_gpu({out}, DType::F16, 0.01f), bias = random_gpu({out}, dtype);
+  // Random valid bytes (values in [-127, 127], or two nibbles in [-7, 7]) in a 1 MiB block, tiled.
+  Tensor q = Tensor::empty({out, in * bits / 8}, DType::I8, kGpu);
+  std::vector<int8_t> block(std::min<size_t>(q.nbytes(), size_t{1} << 20));
+  std::uniform_int_distribution<int> value(bits == 8 ? -127 : -7, bits == 8 ? 127 : 7);
+  for (int8_t& b : block)
+    b = bits == 8 ? static_cast<int8_t>(value(g_rng))
+                  : static_cast<int8_t>(((value(g_rng) & 0xF) << 4) | (value(g_rng) & 0xF));
+  char* dst = static_cast<char*>(q.data());
+  for (size_t done = 0; done < q.nbytes(); done += block.size())
+    cuda::copy_bytes(dst + done, kGpu, block.data(), Device::cpu(),
+                     std::min(block.size(), q.nbytes() - done));
+  const double ms =
+      time_ms([&] { cuda::quantized_linear_forward(x, q, scale, bits, &bias, y); });
+  add_row(bits == 8 ? "qlinear int8 n=1" : "qlinear int4 n=1", dtype, dims({1, out, in}), ms,
+          static_cast<double>(q.nbytes() + scale.nbytes()), false, bandwidth);
+}
+
 void bench_layernorm(DType dtype, int64_t rows, int64_t h, double bandwidth) {
   Tensor x = random_gpu({rows, h}, dtype), w = random_gpu({h}, dtype), b = random_gpu({h}, dtype);
   Tensor y = Tensor::empty({rows, h}, dtype, kGpu);
@@ -353,6 +386,9 @@ int main(int argc, char** argv) {
     bench_gemm(DType::BF16, tokens, h, h, peak_bf16);
     bench_gemm(DType::F16, tokens, h, h, peak_f16);
     bench_linear(DType::BF16, tokens, h, 3 * h, peak_bf16);  // the qkv projection
+    bench_linear_decode(DType::BF16, h, h, bandwidth);  // decoding: weight-bandwidth bound
+    bench_quantized_linear_decode(8, DType::BF16, h, h, bandwidth);
+    bench_quantized_linear_decode(4, DType::BF16, h, h, bandwidth);
     bench_layernorm(DType::BF16, tokens, h, bandwidth);
     bench_layernorm(DType::F16, tokens, h, bandwidth);
     bench_geglu(DType::BF16, tokens, ffn, bandwidth);

@@ -84,6 +84,18 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor
   GLMRT_DISPATCH(linear_forward, GLMRT_TENSORS(&x, &w, bias, &y), x, w, bias, y);
 }
 
+// The CPU kernel reads 16-bit x, y and bias itself (no fp32 copies through cpu_low_precision).
+void quantized_linear_forward(const Tensor& x, const Tensor& q, const Tensor& scale, int bits,
+                              const Tensor* bias, Tensor& y) {
+  if (common_device(GLMRT_TENSORS(&x, &q, &scale, bias, &y), "quantized_linear_forward").is_cpu())
+    return cpu::quantized_linear_forward(x, q, scale, bits, bias, y);
+#ifdef GLMRT_WITH_CUDA
+  return cuda::quantized_linear_forward(x, q, scale, bits, bias, y);
+#else
+  throw Error("quantized_linear_forward: a CUDA tensor was given to a glmrt built without the CUDA backend");
+#endif
+}
+
 void layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps,
                        Tensor& y, Tensor* mean, Tensor* rstd) {
   GLMRT_DISPATCH(layernorm_forward, GLMRT_TENSORS(&x, &weight, &bias, &y, mean, rstd), x, weight,
