@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstdio>
 
+#include "checkpoint/quantize.h"
 #include "launcher/model_source.h"
 
 namespace glmrt {
@@ -20,7 +21,10 @@ void add_inference_options(po::options_description& desc) {
     ("cache-length", po::value<int64_t>()->default_value(0),
      "tokens per KV cache row; 0 = the model's max_sequence_length")
     ("micro-batches", po::value<int>()->default_value(0),
-     "pipeline micro-batches per decoding step; 0 = one per stage");
+     "pipeline micro-batches per decoding step; 0 = one per stage")
+    ("quantization-bit-width", po::value<int>()->default_value(0),
+     "weight-only quantization of the four linear weights of every layer at load: 8 or 4 bits "
+     "(per-row fp16 scales of this rank's shard); 0 = off");
   add_compute_options(desc);
   add_parallel_options(desc);
   add_set_option(desc);
@@ -108,12 +112,23 @@ InferenceSetup setup_inference(const po::variables_map& vm, const std::string& c
   const ComputeOptions compute = compute_options(vm);
   InferenceSetup s;
   s.rc = load_run_config(vm["config"].as<std::string>(), config_overrides(vm));
+  const int bits = vm["quantization-bit-width"].as<int>();
+  if (bits != 0 && bits != 4 && bits != 8)
+    throw InputError("--quantization-bit-width must be 4 or 8 (or 0: off), got " + std::to_string(bits));
   const ModelSource source(vm, s.rc.model);
   if (!s.rc.tokenizer.model.empty())
     s.tokenizer = std::make_unique<Tokenizer>(s.rc.tokenizer.model, s.rc.model, s.rc.source);
   s.rt = setup_parallel(s.rc, vm, compute.device);
   GlmParams params = GlmParams::allocate(s.rc.model, compute.dtype, compute.device, s.rt.shard);
   source.load(s.rc.model, params);
+  if (bits) {
+    const size_t before = params.flat().nbytes();
+    quantize_model_weights(params, bits);
+    if (s.rt.is_world_root())
+      std::fprintf(stderr, "glmrt %s: linear weights quantized to %d bits (rank 0: %.1f MiB of parameters -> %.1f MiB)\n",
+                   command.c_str(), bits, static_cast<double>(before) / (1 << 20),
+                   static_cast<double>(params.nbytes()) / (1 << 20));
+  }
   if (s.rt.is_world_root() && !source.note().empty())
     std::fprintf(stderr, "glmrt %s: %s\n", command.c_str(), source.note().c_str());
   s.model = std::make_unique<GlmModel>(s.rc.model, std::move(params), s.rt.tp);

@@ -49,6 +49,15 @@ void LayerActivations::allocate(const GlmConfig& c, int tp_size, int64_t n, DTyp
   geglu = Tensor::empty({n, f}, dtype, device);
 }
 
+namespace {
+// A linear layer on the parameters' weight: full precision, or quantized (LayerParams::weight_bits).
+void layer_linear(const Tensor& x, const LayerParams& p, const Tensor& w, const Tensor& scale,
+                  const Tensor* bias, Tensor& y) {
+  if (p.weight_bits) quantized_linear_forward(x, w, scale, p.weight_bits, bias, y);
+  else linear_forward(x, w, bias, y);
+}
+}  // namespace
+
 void glm_layer_forward(const GlmConfig& c, const LayerParams& p, const RopeTables& rope,
                        const TensorParallel& tp, const Batch& batch, int64_t layer_id,
                        const StepContext& ctx, LayerActivations& a, Tensor& x,
@@ -62,7 +71,7 @@ void glm_layer_forward(const GlmConfig& c, const LayerParams& p, const RopeTable
 
   layernorm_forward(x, p.input_layernorm_weight, p.input_layernorm_bias, eps, a.ln1_out,
                     &a.ln1_mean, &a.ln1_rstd);
-  linear_forward(a.ln1_out, p.qkv_weight, &p.qkv_bias, a.qkv);
+  layer_linear(a.ln1_out, p, p.qkv_weight, p.qkv_weight_scale, &p.qkv_bias, a.qkv);
   rope_forward(a.qkv, batch.position_ids, rope.cos, rope.sin, heads, d);
   if (cached)
     attention_cached_forward(a.qkv, *cached->token_index, *cached->table, heads, d,
@@ -73,16 +82,18 @@ void glm_layer_forward(const GlmConfig& c, const LayerParams& p, const RopeTable
                       static_cast<float>(layer_id + 1),
                       ctx.attention(layer_id, c.num_attention_heads, tp.rank * heads), a.context,
                       &a.attn_lse);
-  linear_forward(a.context, p.dense_weight, add_bias ? &p.dense_bias : nullptr, a.attn_residual);
+  layer_linear(a.context, p, p.dense_weight, p.dense_weight_scale, add_bias ? &p.dense_bias : nullptr,
+               a.attn_residual);
   tp.all_reduce(a.attn_residual);  // row-parallel attention.dense
   dropout_apply(a.attn_residual, ctx.hidden(layer_id, DropoutSite::AttentionOutput, batch.seq, h));
   scale_add(alpha, a.ln1_out, a.attn_residual, a.attn_residual);  // x' = α·a + Attn(a)
 
   layernorm_forward(a.attn_residual, p.post_attention_layernorm_weight,
                     p.post_attention_layernorm_bias, eps, a.ln2_out, &a.ln2_mean, &a.ln2_rstd);
-  linear_forward(a.ln2_out, p.h_to_4h_weight, &p.h_to_4h_bias, a.h4h);
+  layer_linear(a.ln2_out, p, p.h_to_4h_weight, p.h_to_4h_weight_scale, &p.h_to_4h_bias, a.h4h);
   geglu_forward(a.h4h, a.geglu);
-  linear_forward(a.geglu, p.fourh_to_h_weight, add_bias ? &p.fourh_to_h_bias : nullptr, x);
+  layer_linear(a.geglu, p, p.fourh_to_h_weight, p.fourh_to_h_weight_scale,
+               add_bias ? &p.fourh_to_h_bias : nullptr, x);
   tp.all_reduce(x);  // row-parallel dense_4h_to_h
   dropout_apply(x, ctx.hidden(layer_id, DropoutSite::MlpOutput, batch.seq, h));
   scale_add(alpha, a.ln2_out, x, x);  // out = α·m + FFN(m)
@@ -92,6 +103,8 @@ void glm_layer_backward(const GlmConfig& c, const LayerParams& p, const RopeTabl
                         const TensorParallel& tp, const Batch& batch, int64_t layer_id,
                         const StepContext& ctx, const LayerActivations& a, LayerActivations& s,
                         const Tensor& dout, Tensor& dx, LayerParams& g) {
+  GLMRT_CHECK(p.weight_bits == 0, "glm_layer_backward: quantized weights (",
+              p.weight_bits, " bits) are for inference only");
   const float alpha = static_cast<float>(c.alpha());
   const int64_t heads = c.num_attention_heads / tp.size, d = c.head_dim(), h = c.hidden_size;
   // Work buffers (same shapes as the activations they are gradients of).

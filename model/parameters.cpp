@@ -1,5 +1,6 @@
 #include "model/parameters.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace glmrt {
@@ -177,22 +178,92 @@ GlmParams GlmParams::allocate(const GlmConfig& config, DType dtype, Device devic
         p.flat_.slice_rows(p.offsets_[i], p.offsets_[i] + shape_numel(s.local_shape)).view(s.local_shape));
     p.index_[s.name] = i;
   }
+  p.scales_.resize(p.tensors_.size());
+  p.config_ = config;
+  p.bind_views(config);
+  return p;
+}
+
+// The named views (word_embeddings, layers, final LayerNorm) onto tensors_ and scales_, in
+// glm_param_specs order.
+void GlmParams::bind_views(const GlmConfig& config) {
   size_t k = 0;
-  if (shard.holds_embedding()) p.word_embeddings = p.tensors_[k++];
-  p.layers.resize(static_cast<size_t>(shard.layer_count(config)));
-  for (LayerParams& l : p.layers) {
+  if (shard_.holds_embedding()) word_embeddings = tensors_[k++];
+  layers.assign(static_cast<size_t>(shard_.layer_count(config)), LayerParams{});
+  for (LayerParams& l : layers) {
     for (Tensor* t : {&l.input_layernorm_weight, &l.input_layernorm_bias, &l.qkv_weight,
                       &l.qkv_bias, &l.dense_weight, &l.dense_bias,
                       &l.post_attention_layernorm_weight, &l.post_attention_layernorm_bias,
                       &l.h_to_4h_weight, &l.h_to_4h_bias, &l.fourh_to_h_weight,
-                      &l.fourh_to_h_bias})
-      *t = p.tensors_[k++];
+                      &l.fourh_to_h_bias}) {
+      if (t == &l.qkv_weight) l.qkv_weight_scale = scales_[k];
+      if (t == &l.dense_weight) l.dense_weight_scale = scales_[k];
+      if (t == &l.h_to_4h_weight) l.h_to_4h_weight_scale = scales_[k];
+      if (t == &l.fourh_to_h_weight) l.fourh_to_h_weight_scale = scales_[k];
+      *t = tensors_[k++];
+    }
+    l.weight_bits = weight_bits_;
   }
-  if (shard.last_stage) {
-    p.final_layernorm_weight = p.tensors_[k++];
-    p.final_layernorm_bias = p.tensors_[k++];
+  if (shard_.last_stage) {
+    final_layernorm_weight = tensors_[k++];
+    final_layernorm_bias = tensors_[k++];
   }
-  return p;
+}
+
+namespace {
+// The four linear weights of a layer, by released name.
+bool is_linear_weight(const std::string& name) {
+  for (const char* suffix : {".attention.query_key_value.weight", ".attention.dense.weight",
+                             ".mlp.dense_h_to_4h.weight", ".mlp.dense_4h_to_h.weight"}) {
+    const std::string s(suffix);
+    if (name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0) return true;
+  }
+  return false;
+}
+}  // namespace
+
+void GlmParams::quantize_linear_weights(int bits, const QuantizeFn& quantize) {
+  GLMRT_CHECK(bits == 4 || bits == 8, "quantize_linear_weights: bits must be 4 or 8, got ", bits);
+  GLMRT_CHECK(weight_bits_ == 0, "quantize_linear_weights: the parameters are already quantized");
+  // Quantize first (an error leaves the parameters as they were), then compact.
+  std::vector<std::pair<Tensor, Tensor>> quantized(tensors_.size());
+  for (size_t i = 0; i < specs_.size(); ++i)
+    if (is_linear_weight(specs_[i].name)) quantized[i] = quantize(tensors_[i], specs_[i].name);
+  constexpr int64_t kAlign = 64;
+  int64_t total = 0;
+  std::vector<int64_t> offsets(specs_.size(), -1);
+  for (size_t i = 0; i < specs_.size(); ++i) {
+    if (quantized[i].first.defined()) continue;
+    offsets[i] = total;
+    total += (tensors_[i].numel() + kAlign - 1) / kAlign * kAlign;
+  }
+  Tensor flat = Tensor::zeros({std::max<int64_t>(total, 1)}, flat_.dtype(), flat_.device());
+  for (size_t i = 0; i < specs_.size(); ++i) {
+    if (quantized[i].first.defined()) {
+      tensors_[i] = quantized[i].first;
+      scales_[i] = quantized[i].second;
+    } else {
+      Tensor v = flat.slice_rows(offsets[i], offsets[i] + tensors_[i].numel()).view(tensors_[i].shape());
+      v.copy_from(tensors_[i]);
+      tensors_[i] = v;
+    }
+  }
+  flat_ = flat;  // the old buffer goes with its last view
+  offsets_ = offsets;
+  weight_bits_ = bits;
+  bind_views(config_);
+}
+
+size_t GlmParams::nbytes() const {
+  size_t total = flat_.nbytes();
+  for (size_t i = 0; i < tensors_.size(); ++i)
+    if (scales_[i].defined()) total += tensors_[i].nbytes() + scales_[i].nbytes();
+  return total;
+}
+
+const Tensor* GlmParams::find_scale(const std::string& name) const {
+  auto it = index_.find(name);
+  return it == index_.end() || !scales_[it->second].defined() ? nullptr : &scales_[it->second];
 }
 
 const Tensor* GlmParams::find(const std::string& name) const {

@@ -5,8 +5,10 @@
 // it is split, which is all that loading, resharding and ZeRO need.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/tensor.h"
@@ -61,6 +63,11 @@ struct LayerParams {
   Tensor post_attention_layernorm_weight, post_attention_layernorm_bias;
   Tensor h_to_4h_weight, h_to_4h_bias;  // mlp.dense_h_to_4h [2F, h]
   Tensor fourh_to_h_weight, fourh_to_h_bias;  // mlp.dense_4h_to_h [h, F]
+  // Weight-only quantization (checkpoint/quantize.h), when weight_bits is 4 or 8: the four
+  // *_weight tensors above are I8 values ([rows, cols] or, for 4 bits, [rows, cols / 2]) and
+  // these their F16 per-row scales; undefined otherwise.
+  int weight_bits = 0;
+  Tensor qkv_weight_scale, dense_weight_scale, h_to_4h_weight_scale, fourh_to_h_weight_scale;
 };
 
 class GlmParams {
@@ -83,6 +90,19 @@ class GlmParams {
   Tensor& flat() { return flat_; }
   const ModelShard& shard() const { return shard_; }
 
+  // Replaces the four linear weights of every layer by quantize(weight, released name) =
+  // (I8 values, F16 scales) and moves the other parameters into a new, smaller flat buffer, so
+  // the full-precision linear weights are freed (peak: the old buffer plus the quantized
+  // copies). For inference only: a quantized GlmParams has no gradients, no ZeRO partition and
+  // flat() no longer holds every parameter. bits: 4 or 8 (recorded in each LayerParams).
+  using QuantizeFn = std::function<std::pair<Tensor, Tensor>(const Tensor&, const std::string&)>;
+  void quantize_linear_weights(int bits, const QuantizeFn& quantize);
+  int weight_bits() const { return weight_bits_; }  // 0: not quantized
+  // Bytes this rank's parameters occupy: the flat buffer plus any quantized values and scales.
+  size_t nbytes() const;
+  // The F16 scales of a quantized weight (by its released name); nullptr otherwise.
+  const Tensor* find_scale(const std::string& name) const;
+
   Tensor word_embeddings;  // undefined on middle pipeline stages
   std::vector<LayerParams> layers;  // this stage's layers, in order
   Tensor final_layernorm_weight, final_layernorm_bias;  // last stage only
@@ -93,7 +113,11 @@ class GlmParams {
   std::vector<Tensor> tensors_;
   std::vector<int64_t> offsets_;
   std::map<std::string, size_t> index_;
+  std::vector<Tensor> scales_;  // per tensor: its quantization scales, or undefined
   Tensor flat_;
+  int weight_bits_ = 0;
+  void bind_views(const GlmConfig& config);
+  GlmConfig config_;
 };
 
 }  // namespace glmrt

@@ -1,0 +1,46 @@
+// Weight-only quantization of the linear weights (GLM130B.md §6), as the released GLM-130B code
+// does it at load time (`--quantization-bit-width 4|8`): the four linear weights of every layer
+// (query_key_value, attention.dense, dense_h_to_4h, dense_4h_to_h), never the embedding, the
+// LayerNorms or a bias; symmetric absmax with one fp16 scale per output row of the rank's own
+// tensor-parallel shard, so quantization runs after sharding (the row-parallel layers' scales
+// depend on the TP degree).
+#pragma once
+
+#include <string>
+
+#include "kernels/tensor.h"
+#include "model/parameters.h"
+
+namespace glmrt {
+
+// A quantized 2-D weight [rows, cols]: values I8 [rows, cols] (bits 8) or [rows, cols / 2]
+// (bits 4: column 2c in the high nibble, 2c + 1 in the low one, two's complement), scale F16
+// [rows]; the weight is values · scale (kernels/op_signatures.inc: quantized_linear_forward).
+struct QuantizedTensor {
+  Tensor values, scale;
+  int bits = 0;
+};
+
+// Quantizes a host 2-D weight (F32, F16 or BF16) row by row:
+//   scale = fp16(max|W[r, :]| / qmax)          qmax = 127 (bits 8) or 7 (bits 4)
+//   q     = round_half_even(W / scale), clamped to [-qmax, qmax]; 0 where the scale is 0
+// in fp32 arithmetic (max|W| and W are exact in fp32). For F16 weights the quotient is rounded
+// to fp16 before it is rounded to an integer: the released code divides fp16 tensors, whose
+// quotient is fp16. The clamp is ours: the released `.to(torch.int8)` would wrap ±128 to ∓128,
+// which fp16 rounding of the scale cannot produce (|W / scale| ≤ qmax · (1 + 2^-11) < qmax + ½)
+// except on subnormal scales. `name` is used in errors: bits not 4 or 8, a non-2-D or
+// non-floating tensor, an odd column count for bits 4, a non-finite weight or a scale that
+// overflows fp16 (each names the tensor and the row).
+QuantizedTensor quantize_weight(const Tensor& w, int bits, const std::string& name);
+
+// values · scale as a host F32 tensor [rows, cols] (exact: at most 18 significant bits).
+Tensor dequantize_weight(const QuantizedTensor& q);
+
+// Quantizes this rank's four linear weights of every layer in place (host or device
+// parameters; quantized on the host, moved back to the parameters' device) and releases their
+// full-precision copies (GlmParams::quantize_linear_weights). bits: 4 or 8. Throws InputError
+// naming the tensor when one cannot be quantized (an odd column count of the local shard for
+// bits 4, say).
+void quantize_model_weights(GlmParams& params, int bits);
+
+}  // namespace glmrt
