@@ -43,14 +43,23 @@ def model_numbers(path):
     h, f, L, V = m["hidden_size"], m["ffn_hidden_size"], m["num_layers"], m["vocab_size"]
     mats = L * (4 * h * h + 3 * f * h)
     small = L * (3 * h + h + 2 * f + h + 4 * h) + 2 * h  # biases + LayerNorms
-    return dict(h=h, L=L, V=V, mats=mats, params=mats + small + V * h)
+    mat_rows = L * (3 * h + h + 2 * f + h)  # output rows of the four linear weights
+    return dict(h=h, L=L, V=V, mats=mats, mat_rows=mat_rows, params=mats + small + V * h)
 
 
-def decode_floor(mn, S, G, dtype_bytes, batch, bandwidth):
+def weight_bytes(mn, dtype_bytes, weight_bits=0):
+    """Bytes of all weights; with weight_bits (4 or 8) the four linear weights of every layer are
+    that many bits each plus an fp16 scale per row (glmrt --quantization-bit-width)."""
+    if not weight_bits:
+        return mn["params"] * dtype_bytes
+    return (mn["params"] - mn["mats"]) * dtype_bytes + mn["mats"] * weight_bits / 8 + 2 * mn["mat_rows"]
+
+
+def decode_floor(mn, S, G, dtype_bytes, batch, bandwidth, weight_bits=0):
     """Seconds per decoding step at `bandwidth` bytes/s: every weight once plus the KV cache read
     in the step, averaged over the G - 1 steps (step i feeds token i, S + i tokens cached after it)."""
     kv = sum(2 * mn["L"] * (S + i) * mn["h"] * dtype_bytes * batch for i in range(1, G)) / max(1, G - 1)
-    return (mn["params"] * dtype_bytes + kv) / bandwidth
+    return (weight_bytes(mn, dtype_bytes, weight_bits) + kv) / bandwidth
 
 
 def token_agreement(glmrt_outputs, torch_outputs, G, batch):

@@ -22,13 +22,17 @@
 #   --device cpu runs the same flow on the CPU (glmrt without --device, PyTorch on the CPU, no
 #   GEMM rate): a plumbing check for machines without a GPU, not a benchmark;
 #   --out DIR: also writes decode_results.jsonl (every run: timings, tokens) and
-#   decode_ceilings.json there.
+#   decode_ceilings.json there;
+#   --quantized 8,4 (default; "" for none): with bf16, glmrt also runs with
+#   --quantization-bit-width 8 and 4 (rows int8 / int4: floor from the quantized weight bytes,
+#   speed-up against glmrt bf16, tokens against glmrt bf16's; with 4, an odd FFN width is
+#   rounded up to even for every run, as INT4 packs two columns per byte: the 1b model's 5461 → 5462).
 # Python: $PYTHON, else python3 from PATH with --device cuda (the GPU image's CUDA PyTorch 2.x),
 # /usr/bin/python3 (Debian's CPU PyTorch) with --device cpu.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-build=build configs=1b precisions="fp32 bf16" batches=1,16 tokens=64 prompt_len=128 device=cuda out=""
+build=build configs=1b precisions="fp32 bf16" batches=1,16 tokens=64 prompt_len=128 device=cuda out="" quantized=8,4
 while (($#)); do
   case "$1" in
     --build) build=$2; shift 2 ;;
@@ -39,7 +43,8 @@ while (($#)); do
     --prompt-len) prompt_len=$2; shift 2 ;;
     --device) device=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
+    --quantized) quantized=$2; shift 2 ;;
+    -h | --help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "gpu_generate_bench: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -114,6 +119,17 @@ threads=()
 [[ $device == cpu ]] && threads=(--threads "$(nproc)")
 for name in ${configs//,/ }; do
   cfg=$(config_file "$name")
+  if [[ ,$quantized, == *,4,* ]]; then
+    # INT4 packs two columns per byte: an odd FFN width (the 1b model's 5461) is rounded up to
+    # even, for every run of this config (both sides read the same file).
+    "$py" - "$cfg" "$tmp/$name.yaml" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+text = re.sub(r"(ffn_hidden_size:\s*)(\d+)", lambda m: m.group(1) + str(int(m.group(2)) + int(m.group(2)) % 2), text)
+open(sys.argv[2], "w").write(text)
+PY
+    cfg=$tmp/$name.yaml
+  fi
   weights=$tmp/$name.safetensors
   echo "== $name: weights ($cfg)" >&2
   timeout -k 5 300 "$py" bench/torch_generate.py --config "$cfg" --init-weights "$weights" --seed 1234 2>&1 |
@@ -140,6 +156,17 @@ for name in ${configs//,/ }; do
         "$py" bench/torch_generate.py --config "$cfg" --weights "$weights" --prompts "$prompts" \
         --tokens "$tokens" --precision "$prec" --device "$device" "${threads[@]}"
       sed 's/^/  /' "$tmp/$name.$prec.b$batch.torch.err" >&2
+      # bf16 with weight-only quantization (glmrt only: PyTorch has no such path here).
+      [[ $prec == bf16 ]] || continue
+      for bits in ${quantized//,/ }; do
+        echo "== glmrt $name bf16 + int$bits weights, batch $batch" >&2
+        run_side glmrt "$name" "$cfg" "int$bits" "$batch" "$tmp/$name.int$bits.b$batch.glmrt" -- \
+          "$glmrt" generate --config "$cfg" --weights "$weights" --input-file "$prompts" \
+          --input-format ids --strategy greedy --out-seq-length $((prompt_len + 1 + tokens)) \
+          --min-gen-length "$tokens" --max-batch "$batch" --max-rows "$batch" \
+          --cache-length $((prompt_len + 1 + tokens)) --dtype bf16 --json --timing \
+          --quantization-bit-width "$bits" "${threads[@]}" "${glmrt_device[@]}"
+      done
     done
   done
   rm -f "$weights"
@@ -179,10 +206,13 @@ table, notes = [], []
 for name in dict.fromkeys(r["config"] for r in rows):
     cfg = next(r["config_file"] for r in rows if r["config"] == name)
     mn = model_numbers(cfg)
-    for prec in ("fp32", "bf16"):
+    for prec in ("fp32", "bf16", "int8", "int4"):
         for batch in sorted({r["batch"] for r in rows if r["config"] == name and r["precision"] == prec}):
             g, t = by.get(("glmrt", name, prec, batch)), by.get(("pytorch", name, prec, batch))
-            floor = decode_floor(mn, S, G, 4 if prec == "fp32" else 2, batch, bw)
+            bits = int(prec[3:]) if prec.startswith("int") else 0
+            if bits:  # compared with glmrt bf16 (the same model unquantized), not with PyTorch
+                t = by.get(("glmrt", name, "bf16", batch))
+            floor = decode_floor(mn, S, G, 4 if prec == "fp32" else 2, batch, bw, bits)
             cells = {}
             for side, r in (("g", g), ("t", t)):
                 bad = failed(r)
@@ -197,6 +227,8 @@ for name in dict.fromkeys(r["config"] for r in rows):
             eq = "—"
             if cells["g"] and cells["t"]:
                 to = t["outputs"]
+                if bits:
+                    to = [s[0] if s else [] for s in to]
                 eq = token_agreement([s[0] if s else [] for s in g["outputs"]], to, G, batch)
                 if any(len(s) != 1 for s in g["outputs"]):
                     notes.append(f"warning: {name} {prec} batch {batch}: glmrt filled more than one blank")
@@ -208,7 +240,7 @@ for name in dict.fromkeys(r["config"] for r in rows):
                           f"{f2(gd and 1e3 * gd, '{:.3f}')} / {f2(td and 1e3 * td, '{:.3f}')}",
                           f"{f2(gd and batch / gd, '{:.1f}')} / {f2(td and batch / td, '{:.1f}')}",
                           f2(td / gd if gd and td else None, "{:.2f}×"),
-                          f2(gd and gd / floor, "{:.2f}×"), f2(td and td / floor, "{:.2f}×"),
+                          f2(gd and gd / floor, "{:.2f}×"), f2(td / floor if td and not bits else None, "{:.2f}×"),
                           f"{1e3 * floor:.3f}", eq])
 gemm = (f"{ceil['bf16_gemm_tflops']:.0f} TFLOP/s (torch.matmul {ceil['gemm_size']}³)"
         if ceil.get("bf16_gemm_tflops") else "n/a")
@@ -223,6 +255,8 @@ print("\n".join(markdown_table(hdr, table)))
 print()
 for n in notes:
     print(n)
+print("int8 / int4 rows: bf16 with --quantization-bit-width 8 / 4, their 'torch' columns are glmrt "
+      "bf16's (the same model unquantized) and their floor counts the quantized weight bytes.")
 print("floor = (all weights in the dtype + the KV cache read per step, averaged over the steps) / "
       "copy bandwidth; speed-up = torch decode step / glmrt decode step; tokens/s = batch / step. "
       "glmrt's prefill is its first forward of the process (glmrt generate has no warm-up); "
