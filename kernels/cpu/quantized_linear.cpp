@@ -319,15 +319,6 @@ void run_small(const QOp& op, bool vectorized) {
   }
 }
 
-template <class T>
-float widen(T v);
-template <>
-float widen<float>(float v) { return v; }
-template <>
-float widen<bf16>(bf16 v) { return bf16_to_float(v); }
-template <>
-float widen<f16>(f16 v) { return f16_to_float(v); }
-
 // The AVX2 INT4 kernel widens a byte's high nibble to 16·value and its low nibble to 2^28·value
 // (one instruction each); its x copy holds the even columns times 2^-4 and the odd ones times
 // 2^-28, so each product is the same real number x·value and rounds the same. Scaling a float by

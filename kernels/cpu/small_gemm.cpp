@@ -45,10 +45,6 @@ constexpr int64_t chunk_bytes = int64_t{128} << 10;
 // How far ahead of its loads a memory-bound tile prefetches each weight row.
 constexpr int64_t rows_ahead_bytes = 256;
 
-inline float widen(float v) { return v; }
-inline float widen(bf16 v) { return bf16_to_float(v); }
-inline float widen(f16 v) { return f16_to_float(v); }
-
 template <class T>
 T narrow(float v);
 template <>

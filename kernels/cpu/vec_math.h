@@ -22,6 +22,11 @@
 
 namespace glmrt::cpu {
 
+// One stored value as fp32 (the scalar twin of load8, for portable loops and tails).
+inline float widen(float v) { return v; }
+inline float widen(bf16 v) { return bf16_to_float(v); }
+inline float widen(f16 v) { return f16_to_float(v); }
+
 #ifdef GLMRT_VEC_MATH_X86
 
 inline bool vec_math_vectorized() {

@@ -20,7 +20,6 @@ Run with Debian's torch:  /usr/bin/python3 tests/reference/glm_generate_referenc
 """
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -793,10 +792,7 @@ def main(argv=None):
     log("")
     log(f"smallest margin over all cases: {min(e['margin'] for e in entries):.4g}; "
         f"{model.forwards} forward passes")
-    for path in written:
-        with open(path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()[:16]
-        log(f"{os.path.getsize(path):9d}  {digest}  {os.path.relpath(path)}")
+    ref.log_written(written, log)
     return 0
 
 

@@ -24,7 +24,6 @@ Run with Debian's torch:  /usr/bin/python3 tests/reference/glm_quantize_referenc
 """
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -203,10 +202,7 @@ def main(argv=None):
         f.write(gen.cases_json(entries))
     assert json.load(open(path)) == entries
     written.append(path)
-    for path in written:
-        with open(path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()[:16]
-        log(f"{os.path.getsize(path):9d}  {digest}  {os.path.relpath(path)}")
+    ref.log_written(written, log)
     return 0
 
 

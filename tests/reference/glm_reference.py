@@ -78,6 +78,14 @@ def write_safetensors(path, tensors, metadata=None):
             f.write(b)
 
 
+def log_written(paths, log=print):
+    """One line per written file: size, sha256 prefix, path."""
+    for path in paths:
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()[:16]
+        log(f"{os.path.getsize(path):9d}  {digest}  {os.path.relpath(path)}")
+
+
 def read_safetensors(path):
     """Read a safetensors file; returns ``(tensors, metadata)`` (tensors: name -> torch tensor)."""
     with open(path, "rb") as f:
@@ -698,10 +706,7 @@ def main(argv=None):
         self_checks(weights, cfgs["fp16rope"], cfgs["exactrope"], cases, logits, log)
 
     log("")
-    for path in written:
-        with open(path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()[:16]
-        log(f"{os.path.getsize(path):9d}  {digest}  {os.path.relpath(path)}")
+    log_written(written, log)
     return 0
 
 
