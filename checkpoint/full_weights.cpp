@@ -46,10 +46,7 @@ void load_full_weights(const SafetensorsReader& file, const GlmConfig& config, G
   const ModelShard& shard = params.shard();
   for (size_t i = 0; i < params.size(); ++i) {
     const ParamSpec& spec = params.specs()[i];
-    Tensor& dst = params.tensor(i);
-    Tensor src = shard_tensor(file.tensor(spec.name), spec.rule, shard.tp_rank, shard.tp_size);
-    if (src.dtype() != dst.dtype()) src = src.to(dst.dtype());
-    dst.copy_from(src);
+    params.assign(i, shard_tensor(file.tensor(spec.name), spec.rule, shard.tp_rank, shard.tp_size));
   }
 }
 

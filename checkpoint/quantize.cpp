@@ -111,16 +111,18 @@ Tensor dequantize_weight(const QuantizedTensor& q) {
   return w;
 }
 
-void quantize_model_weights(GlmParams& params, int bits) {
-  params.quantize_linear_weights(bits, [bits](const Tensor& w, const std::string& name) {
-    const Tensor host = w.device().is_cpu() ? w : w.to(Device::cpu());
-    QuantizedTensor q = quantize_weight(host, bits, name);
-    if (!w.device().is_cpu()) {
-      q.values = q.values.to(w.device());
-      q.scale = q.scale.to(w.device());
-    }
-    return std::make_pair(q.values, q.scale);
-  });
+GlmParams allocate_quantized_params(const GlmConfig& config, DType dtype, Device device,
+                                    const ModelShard& shard, int bits) {
+  return GlmParams::allocate_quantized(
+      config, dtype, device, shard, bits, [bits, device](const Tensor& w, const std::string& name) {
+        const Tensor host = w.device().is_cpu() ? w : w.to(Device::cpu());
+        QuantizedTensor q = quantize_weight(host, bits, name);
+        if (!device.is_cpu()) {
+          q.values = q.values.to(device);
+          q.scale = q.scale.to(device);
+        }
+        return std::make_pair(q.values, q.scale);
+      });
 }
 
 }  // namespace glmrt

@@ -36,11 +36,11 @@ QuantizedTensor quantize_weight(const Tensor& w, int bits, const std::string& na
 // values · scale as a host F32 tensor [rows, cols] (exact: at most 18 significant bits).
 Tensor dequantize_weight(const QuantizedTensor& q);
 
-// Quantizes this rank's four linear weights of every layer in place (host or device
-// parameters; quantized on the host, moved back to the parameters' device) and releases their
-// full-precision copies (GlmParams::quantize_linear_weights). bits: 4 or 8. Throws InputError
-// naming the tensor when one cannot be quantized (an odd column count of the local shard for
-// bits 4, say).
-void quantize_model_weights(GlmParams& params, int bits);
+// GlmParams::allocate_quantized with quantize_weight: each of this rank's four linear weights of
+// every layer is quantized on the host as the loader hands it over (GlmParams::assign) and its
+// values and scales are moved to `device`. bits: 4 or 8. Loading throws InputError naming the
+// tensor when one cannot be quantized (an odd column count of the local shard for bits 4, say).
+GlmParams allocate_quantized_params(const GlmConfig& config, DType dtype, Device device,
+                                    const ModelShard& shard, int bits);
 
 }  // namespace glmrt

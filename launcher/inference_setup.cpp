@@ -119,11 +119,12 @@ InferenceSetup setup_inference(const po::variables_map& vm, const std::string& c
   if (!s.rc.tokenizer.model.empty())
     s.tokenizer = std::make_unique<Tokenizer>(s.rc.tokenizer.model, s.rc.model, s.rc.source);
   s.rt = setup_parallel(s.rc, vm, compute.device);
-  GlmParams params = GlmParams::allocate(s.rc.model, compute.dtype, compute.device, s.rt.shard);
+  // With quantization the linear weights are quantized as they are loaded, one tensor at a time.
+  GlmParams params = bits ? allocate_quantized_params(s.rc.model, compute.dtype, compute.device, s.rt.shard, bits)
+                          : GlmParams::allocate(s.rc.model, compute.dtype, compute.device, s.rt.shard);
   source.load(s.rc.model, params);
   if (bits) {
-    const size_t before = params.flat().nbytes();
-    quantize_model_weights(params, bits);
+    const size_t before = static_cast<size_t>(GlmParams::flat_numel(s.rc.model, s.rt.shard)) * dtype_size(compute.dtype);
     if (s.rt.is_world_root())
       std::fprintf(stderr, "glmrt %s: linear weights quantized to %d bits (rank 0: %.1f MiB of parameters -> %.1f MiB)\n",
                    command.c_str(), bits, static_cast<double>(before) / (1 << 20),

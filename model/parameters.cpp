@@ -159,29 +159,72 @@ int64_t GlmParams::flat_numel(const GlmConfig& config, const ModelShard& shard, 
   return (total + pad_multiple - 1) / pad_multiple * pad_multiple;
 }
 
+namespace {
+// The four linear weights of a layer, by released name.
+bool is_linear_weight(const std::string& name) {
+  for (const char* suffix : {".attention.query_key_value.weight", ".attention.dense.weight",
+                             ".mlp.dense_h_to_4h.weight", ".mlp.dense_4h_to_h.weight"}) {
+    const std::string s(suffix);
+    if (name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0) return true;
+  }
+  return false;
+}
+}  // namespace
+
 GlmParams GlmParams::allocate(const GlmConfig& config, DType dtype, Device device,
                               const ModelShard& shard, int64_t pad_multiple) {
+  return allocate_impl(config, dtype, device, shard, pad_multiple, 0, nullptr);
+}
+
+GlmParams GlmParams::allocate_quantized(const GlmConfig& config, DType dtype, Device device,
+                                        const ModelShard& shard, int bits, QuantizeFn quantize) {
+  GLMRT_CHECK(bits == 4 || bits == 8, "GlmParams::allocate_quantized: bits must be 4 or 8, got ", bits);
+  GLMRT_CHECK(quantize != nullptr, "GlmParams::allocate_quantized: no quantize function");
+  return allocate_impl(config, dtype, device, shard, 1, bits, std::move(quantize));
+}
+
+GlmParams GlmParams::allocate_impl(const GlmConfig& config, DType dtype, Device device,
+                                   const ModelShard& shard, int64_t pad_multiple, int bits,
+                                   QuantizeFn quantize) {
   GlmParams p;
   p.shard_ = shard;
   p.specs_ = glm_param_specs(config, shard);
+  p.weight_bits_ = bits;
+  p.quantize_ = std::move(quantize);
   constexpr int64_t kAlign = 64;  // elements: every parameter starts 64-element aligned
   int64_t total = 0;
   for (const ParamSpec& s : p.specs_) {
-    p.offsets_.push_back(total);
-    total += (shape_numel(s.local_shape) + kAlign - 1) / kAlign * kAlign;
+    const bool quantized = bits && is_linear_weight(s.name);  // held outside the flat buffer
+    p.offsets_.push_back(quantized ? -1 : total);
+    if (!quantized) total += (shape_numel(s.local_shape) + kAlign - 1) / kAlign * kAlign;
   }
   total = (total + pad_multiple - 1) / pad_multiple * pad_multiple;
-  p.flat_ = Tensor::zeros({total}, dtype, device);
+  p.flat_ = Tensor::zeros({std::max<int64_t>(total, 1)}, dtype, device);
   for (size_t i = 0; i < p.specs_.size(); ++i) {
     const ParamSpec& s = p.specs_[i];
-    p.tensors_.push_back(
-        p.flat_.slice_rows(p.offsets_[i], p.offsets_[i] + shape_numel(s.local_shape)).view(s.local_shape));
+    p.tensors_.push_back(p.offsets_[i] < 0 ? Tensor()
+                                           : p.flat_.slice_rows(p.offsets_[i], p.offsets_[i] + shape_numel(s.local_shape))
+                                                 .view(s.local_shape));
     p.index_[s.name] = i;
   }
   p.scales_.resize(p.tensors_.size());
   p.config_ = config;
   p.bind_views(config);
   return p;
+}
+
+void GlmParams::assign(size_t i, const Tensor& src) {
+  const ParamSpec& spec = specs_.at(i);
+  GLMRT_CHECK(src.shape() == spec.local_shape, "GlmParams::assign: ", spec.name, " is ",
+              shape_str(spec.local_shape), " on this rank, got ", src.str());
+  if (offsets_[i] >= 0) {
+    tensors_[i].copy_from(src.dtype() == tensors_[i].dtype() ? src : src.to(tensors_[i].dtype()));
+    return;
+  }
+  auto [values, scale] = quantize_(src, spec.name);
+  tensors_[i] = std::move(values);
+  scales_[i] = std::move(scale);
+  bind_views(config_);
 }
 
 // The named views (word_embeddings, layers, final LayerNorm) onto tensors_ and scales_, in
@@ -208,50 +251,6 @@ void GlmParams::bind_views(const GlmConfig& config) {
     final_layernorm_weight = tensors_[k++];
     final_layernorm_bias = tensors_[k++];
   }
-}
-
-namespace {
-// The four linear weights of a layer, by released name.
-bool is_linear_weight(const std::string& name) {
-  for (const char* suffix : {".attention.query_key_value.weight", ".attention.dense.weight",
-                             ".mlp.dense_h_to_4h.weight", ".mlp.dense_4h_to_h.weight"}) {
-    const std::string s(suffix);
-    if (name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0) return true;
-  }
-  return false;
-}
-}  // namespace
-
-void GlmParams::quantize_linear_weights(int bits, const QuantizeFn& quantize) {
-  GLMRT_CHECK(bits == 4 || bits == 8, "quantize_linear_weights: bits must be 4 or 8, got ", bits);
-  GLMRT_CHECK(weight_bits_ == 0, "quantize_linear_weights: the parameters are already quantized");
-  // Quantize first (an error leaves the parameters as they were), then compact.
-  std::vector<std::pair<Tensor, Tensor>> quantized(tensors_.size());
-  for (size_t i = 0; i < specs_.size(); ++i)
-    if (is_linear_weight(specs_[i].name)) quantized[i] = quantize(tensors_[i], specs_[i].name);
-  constexpr int64_t kAlign = 64;
-  int64_t total = 0;
-  std::vector<int64_t> offsets(specs_.size(), -1);
-  for (size_t i = 0; i < specs_.size(); ++i) {
-    if (quantized[i].first.defined()) continue;
-    offsets[i] = total;
-    total += (tensors_[i].numel() + kAlign - 1) / kAlign * kAlign;
-  }
-  Tensor flat = Tensor::zeros({std::max<int64_t>(total, 1)}, flat_.dtype(), flat_.device());
-  for (size_t i = 0; i < specs_.size(); ++i) {
-    if (quantized[i].first.defined()) {
-      tensors_[i] = quantized[i].first;
-      scales_[i] = quantized[i].second;
-    } else {
-      Tensor v = flat.slice_rows(offsets[i], offsets[i] + tensors_[i].numel()).view(tensors_[i].shape());
-      v.copy_from(tensors_[i]);
-      tensors_[i] = v;
-    }
-  }
-  flat_ = flat;  // the old buffer goes with its last view
-  offsets_ = offsets;
-  weight_bits_ = bits;
-  bind_views(config_);
 }
 
 size_t GlmParams::nbytes() const {

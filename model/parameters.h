@@ -83,20 +83,25 @@ class GlmParams {
   size_t size() const { return tensors_.size(); }
   Tensor& tensor(size_t i) { return tensors_[i]; }
   const Tensor& tensor(size_t i) const { return tensors_[i]; }
-  int64_t offset(size_t i) const { return offsets_[i]; }  // element offset in flat()
+  int64_t offset(size_t i) const { return offsets_[i]; }  // element offset in flat(); -1: quantized
   // nullptr when this rank holds no parameter of that name.
   const Tensor* find(const std::string& name) const;
   const Tensor& flat() const { return flat_; }  // the single allocation
   Tensor& flat() { return flat_; }
   const ModelShard& shard() const { return shard_; }
 
-  // Replaces the four linear weights of every layer by quantize(weight, released name) =
-  // (I8 values, F16 scales) and moves the other parameters into a new, smaller flat buffer, so
-  // the full-precision linear weights are freed (peak: the old buffer plus the quantized
-  // copies). For inference only: a quantized GlmParams has no gradients, no ZeRO partition and
-  // flat() no longer holds every parameter. bits: 4 or 8 (recorded in each LayerParams).
+  // Like allocate, for inference with weight-only quantization (checkpoint/quantize.h): the four
+  // linear weights of every layer are not allocated at full precision; assign() quantizes each
+  // as it is loaded, quantize(shard, released name) = (I8 values, F16 scales) on the parameters'
+  // device, so no rank ever holds its full-precision linear weights (peak: one tensor). A
+  // quantized GlmParams has no gradients and no ZeRO partition, and flat() holds only the other
+  // parameters. bits: 4 or 8 (recorded in each LayerParams).
   using QuantizeFn = std::function<std::pair<Tensor, Tensor>(const Tensor&, const std::string&)>;
-  void quantize_linear_weights(int bits, const QuantizeFn& quantize);
+  static GlmParams allocate_quantized(const GlmConfig& config, DType dtype, Device device,
+                                      const ModelShard& shard, int bits, QuantizeFn quantize);
+  // Stores this rank's shard of parameter i (its local shape, any floating dtype and device):
+  // converted to the parameters' dtype and device, or quantized (allocate_quantized).
+  void assign(size_t i, const Tensor& src);
   int weight_bits() const { return weight_bits_; }  // 0: not quantized
   // Bytes this rank's parameters occupy: the flat buffer plus any quantized values and scales.
   size_t nbytes() const;
@@ -116,6 +121,10 @@ class GlmParams {
   std::vector<Tensor> scales_;  // per tensor: its quantization scales, or undefined
   Tensor flat_;
   int weight_bits_ = 0;
+  QuantizeFn quantize_;
+  static GlmParams allocate_impl(const GlmConfig& config, DType dtype, Device device,
+                                 const ModelShard& shard, int64_t pad_multiple, int bits,
+                                 QuantizeFn quantize);
   void bind_views(const GlmConfig& config);
   GlmConfig config_;
 };

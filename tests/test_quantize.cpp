@@ -2,8 +2,8 @@
 // (tests/reference/glm_quantize_reference.py; goldens in tests/golden/quantize/):
 // - quantize_weight equals the reference bit for bit (values, INT4 packing, fp16 scales) on
 //   crafted weights: exact .5 ties (to even), a zero row, an fp16-subnormal scale, F16 and BF16;
-// - GlmParams::quantize_linear_weights quantizes exactly the four linear weights and frees their
-//   full-precision copies;
+// - quantized parameters (allocate_quantized_params) quantize exactly the four linear weights as
+//   the loader hands them over, never allocating them at full precision;
 // - `glmrt generate --quantization-bit-width 8|4` answers as the reference's float64 model on the
 //   dequantized weights, token for token: greedy [MASK] / [sMASK] / [gMASK] and beam search, for
 //   tensor-parallel degrees 1 and 2 (the row-parallel layers' scales belong to each shard), on a
@@ -99,39 +99,42 @@ TEST(Quantize, RefusesWhatItCannotQuantize) {
             std::string::npos);
 }
 
-TEST(Quantize, ModelQuantizesTheFourLinearWeightsAndFreesTheirFullPrecisionCopies) {
+TEST(Quantize, QuantizedParamsQuantizeTheFourLinearWeightsAsTheyAreLoaded) {
   GlmConfig c = testing::small_glm_config(2);
-  GlmParams p = GlmParams::allocate(c, DType::F32, Device::cpu());
-  init_glm_params(p, c, 5);
-  GlmParams orig = GlmParams::allocate(c, DType::F32, Device::cpu());
-  orig.flat().copy_from(p.flat());
-  const size_t before = p.nbytes();
-  quantize_model_weights(p, 8);
+  GlmParams full = GlmParams::allocate(c, DType::F32, Device::cpu());
+  init_glm_params(full, c, 5);
+  GlmParams p = allocate_quantized_params(c, DType::F32, Device::cpu(), ModelShard::whole(), 8);
   EXPECT_EQ(p.weight_bits(), 8);
-  EXPECT_LT(p.nbytes(), before);
+  // Only the other parameters are allocated at full precision.
+  EXPECT_LT(p.flat().nbytes(), full.flat().nbytes() / 2);
+  for (size_t i = 0; i < p.size(); ++i) p.assign(i, full.tensor(i));
+  EXPECT_LT(p.nbytes(), full.nbytes() / 2);
   int quantized = 0;
   for (size_t i = 0; i < p.size(); ++i) {
     const std::string& name = p.specs()[i].name;
     const Tensor* scale = p.find_scale(name);
     if (scale) {
       ++quantized;
+      EXPECT_EQ(p.offset(i), -1) << name;
       EXPECT_EQ(p.tensor(i).dtype(), DType::I8) << name;
       EXPECT_EQ(scale->dtype(), DType::F16) << name;
-      const QuantizedTensor want = quantize_weight(orig.tensor(i), 8, name);
+      const QuantizedTensor want = quantize_weight(full.tensor(i), 8, name);
       EXPECT_TRUE(same_bytes(p.tensor(i), want.values)) << name;
       EXPECT_TRUE(same_bytes(*scale, want.scale)) << name;
     } else {
-      EXPECT_TRUE(same_bytes(p.tensor(i), orig.tensor(i))) << name;  // moved, unchanged
+      EXPECT_TRUE(same_bytes(p.tensor(i), full.tensor(i))) << name;
     }
   }
   EXPECT_EQ(quantized, 4 * 2);
   ASSERT_EQ(p.layers.size(), 2u);
   EXPECT_EQ(p.layers[1].weight_bits, 8);
-  EXPECT_EQ(p.layers[1].qkv_weight.dtype(), DType::I8);
+  const std::string qkv1 = "transformer.layers.1.attention.query_key_value.weight";
+  EXPECT_EQ(p.layers[1].qkv_weight.data(), p.find(qkv1)->data());  // the layer's views
+  EXPECT_EQ(p.layers[1].qkv_weight_scale.data(), p.find_scale(qkv1)->data());
   EXPECT_TRUE(p.layers[1].fourh_to_h_weight_scale.defined());
   EXPECT_EQ(p.layers[1].qkv_bias.dtype(), DType::F32);
   EXPECT_EQ(p.word_embeddings.dtype(), DType::F32);
-  EXPECT_THROW(quantize_model_weights(p, 4), Error);  // once only
+  EXPECT_THROW(p.assign(1, full.tensor(0)), Error);  // the embedding for a LayerNorm weight
 }
 
 // --- generation against the reference --------------------------------------------------------

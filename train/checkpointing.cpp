@@ -383,8 +383,7 @@ class ShardedCheckpointReader {
 void load_checkpoint_weights(const CheckpointManifest& m, GlmParams& params) {
   ShardedCheckpointReader r(m);
   for (size_t i = 0; i < params.size(); ++i) {
-    const Tensor t = r.fetch(params.specs()[i], params.specs()[i].name, false, params.shard());
-    params.tensor(i).copy_from(t.dtype() == params.tensor(i).dtype() ? t : t.to(params.tensor(i).dtype()));
+    params.assign(i, r.fetch(params.specs()[i], params.specs()[i].name, false, params.shard()));
   }
 }
 
