@@ -8,6 +8,7 @@
 #include "checkpoint/full_weights.h"
 #include "checkpoint/safetensors.h"
 #include "inference/pipeline_forward.h"
+#include "launcher/inference_setup.h"
 #include "launcher/model_source.h"
 #include "launcher/options.h"
 #include "launcher/parallel_setup.h"
@@ -26,6 +27,7 @@ int run_forward(const Args& args) {
     ("input", po::value<std::string>()->required(),
      "batch JSON: {tokens, position_ids, sep, segment_lengths?}")
     ("output", po::value<std::string>()->required(), "output safetensors: F32 `logits` [b, s, V]");
+  add_quantization_option(desc);
   add_compute_options(desc);
   add_parallel_options(desc);
   add_set_option(desc);
@@ -37,10 +39,12 @@ int run_forward(const Args& args) {
   RunConfig rc = load_run_config(vm["config"].as<std::string>(), config_overrides(vm));
   const std::string input = vm["input"].as<std::string>();
   const Batch batch = build_batch(read_batch_json_file(input), rc.model, input);
+  quantization_bits(vm);
   const ModelSource source(vm, rc.model);
   ParallelRuntime rt = setup_parallel(rc, vm, compute.device);
-  GlmParams params = GlmParams::allocate(rc.model, compute.dtype, compute.device, rt.shard);
+  GlmParams params = allocate_inference_params(vm, rc.model, compute, rt);
   source.load(rc.model, params);
+  report_quantization(params, rc.model, rt, compute, "forward");
   if (rt.is_world_root() && !source.note().empty())
     std::fprintf(stderr, "glmrt forward: %s\n", source.note().c_str());
   GlmModel model(rc.model, std::move(params), rt.tp);

@@ -21,10 +21,8 @@ void add_inference_options(po::options_description& desc) {
     ("cache-length", po::value<int64_t>()->default_value(0),
      "tokens per KV cache row; 0 = the model's max_sequence_length")
     ("micro-batches", po::value<int>()->default_value(0),
-     "pipeline micro-batches per decoding step; 0 = one per stage")
-    ("quantization-bit-width", po::value<int>()->default_value(0),
-     "weight-only quantization of the four linear weights of every layer at load: 8 or 4 bits "
-     "(per-row fp16 scales of this rank's shard); 0 = off");
+     "pipeline micro-batches per decoding step; 0 = one per stage");
+  add_quantization_option(desc);
   add_compute_options(desc);
   add_parallel_options(desc);
   add_set_option(desc);
@@ -80,6 +78,36 @@ std::vector<std::pair<int32_t, double>> parse_logit_bias(const std::string& text
 }
 }  // namespace
 
+void add_quantization_option(po::options_description& desc) {
+  desc.add_options()
+    ("quantization-bit-width", po::value<int>()->default_value(0),
+     "weight-only quantization of the four linear weights of every layer as they are loaded: 8 "
+     "or 4 bits (per-row fp16 scales of this rank's shard); 0 = off");
+}
+
+int quantization_bits(const po::variables_map& vm) {
+  const int bits = vm["quantization-bit-width"].as<int>();
+  if (bits != 0 && bits != 4 && bits != 8)
+    throw InputError("--quantization-bit-width must be 4 or 8 (or 0: off), got " + std::to_string(bits));
+  return bits;
+}
+
+GlmParams allocate_inference_params(const po::variables_map& vm, const GlmConfig& config,
+                                    const ComputeOptions& compute, const ParallelRuntime& rt) {
+  const int bits = quantization_bits(vm);
+  return bits ? allocate_quantized_params(config, compute.dtype, compute.device, rt.shard, bits)
+              : GlmParams::allocate(config, compute.dtype, compute.device, rt.shard);
+}
+
+void report_quantization(const GlmParams& params, const GlmConfig& config, const ParallelRuntime& rt,
+                         const ComputeOptions& compute, const std::string& command) {
+  if (!params.weight_bits() || !rt.is_world_root()) return;
+  const double before = static_cast<double>(GlmParams::flat_numel(config, rt.shard)) * dtype_size(compute.dtype);
+  std::fprintf(stderr, "glmrt %s: linear weights quantized to %d bits (rank 0: %.1f MiB of parameters -> %.1f MiB)\n",
+               command.c_str(), params.weight_bits(), before / (1 << 20),
+               static_cast<double>(params.nbytes()) / (1 << 20));
+}
+
 GenerationParams generation_params(const po::variables_map& vm) {
   GenerationParams p;
   p.strategy = parse_strategy(vm["strategy"].as<std::string>(), "--strategy");
@@ -112,24 +140,15 @@ InferenceSetup setup_inference(const po::variables_map& vm, const std::string& c
   const ComputeOptions compute = compute_options(vm);
   InferenceSetup s;
   s.rc = load_run_config(vm["config"].as<std::string>(), config_overrides(vm));
-  const int bits = vm["quantization-bit-width"].as<int>();
-  if (bits != 0 && bits != 4 && bits != 8)
-    throw InputError("--quantization-bit-width must be 4 or 8 (or 0: off), got " + std::to_string(bits));
+  quantization_bits(vm);  // a bad width fails before anything is opened
   const ModelSource source(vm, s.rc.model);
   if (!s.rc.tokenizer.model.empty())
     s.tokenizer = std::make_unique<Tokenizer>(s.rc.tokenizer.model, s.rc.model, s.rc.source);
   s.rt = setup_parallel(s.rc, vm, compute.device);
   // With quantization the linear weights are quantized as they are loaded, one tensor at a time.
-  GlmParams params = bits ? allocate_quantized_params(s.rc.model, compute.dtype, compute.device, s.rt.shard, bits)
-                          : GlmParams::allocate(s.rc.model, compute.dtype, compute.device, s.rt.shard);
+  GlmParams params = allocate_inference_params(vm, s.rc.model, compute, s.rt);
   source.load(s.rc.model, params);
-  if (bits) {
-    const size_t before = static_cast<size_t>(GlmParams::flat_numel(s.rc.model, s.rt.shard)) * dtype_size(compute.dtype);
-    if (s.rt.is_world_root())
-      std::fprintf(stderr, "glmrt %s: linear weights quantized to %d bits (rank 0: %.1f MiB of parameters -> %.1f MiB)\n",
-                   command.c_str(), bits, static_cast<double>(before) / (1 << 20),
-                   static_cast<double>(params.nbytes()) / (1 << 20));
-  }
+  report_quantization(params, s.rc.model, s.rt, compute, command);
   if (s.rt.is_world_root() && !source.note().empty())
     std::fprintf(stderr, "glmrt %s: %s\n", command.c_str(), source.note().c_str());
   s.model = std::make_unique<GlmModel>(s.rc.model, std::move(params), s.rt.tp);

@@ -17,6 +17,18 @@ namespace glmrt {
 
 // --config, --weights, --load, --max-batch, --micro-batches, plus compute, parallel and --set.
 void add_inference_options(po::options_description& desc);
+// --quantization-bit-width (generate, serve, forward).
+void add_quantization_option(po::options_description& desc);
+// This rank's parameters, ready for ModelSource::load: full precision, or with the linear weights
+// quantized as they are loaded when --quantization-bit-width is 4 or 8 (InputError otherwise;
+// checked before anything is loaded). Prints the sizes on world rank 0 once loaded: call
+// report_quantization after the load.
+GlmParams allocate_inference_params(const po::variables_map& vm, const GlmConfig& config,
+                                    const ComputeOptions& compute, const ParallelRuntime& rt);
+int quantization_bits(const po::variables_map& vm);
+void report_quantization(const GlmParams& params, const GlmConfig& config, const ParallelRuntime& rt,
+                         const ComputeOptions& compute, const std::string& command);
+
 // --strategy, --out-seq-length, --min-gen-length, --temperature, --top-k, --top-p, --seed,
 // --num-beams, --length-penalty, --no-repeat-ngram-size, --deterministic.
 void add_generation_options(po::options_description& desc);

@@ -262,5 +262,51 @@ TEST(QuantizedGenerate, RefusesABadBitWidthAndAnOddShardForFourBits) {
   EXPECT_EQ(r.exit_code, 0) << r.output;
 }
 
+// --- glmrt forward with quantized weights against the reference's logits --------------------
+
+struct ForwardRun {
+  int bits, tensor, pipeline;
+};
+
+class QuantizedForward : public ::testing::TestWithParam<ForwardRun> {};
+
+TEST_P(QuantizedForward, MatchesPyTorchReference) {
+  const ForwardRun f = GetParam();
+  const int ranks = f.tensor * f.pipeline;
+  const std::string dir = testing::temp_dir("quantized_forward_" + std::to_string(f.bits) + "_" +
+                                            std::to_string(f.tensor) + std::to_string(f.pipeline));
+  const std::string launch =
+      ranks == 1 ? std::string("OMPI_MCA_pml=ob1 ") + GLMRT_BINARY
+                 : "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
+                   "OMPI_MCA_mpi_yield_when_idle=1 OMPI_MCA_pml=ob1 OMP_NUM_THREADS=1 timeout 300 "
+                   "mpiexec -n " + std::to_string(ranks) + " --oversubscribe " + GLMRT_BINARY;
+  const auto r = testing::run_command(
+      launch + " forward --config " + source_path("tests/golden/generate/tiny.yaml") + " --weights " +
+      source_path("tests/golden/generate/weights.safetensors") + " --input " +
+      source_path("tests/golden/forward_plain.json") + " --output " + dir + "/logits.safetensors --threads 1" +
+      " --quantization-bit-width " + std::to_string(f.bits) + " --tensor " + std::to_string(f.tensor) +
+      " --pipeline " + std::to_string(f.pipeline));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const Tensor logits = SafetensorsReader(dir + "/logits.safetensors").tensor("logits");
+  const auto golden_logits = [&](int bits, int tp) {
+    return SafetensorsReader(golden("forward_int" + std::to_string(bits) + "_tp" + std::to_string(tp) +
+                                    ".logits.safetensors"))
+        .tensor("logits");
+  };
+  EXPECT_LE(testing::max_rel_diff(logits, golden_logits(f.bits, f.tensor)), 1e-5);
+  // The goldens tell the bit widths and the TP degrees apart.
+  EXPECT_GT(testing::max_rel_diff(logits, golden_logits(12 - f.bits, f.tensor)), 1e-3);
+  EXPECT_GT(testing::max_rel_diff(logits, golden_logits(f.bits, 3 - f.tensor)), 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, QuantizedForward,
+                         ::testing::Values(ForwardRun{8, 1, 1}, ForwardRun{4, 1, 1}, ForwardRun{8, 2, 1},
+                                           ForwardRun{4, 2, 2}, ForwardRun{4, 1, 2}),
+                         [](const auto& info) {
+                           const ForwardRun f = info.param;
+                           return "int" + std::to_string(f.bits) + "_t" + std::to_string(f.tensor) + "p" +
+                                  std::to_string(f.pipeline);
+                         });
+
 }  // namespace
 }  // namespace glmrt

@@ -14,6 +14,8 @@ Writes tests/golden/quantize/:
 - ``quantize_cases.safetensors``: crafted weights (F32 with exact .5 ties, a zero row, a row whose
   scale is an fp16 subnormal, F16 and BF16 weights) and the expected I8 values and F16 scales for
   8 and 4 bits; tensors ``<case>.w``, ``<case>.q<bits>``, ``<case>.scale<bits>``.
+- ``forward_int<bits>_tp<tp>.logits.safetensors``: F32 ``logits`` of tests/golden/forward_plain.json's
+  batch on that model quantized to 8 / 4 bits at tensor-parallel degree 1 / 2 (``glmrt forward``).
 - ``cases.json``: greedy and deterministic beam-search answers of the tiny generation model of
   tests/golden/generate (same weights and config) with its linear weights quantized to 8 and 4 bits,
   for tensor-parallel degrees 1 and 2 (each case carries "bits" and "tp"). The model runs in float64
@@ -191,8 +193,25 @@ def main(argv=None):
     # Quantization matters to the answers: at 4 bits some case must differ from the unquantized model.
     assert any(e["differs_from_unquantized"] for e in entries if e["bits"] == 4)
 
+    # glmrt forward with quantized weights: logits of tests/golden/forward_plain.json's batch.
+    forward_logits = {}
+    batch = json.load(open(os.path.join(here, "..", "golden", "forward_plain.json")))
+    plain = ref.glm_forward(weights, gen.GEN_MODEL, batch["tokens"], batch["position_ids"], batch["sep"])
+    for bits in (8, 4):
+        for tp in (1, 2):
+            lg = ref.glm_forward(quantized_weights(weights, bits, tp), gen.GEN_MODEL, batch["tokens"],
+                                 batch["position_ids"], batch["sep"])
+            forward_logits[(bits, tp)] = lg.float()
+            log(f"forward int{bits} tp{tp}: max |logit - unquantized| / max |unquantized| = "
+                f"{float((lg - plain).abs().max() / plain.abs().max()):.3g}")
+
     os.makedirs(args.out, exist_ok=True)
     written = []
+    for (bits, tp), lg in forward_logits.items():
+        path = os.path.join(args.out, f"forward_int{bits}_tp{tp}.logits.safetensors")
+        ref.write_safetensors(path, {"logits": lg}, {"input": "tests/golden/forward_plain.json",
+                                                      "bits": bits, "tp": tp})
+        written.append(path)
     path = os.path.join(args.out, "quantize_cases.safetensors")
     tensors = quantize_goldens()
     ref.write_safetensors(path, tensors, {"generator": "tests/reference/glm_quantize_reference.py"})
