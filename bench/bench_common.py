@@ -1,13 +1,18 @@
-"""Pieces shared by the benchmark scripts' Python (bench/generate_bench.sh, bench/gpu_generate_bench.sh,
-bench/train_bench.sh): the decoding prompts, a GLM config's sizes, the decoding floor, the greedy
-token agreement and the markdown table.
+"""Pieces shared by the benchmark scripts' Python (bench/generate_bench.sh,
+bench/gpu_generate_bench.sh, bench/quantized_decode_bench.sh, bench/train_bench.sh): the decoding
+prompts, a GLM config's sizes, the decoding floor, the greedy token agreement, the markdown table
+and the even-FFN config copy.
 
     python3 bench/bench_common.py prompts CONFIG.yaml P BATCHES PREFIX
 writes PREFIX.b{B}.txt for every B in the comma-separated BATCHES: B queries of P-1 seeded random
 ids below every special id, then [gMASK] (query r is the same in every file).
+
+    python3 bench/bench_common.py even-ffn CONFIG.yaml OUT.yaml
+writes CONFIG.yaml with an odd ffn_hidden_size rounded up to even (INT4 packs two columns per byte).
 """
 import json
 import random
+import re
 import sys
 
 import yaml
@@ -87,8 +92,17 @@ def markdown_table(header, rows):
     return [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows]
 
 
+def write_even_ffn_config(src, dst):
+    """`src` with an odd ffn_hidden_size rounded up to even (INT4 packs two columns per byte)."""
+    text = open(src).read()
+    text = re.sub(r"(ffn_hidden_size:\s*)(\d+)", lambda m: m.group(1) + str(int(m.group(2)) + int(m.group(2)) % 2), text)
+    open(dst, "w").write(text)
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 6 and sys.argv[1] == "prompts":
         write_prompts(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
+    elif len(sys.argv) == 4 and sys.argv[1] == "even-ffn":
+        write_even_ffn_config(sys.argv[2], sys.argv[3])
     else:
         sys.exit(__doc__)

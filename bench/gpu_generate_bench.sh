@@ -122,12 +122,7 @@ for name in ${configs//,/ }; do
   if [[ ,$quantized, == *,4,* ]]; then
     # INT4 packs two columns per byte: an odd FFN width (the 1b model's 5461) is rounded up to
     # even, for every run of this config (both sides read the same file).
-    "$py" - "$cfg" "$tmp/$name.yaml" <<'PY'
-import re, sys
-text = open(sys.argv[1]).read()
-text = re.sub(r"(ffn_hidden_size:\s*)(\d+)", lambda m: m.group(1) + str(int(m.group(2)) + int(m.group(2)) % 2), text)
-open(sys.argv[2], "w").write(text)
-PY
+    "$py" bench/bench_common.py even-ffn "$cfg" "$tmp/$name.yaml"
     cfg=$tmp/$name.yaml
   fi
   weights=$tmp/$name.safetensors

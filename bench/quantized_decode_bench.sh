@@ -78,12 +78,7 @@ for name in ${CONFIGS//,/ }; do
   # INT4 packs two columns per byte: an odd FFN width (the 1b model's 5461) is rounded up to even,
   # for every variant alike.
   cfg=$TMP/$name.yaml
-  "$PYTHON" - "$(config_file "$name")" "$cfg" <<'PY'
-import re, sys
-text = open(sys.argv[1]).read()
-text = re.sub(r"(ffn_hidden_size:\s*)(\d+)", lambda m: m.group(1) + str(int(m.group(2)) + int(m.group(2)) % 2), text)
-open(sys.argv[2], "w").write(text)
-PY
+  "$PYTHON" bench/bench_common.py even-ffn "$(config_file "$name")" "$cfg"
   weights=$TMP/$name.safetensors
   echo "== $name: weights ($cfg)" >&2
   "$PYTHON" bench/torch_generate.py --config "$cfg" --init-weights "$weights" --seed 1234 2>&1 | sed 's/^/  /' >&2
