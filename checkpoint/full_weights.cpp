@@ -14,7 +14,7 @@ bool ignored_name(const std::string& name) {
 }
 }  // namespace
 
-void load_full_weights(const SafetensorsReader& file, const GlmConfig& config, GlmParams& params) {
+void check_full_weights(const SafetensorsReader& file, const GlmConfig& config) {
   std::vector<std::string> problems;
   std::set<std::string> expected;
   for (const ParamSpec& spec : glm_param_specs(config)) {
@@ -28,7 +28,9 @@ void load_full_weights(const SafetensorsReader& file, const GlmConfig& config, G
                          ", the config needs " + shape_str(spec.shape));
     } else if (!is_floating(e->dtype)) {
       problems.push_back("tensor " + spec.name + " has dtype " + std::string(dtype_name(e->dtype)) +
-                         ", expected a floating type");
+                         ", expected a floating type" +
+                         (e->dtype == DType::I8 ? " (a pre-quantized model is a checkpoint folder of "
+                                                  "glmrt quantize: load it with --load)" : ""));
     }
   }
   for (const SafetensorsEntry& e : file.entries())
@@ -43,6 +45,10 @@ void load_full_weights(const SafetensorsReader& file, const GlmConfig& config, G
       msg += "\n  ... and " + std::to_string(problems.size() - shown) + " more";
     throw CheckpointError(msg);
   }
+}
+
+void load_full_weights(const SafetensorsReader& file, const GlmConfig& config, GlmParams& params) {
+  check_full_weights(file, config);
   const ModelShard& shard = params.shard();
   for (size_t i = 0; i < params.size(); ++i) {
     const ParamSpec& spec = params.specs()[i];

@@ -12,6 +12,9 @@ namespace glmrt {
 // refused with each tensor and both shapes named. `…attention.rotary_emb.inv_freq` is ignored,
 // as in the released files.
 void load_full_weights(const SafetensorsReader& file, const GlmConfig& config, GlmParams& params);
+// The checks load_full_weights makes before it copies anything (CheckpointError naming each
+// problem).
+void check_full_weights(const SafetensorsReader& file, const GlmConfig& config);
 
 // The parameters as (released name, tensor) pairs, for write_safetensors.
 NamedTensors named_tensors(const GlmParams& params);

@@ -46,39 +46,57 @@ QuantizedTensor quantize_weight(const Tensor& w, int bits, const std::string& na
   q.scale = Tensor::empty({rows}, DType::F16);
   int8_t* out = q.values.data_as<int8_t>();
   f16* scales = static_cast<f16*>(q.scale.data());
-  std::vector<int8_t> row(static_cast<size_t>(cols));
+  // Rows are independent: quantizing a 130B model's shards runs on every core (the result does
+  // not depend on the thread count). First each row's absmax; a non-finite value is reported
+  // for the first row holding one, after the loop (no exception crosses an OpenMP region).
+  std::vector<float> amax(static_cast<size_t>(rows), 0.0f);
+  int64_t bad_row = rows;
+  const bool parallel = rows * cols >= (int64_t{1} << 16);
+#pragma omp parallel for schedule(static) reduction(min : bad_row) if (parallel)
   for (int64_t r = 0; r < rows; ++r) {
-    float amax = 0.0f;
+    float m = 0.0f;
     for (int64_t c = 0; c < cols; ++c) {
       const float v = element(w, r * cols + c);
-      if (!std::isfinite(v))
-        throw InputError("quantization of " + name + ": row " + std::to_string(r) + ", column " +
-                         std::to_string(c) + " holds " + std::to_string(v) + " (not finite)");
-      amax = std::max(amax, std::fabs(v));
-    }
-    const f16 s = float_to_f16(amax / qmax);
-    const float sf = f16_to_float(s);
-    if (!std::isfinite(sf))
-      throw InputError("quantization of " + name + ": row " + std::to_string(r) + "'s scale " +
-                       std::to_string(amax / qmax) + " overflows fp16");
-    scales[r] = s;
-    for (int64_t c = 0; c < cols; ++c) {
-      float v = 0.0f;
-      if (sf != 0.0f) {
-        v = element(w, r * cols + c) / sf;
-        if (f16_quotient) v = round_to_f16(v);
-        v = std::nearbyint(v);  // the default rounding mode: to nearest, ties to even
-        v = std::min(qmax, std::max(-qmax, v));
+      if (!std::isfinite(v)) {
+        bad_row = std::min(bad_row, r);
+        break;
       }
-      row[static_cast<size_t>(c)] = static_cast<int8_t>(v);
+      m = std::max(m, std::fabs(v));
     }
+    amax[static_cast<size_t>(r)] = m;
+  }
+  if (bad_row < rows) {
+    for (int64_t c = 0; c < cols; ++c) {
+      const float v = element(w, bad_row * cols + c);
+      if (!std::isfinite(v))
+        throw InputError("quantization of " + name + ": row " + std::to_string(bad_row) + ", column " +
+                         std::to_string(c) + " holds " + std::to_string(v) + " (not finite)");
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const float a = amax[static_cast<size_t>(r)];
+    scales[r] = float_to_f16(a / qmax);
+    if (!std::isfinite(f16_to_float(scales[r])))
+      throw InputError("quantization of " + name + ": row " + std::to_string(r) + "'s scale " +
+                       std::to_string(a / qmax) + " overflows fp16");
+  }
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float sf = f16_to_float(scales[r]);
+    auto value = [&](int64_t c) -> int8_t {
+      if (sf == 0.0f) return 0;
+      float v = element(w, r * cols + c) / sf;
+      if (f16_quotient) v = round_to_f16(v);
+      v = std::nearbyint(v);  // the default rounding mode: to nearest, ties to even
+      return static_cast<int8_t>(std::min(qmax, std::max(-qmax, v)));
+    };
     if (bits == 8) {
-      std::copy(row.begin(), row.end(), out + r * cols);
+      for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = value(c);
     } else {
       int8_t* o = out + r * (cols / 2);
       for (int64_t c = 0; c < cols; c += 2) {
-        const auto hi = static_cast<uint8_t>(row[static_cast<size_t>(c)]);
-        const auto lo = static_cast<uint8_t>(row[static_cast<size_t>(c + 1)]);
+        const auto hi = static_cast<uint8_t>(value(c));
+        const auto lo = static_cast<uint8_t>(value(c + 1));
         o[c / 2] = static_cast<int8_t>(static_cast<uint8_t>((hi << 4) | (lo & 0x0F)));
       }
     }
@@ -109,6 +127,56 @@ Tensor dequantize_weight(const QuantizedTensor& q) {
     }
   }
   return w;
+}
+
+QuantizedTensor shard_quantized(const std::function<QuantizedTensor(int)>& piece, int saved_tp,
+                                int bits, const ParamSpec& spec, int tp_rank, int tp_size) {
+  GLMRT_CHECK(bits == 4 || bits == 8, "shard_quantized: bits ", bits);
+  GLMRT_CHECK(spec.rule == ShardRule::Rows || spec.rule == ShardRule::GluRows || spec.rule == ShardRule::Columns,
+              "shard_quantized: ", spec.name, " is not a linear weight");
+  const Shape saved = local_shape(spec.shape, spec.rule, saved_tp);
+  const Shape saved_values = {saved[0], bits == 4 ? saved[1] / 2 : saved[1]};
+  auto checked = [&](int k) {
+    QuantizedTensor q = piece(k);
+    if (q.values.dtype() != DType::I8 || q.values.shape() != saved_values)
+      throw CheckpointError(spec.name + " (saved shard " + std::to_string(k) + " of " +
+                            std::to_string(saved_tp) + "): " + std::to_string(bits) +
+                            "-bit values must be I8 " + shape_str(saved_values) + ", found " + q.values.str());
+    if (q.scale.dtype() != DType::F16 || q.scale.shape() != Shape{saved[0]})
+      throw CheckpointError(spec.name + "_scale (saved shard " + std::to_string(k) + " of " +
+                            std::to_string(saved_tp) + "): must be F16 [" + std::to_string(saved[0]) +
+                            "], found " + q.scale.str());
+    q.bits = bits;
+    return q;
+  };
+  QuantizedTensor out;
+  out.bits = bits;
+  if (spec.rule != ShardRule::Columns) {
+    std::vector<Tensor> values, scales;
+    for (int k = 0; k < saved_tp; ++k) {
+      QuantizedTensor q = checked(k);
+      values.push_back(std::move(q.values));
+      scales.push_back(std::move(q.scale));
+    }
+    out.values = shard_tensor(unshard_tensor(values, spec.rule), spec.rule, tp_rank, tp_size);
+    out.scale = shard_tensor(unshard_tensor(scales, spec.rule), spec.rule, tp_rank, tp_size);
+    return out;
+  }
+  if (tp_size % saved_tp != 0)
+    throw CheckpointError(spec.name + " was quantized for tensor-parallel degree " + std::to_string(saved_tp) +
+                          " (its scales belong to each shard's columns), so it loads only with a "
+                          "tensor-parallel degree that is a multiple of " + std::to_string(saved_tp) +
+                          ", not " + std::to_string(tp_size) + "; or quantize the full-precision "
+                          "weights again with glmrt quantize --tensor " + std::to_string(tp_size));
+  const int split = tp_size / saved_tp;
+  const int64_t cols = spec.shape[1] / tp_size;
+  if (bits == 4 && cols % 2 != 0)
+    throw InputError(spec.name + ": " + std::to_string(cols) + " columns per rank at tensor-parallel degree " +
+                     std::to_string(tp_size) + " would split the 4-bit pairs packed in one byte");
+  QuantizedTensor q = checked(tp_rank / split);
+  out.values = shard_tensor(q.values, ShardRule::Columns, tp_rank % split, split);
+  out.scale = std::move(q.scale);
+  return out;
 }
 
 GlmParams allocate_quantized_params(const GlmConfig& config, DType dtype, Device device,

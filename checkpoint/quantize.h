@@ -6,6 +6,7 @@
 // depend on the TP degree).
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "kernels/tensor.h"
@@ -32,6 +33,19 @@ struct QuantizedTensor {
 // non-floating tensor, an odd column count for bits 4, a non-finite weight or a scale that
 // overflows fp16 (each names the tensor and the row).
 QuantizedTensor quantize_weight(const Tensor& w, int bits, const std::string& name);
+
+// This rank's shard (tp_rank of tp_size) of the quantized linear weight `spec`, from the shards
+// a pre-quantized checkpoint saved at tensor-parallel degree saved_tp (piece(k): saved shard k,
+// host tensors). Row-split weights (query_key_value, dense_h_to_4h) are re-split like their
+// full-precision form, each scale travelling with its row. Column-split weights (attention.dense,
+// dense_4h_to_h) hold one scale per row of each saved shard, so a rank's columns must lie within
+// one saved shard: tp_size must be a multiple of saved_tp (CheckpointError naming the tensor and
+// both degrees otherwise); the rank takes its columns' values and that shard's scales. Either way
+// the rank's weight (values · scale) is exactly the saved model's: a pre-quantized checkpoint is
+// the same model on every layout it loads into. Throws CheckpointError naming the tensor when a
+// saved piece has the wrong dtype or shape, InputError when a 4-bit shard would split a byte.
+QuantizedTensor shard_quantized(const std::function<QuantizedTensor(int)>& piece, int saved_tp,
+                                int bits, const ParamSpec& spec, int tp_rank, int tp_size);
 
 // values · scale as a host F32 tensor [rows, cols] (exact: at most 18 significant bits).
 Tensor dequantize_weight(const QuantizedTensor& q);

@@ -146,6 +146,20 @@ void write_all(int fd, const void* p, size_t n, const std::string& path) {
     n -= static_cast<size_t>(w);
   }
 }
+
+void pwrite_all(int fd, const void* p, size_t n, size_t offset, const std::string& path) {
+  const char* c = static_cast<const char*>(p);
+  while (n > 0) {
+    const ssize_t w = ::pwrite(fd, c, n, static_cast<off_t>(offset));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      throw CheckpointError(path + ": write failed: " + std::strerror(errno));
+    }
+    c += w;
+    offset += static_cast<size_t>(w);
+    n -= static_cast<size_t>(w);
+  }
+}
 }  // namespace
 
 namespace {
@@ -223,7 +237,12 @@ SafetensorsStreamWriter::SafetensorsStreamWriter(const std::string& path, std::v
     : path_(path), tmp_(path + ".tmp." + std::to_string(::getpid())) {
   std::vector<size_t> order;
   const std::string h = build_header(entries, metadata, order);
-  for (size_t i : order) order_.push_back(entries[i].name);
+  size_t offset = h.size();
+  for (size_t i : order) {
+    order_.push_back(entries[i].name);
+    offsets_[entries[i].name] = offset;
+    offset += static_cast<size_t>(shape_numel(entries[i].shape)) * dtype_size(entries[i].dtype);
+  }
   for (Entry& e : entries) entries_[e.name] = e;
   fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) throw CheckpointError(path + ": cannot create: " + std::strerror(errno));
@@ -236,18 +255,17 @@ SafetensorsStreamWriter::~SafetensorsStreamWriter() {
 }
 
 void SafetensorsStreamWriter::write(const std::string& name, const Tensor& t) {
-  GLMRT_CHECK(next_ < order_.size() && order_[next_] == name, "SafetensorsStreamWriter: ", name,
-              " written out of order (expected ", next_ < order_.size() ? order_[next_] : "nothing", ")");
-  const Entry& e = entries_.at(name);
-  GLMRT_CHECK(t.dtype() == e.dtype && t.shape() == e.shape, "SafetensorsStreamWriter: ", name,
-              " is ", t.str(), ", the header says ", dtype_name(e.dtype), shape_str(e.shape));
+  const auto e = entries_.find(name);
+  GLMRT_CHECK(e != entries_.end(), "SafetensorsStreamWriter: ", name, " is not in the header of ", path_);
+  GLMRT_CHECK(written_.insert(name).second, "SafetensorsStreamWriter: ", name, " written twice");
+  GLMRT_CHECK(t.dtype() == e->second.dtype && t.shape() == e->second.shape, "SafetensorsStreamWriter: ", name,
+              " is ", t.str(), ", the header says ", dtype_name(e->second.dtype), shape_str(e->second.shape));
   const Tensor host = t.device().is_cpu() ? t : t.to(Device::cpu());
-  if (host.nbytes()) write_all(fd_, host.data(), host.nbytes(), path_);
-  ++next_;
+  if (host.nbytes()) pwrite_all(fd_, host.data(), host.nbytes(), offsets_.at(name), path_);
 }
 
 void SafetensorsStreamWriter::finish() {
-  GLMRT_CHECK(next_ == order_.size(), "SafetensorsStreamWriter: ", order_.size() - next_,
+  GLMRT_CHECK(written_.size() == order_.size(), "SafetensorsStreamWriter: ", order_.size() - written_.size(),
               " tensor(s) of ", path_, " not written");
   if (::fsync(fd_) != 0) throw CheckpointError(path_ + ": fsync failed: " + std::strerror(errno));
   ::close(fd_);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <utility>
@@ -52,7 +53,8 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors,
 
 // Writes a safetensors file one tensor at a time, so a file can be produced from data that never
 // sits in memory at once (resharding 260 GB of weights). The header is fixed up front from the
-// entries' names, dtypes and shapes; names() gives the order in which write() must be called.
+// entries' names, dtypes and shapes; names() gives the file order, the fastest order for
+// write() (sequential), but tensors may be written in any order, each exactly once.
 // Atomic like write_safetensors: nothing appears at `path` unless finish() succeeds.
 class SafetensorsStreamWriter {
  public:
@@ -67,7 +69,7 @@ class SafetensorsStreamWriter {
   SafetensorsStreamWriter(const SafetensorsStreamWriter&) = delete;
   SafetensorsStreamWriter& operator=(const SafetensorsStreamWriter&) = delete;
   const std::vector<std::string>& names() const { return order_; }
-  void write(const std::string& name, const Tensor& t);  // the next name of names()
+  void write(const std::string& name, const Tensor& t);  // any name not yet written
   void finish();
 
  private:
@@ -75,7 +77,8 @@ class SafetensorsStreamWriter {
   int fd_ = -1;
   std::vector<std::string> order_;
   std::map<std::string, Entry> entries_;
-  size_t next_ = 0;
+  std::map<std::string, size_t> offsets_;  // byte offset of each tensor's data in the file
+  std::set<std::string> written_;
   bool finished_ = false;
 };
 

@@ -17,6 +17,7 @@ int run_preprocess(const Args& args);
 int run_train_tokenizer(const Args& args);
 int run_reshard(const Args& args);
 int run_import_sat(const Args& args);
+int run_quantize(const Args& args);
 int run_generate(const Args& args);
 int run_serve(const Args& args);
 

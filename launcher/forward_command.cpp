@@ -39,10 +39,10 @@ int run_forward(const Args& args) {
   RunConfig rc = load_run_config(vm["config"].as<std::string>(), config_overrides(vm));
   const std::string input = vm["input"].as<std::string>();
   const Batch batch = build_batch(read_batch_json_file(input), rc.model, input);
-  quantization_bits(vm);
   const ModelSource source(vm, rc.model);
+  const int bits = quantization_bits(vm, source);
   ParallelRuntime rt = setup_parallel(rc, vm, compute.device);
-  GlmParams params = allocate_inference_params(vm, rc.model, compute, rt);
+  GlmParams params = allocate_inference_params(bits, rc.model, compute, rt);
   source.load(rc.model, params);
   report_quantization(params, rc.model, rt, compute, "forward");
   if (rt.is_world_root() && !source.note().empty())

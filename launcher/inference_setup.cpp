@@ -85,16 +85,21 @@ void add_quantization_option(po::options_description& desc) {
      "or 4 bits (per-row fp16 scales of this rank's shard); 0 = off");
 }
 
-int quantization_bits(const po::variables_map& vm) {
+int quantization_bits(const po::variables_map& vm, const ModelSource& source) {
   const int bits = vm["quantization-bit-width"].as<int>();
   if (bits != 0 && bits != 4 && bits != 8)
     throw InputError("--quantization-bit-width must be 4 or 8 (or 0: off), got " + std::to_string(bits));
-  return bits;
+  const int saved = source.weight_bits();
+  if (!saved) return bits;
+  if (!vm["quantization-bit-width"].defaulted() && bits != saved)
+    throw InputError("--quantization-bit-width " + std::to_string(bits) + ": " + source.path() +
+                     " holds weights quantized to " + std::to_string(saved) + " bits (glmrt quantize); give " +
+                     std::to_string(saved) + " or leave the flag out");
+  return saved;
 }
 
-GlmParams allocate_inference_params(const po::variables_map& vm, const GlmConfig& config,
-                                    const ComputeOptions& compute, const ParallelRuntime& rt) {
-  const int bits = quantization_bits(vm);
+GlmParams allocate_inference_params(int bits, const GlmConfig& config, const ComputeOptions& compute,
+                                    const ParallelRuntime& rt) {
   return bits ? allocate_quantized_params(config, compute.dtype, compute.device, rt.shard, bits)
               : GlmParams::allocate(config, compute.dtype, compute.device, rt.shard);
 }
@@ -140,13 +145,13 @@ InferenceSetup setup_inference(const po::variables_map& vm, const std::string& c
   const ComputeOptions compute = compute_options(vm);
   InferenceSetup s;
   s.rc = load_run_config(vm["config"].as<std::string>(), config_overrides(vm));
-  quantization_bits(vm);  // a bad width fails before anything is opened
   const ModelSource source(vm, s.rc.model);
+  const int bits = quantization_bits(vm, source);  // a bad width fails before anything is loaded
   if (!s.rc.tokenizer.model.empty())
     s.tokenizer = std::make_unique<Tokenizer>(s.rc.tokenizer.model, s.rc.model, s.rc.source);
   s.rt = setup_parallel(s.rc, vm, compute.device);
   // With quantization the linear weights are quantized as they are loaded, one tensor at a time.
-  GlmParams params = allocate_inference_params(vm, s.rc.model, compute, s.rt);
+  GlmParams params = allocate_inference_params(bits, s.rc.model, compute, s.rt);
   source.load(s.rc.model, params);
   report_quantization(params, s.rc.model, s.rt, compute, command);
   if (s.rt.is_world_root() && !source.note().empty())

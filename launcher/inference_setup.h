@@ -8,6 +8,7 @@
 
 #include "data/tokenizer.h"
 #include "inference/engine.h"
+#include "launcher/model_source.h"
 #include "launcher/options.h"
 #include "launcher/parallel_setup.h"
 #include "launcher/run_config.h"
@@ -19,13 +20,15 @@ namespace glmrt {
 void add_inference_options(po::options_description& desc);
 // --quantization-bit-width (generate, serve, forward).
 void add_quantization_option(po::options_description& desc);
-// This rank's parameters, ready for ModelSource::load: full precision, or with the linear weights
-// quantized as they are loaded when --quantization-bit-width is 4 or 8 (InputError otherwise;
-// checked before anything is loaded). Prints the sizes on world rank 0 once loaded: call
-// report_quantization after the load.
-GlmParams allocate_inference_params(const po::variables_map& vm, const GlmConfig& config,
-                                    const ComputeOptions& compute, const ParallelRuntime& rt);
-int quantization_bits(const po::variables_map& vm);
+// The bit width the model runs at (0: full precision): --quantization-bit-width (4, 8 or 0;
+// InputError otherwise), or a pre-quantized checkpoint's own (glmrt quantize), which the flag,
+// when given, must equal (InputError naming both).
+int quantization_bits(const po::variables_map& vm, const ModelSource& source);
+// This rank's parameters, ready for ModelSource::load: full precision (bits 0), or with the linear
+// weights quantized as they are loaded (or taken as saved from a pre-quantized checkpoint). Call
+// report_quantization after the load: it prints the sizes on world rank 0.
+GlmParams allocate_inference_params(int bits, const GlmConfig& config, const ComputeOptions& compute,
+                                    const ParallelRuntime& rt);
 void report_quantization(const GlmParams& params, const GlmConfig& config, const ParallelRuntime& rt,
                          const ComputeOptions& compute, const std::string& command);
 

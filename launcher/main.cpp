@@ -27,6 +27,9 @@ void usage(std::ostream& os) {
         "  data-sample print GLM samples built from the token files: --config C.yaml --count N\n"
         "  reshard   a checkpoint for another layout: --config C --from DIR --to DIR --tensor T --pipeline P\n"
         "  import-sat  the released GLM-130B (SAT) checkpoint to glmrt's: --config C --from DIR --to DIR\n"
+        "  quantize  a pre-quantized (INT8/INT4) weight-only checkpoint: --config C (--weights W | --from DIR)\n"
+        "            --to DIR --quantization-bit-width 8|4 [--tensor T] [--pipeline P]\n"
+        "  generate  fill blanks: --config C (--weights W | --load DIR) [--prompt TEXT | --input-file F]\n"
         "  serve     HTTP generation server on rank 0: --config C (--weights W | --load DIR) [--port 8000]\n\n"
         "Run under mpiexec or srun for several ranks; the layout comes from the config's\n"
         "`parallel` section or --tensor/--pipeline/--data.\n"
@@ -55,6 +58,7 @@ int run(const std::string& command, const glmrt::Args& args) {
   if (command == "train-tokenizer") return glmrt::run_train_tokenizer(args);
   if (command == "reshard") return glmrt::run_reshard(args);
   if (command == "import-sat") return glmrt::run_import_sat(args);
+  if (command == "quantize") return glmrt::run_quantize(args);
   if (command == "generate") return glmrt::run_generate(args);
   if (command == "serve") return glmrt::run_serve(args);
   std::cerr << "glmrt: unknown command '" << command << "'\n\n";

@@ -21,6 +21,10 @@ class ModelSource {
   void load(const GlmConfig& config, GlmParams& params) const;
   // What find_checkpoint had to say (e.g. a damaged newest checkpoint skipped); may be empty.
   const std::string& note() const { return note_; }
+  // A pre-quantized checkpoint's bit width (glmrt quantize); 0 for full-precision weights.
+  int weight_bits() const { return checkpoint_ ? checkpoint_->weight_bits : 0; }
+  // The weight file or the checkpoint folder being loaded.
+  std::string path() const { return weights_ ? weights_->path() : checkpoint_->path; }
 
  private:
   std::unique_ptr<SafetensorsReader> weights_;

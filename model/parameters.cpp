@@ -36,6 +36,8 @@ std::vector<ParamSpec> layer_specs(const GlmConfig& c, int64_t i) {
   };
 }
 
+}  // namespace
+
 Shape local_shape(const Shape& full, ShardRule rule, int size) {
   Shape s = full;
   switch (rule) {
@@ -47,7 +49,6 @@ Shape local_shape(const Shape& full, ShardRule rule, int size) {
   }
   return s;
 }
-}  // namespace
 
 std::vector<ParamSpec> glm_param_specs(const GlmConfig& c, const ModelShard& shard) {
   const int t = shard.tp_size;
@@ -159,8 +160,6 @@ int64_t GlmParams::flat_numel(const GlmConfig& config, const ModelShard& shard, 
   return (total + pad_multiple - 1) / pad_multiple * pad_multiple;
 }
 
-namespace {
-// The four linear weights of a layer, by released name.
 bool is_linear_weight(const std::string& name) {
   for (const char* suffix : {".attention.query_key_value.weight", ".attention.dense.weight",
                              ".mlp.dense_h_to_4h.weight", ".mlp.dense_4h_to_h.weight"}) {
@@ -169,7 +168,6 @@ bool is_linear_weight(const std::string& name) {
   }
   return false;
 }
-}  // namespace
 
 GlmParams GlmParams::allocate(const GlmConfig& config, DType dtype, Device device,
                               const ModelShard& shard, int64_t pad_multiple) {
@@ -224,6 +222,21 @@ void GlmParams::assign(size_t i, const Tensor& src) {
   auto [values, scale] = quantize_(src, spec.name);
   tensors_[i] = std::move(values);
   scales_[i] = std::move(scale);
+  bind_views(config_);
+}
+
+void GlmParams::assign_quantized(size_t i, const Tensor& values, const Tensor& scale) {
+  const ParamSpec& spec = specs_.at(i);
+  GLMRT_CHECK(offsets_[i] < 0, "GlmParams::assign_quantized: ", spec.name, " is not held quantized");
+  const Shape want = {spec.local_shape[0], weight_bits_ == 4 ? spec.local_shape[1] / 2 : spec.local_shape[1]};
+  GLMRT_CHECK(values.dtype() == DType::I8 && values.shape() == want, "GlmParams::assign_quantized: ",
+              spec.name, " needs I8 ", shape_str(want), " on this rank, got ", values.str());
+  GLMRT_CHECK(scale.dtype() == DType::F16 && scale.shape() == Shape{spec.local_shape[0]},
+              "GlmParams::assign_quantized: ", spec.name, " needs F16 scales [",
+              spec.local_shape[0], "], got ", scale.str());
+  const Device device = flat_.device();
+  tensors_[i] = values.device() == device ? values : values.to(device);
+  scales_[i] = scale.device() == device ? scale : scale.to(device);
   bind_views(config_);
 }
 

@@ -51,6 +51,12 @@ std::vector<ParamSpec> glm_param_specs(const GlmConfig& config);
 // cannot be split tp_size ways (heads, ffn size, vocabulary).
 std::vector<ParamSpec> glm_param_specs(const GlmConfig& config, const ModelShard& shard);
 
+// The four linear weights of a layer (query_key_value, attention.dense, dense_h_to_4h,
+// dense_4h_to_h), by released name: the weights weight-only quantization applies to.
+bool is_linear_weight(const std::string& name);
+
+// The shape of one of `size` shards of a tensor of shape `full` under `rule`.
+Shape local_shape(const Shape& full, ShardRule rule, int size);
 // The local piece of a full tensor under `rule` for tensor-parallel rank `rank` of `size`.
 Tensor shard_tensor(const Tensor& full, ShardRule rule, int rank, int size);
 // The inverse: the full tensor from the pieces of ranks 0..size-1 (host tensors).
@@ -102,6 +108,10 @@ class GlmParams {
   // Stores this rank's shard of parameter i (its local shape, any floating dtype and device):
   // converted to the parameters' dtype and device, or quantized (allocate_quantized).
   void assign(size_t i, const Tensor& src);
+  // Stores parameter i already quantized (a pre-quantized checkpoint, `glmrt quantize`): host or
+  // device I8 values of this rank's shard ([rows, cols] or [rows, cols / 2] for 4 bits) and F16
+  // scales [rows], moved to the parameters' device. Only for a quantized GlmParams' linear weights.
+  void assign_quantized(size_t i, const Tensor& values, const Tensor& scale);
   int weight_bits() const { return weight_bits_; }  // 0: not quantized
   // Bytes this rank's parameters occupy: the flat buffer plus any quantized values and scales.
   size_t nbytes() const;

@@ -137,6 +137,39 @@ TEST_F(CorruptSafetensors, OverlappingTensors) {
   expect_refused("overlap");
 }
 
+// The streaming writer takes tensors in any order (a quantized shard's I8 values and F16 scales
+// are written together, though the file holds the values last) and produces the same file as
+// write_safetensors; a tensor written twice, one not in the header or one missing is refused,
+// and an unfinished writer leaves nothing behind.
+TEST(Safetensors, StreamWriterTakesAnyOrder) {
+  const std::string dir = testing::temp_dir("st_stream");
+  const NamedTensors tensors = all_dtypes();
+  write_safetensors(dir + "/whole.safetensors", tensors, {{"format", "pt"}});
+  std::vector<SafetensorsStreamWriter::Entry> entries;
+  for (const auto& [name, t] : tensors) entries.push_back({name, t.dtype(), t.shape()});
+  {
+    SafetensorsStreamWriter w(dir + "/stream.safetensors", entries, {{"format", "pt"}});
+    for (auto it = tensors.rbegin(); it != tensors.rend(); ++it) w.write(it->first, it->second);
+    EXPECT_THROW(w.write("f32", tensors.front().second), InternalError);
+    EXPECT_THROW(w.write("nope", tensors.front().second), InternalError);
+    w.finish();
+  }
+  const auto bytes = [](const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  EXPECT_EQ(bytes(dir + "/stream.safetensors"), bytes(dir + "/whole.safetensors"));
+  {
+    SafetensorsStreamWriter w(dir + "/partial.safetensors", entries);
+    w.write("i8", tensors[4].second);
+    EXPECT_THROW(w.finish(), InternalError);
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir + "/partial.safetensors"));
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
+  std::filesystem::remove_all(dir);
+}
+
 TEST(Safetensors, FailedWriteLeavesNothing) {
   const std::string dir = testing::temp_dir("st_fail");
   EXPECT_THROW(write_safetensors(dir + "/missing/sub/a.safetensors", all_dtypes()), CheckpointError);

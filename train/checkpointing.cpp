@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "checkpoint/full_weights.h"
+#include "checkpoint/quantize.h"
 
 namespace glmrt {
 
@@ -295,6 +296,10 @@ CheckpointManifest read_and_verify(const std::string& path, const GlmConfig& con
     m.zero = j.at("zero");
     m.precision = j.at("precision");
     m.seed = j.value("seed", uint64_t{0});
+    m.weight_bits = j.value("quantization_bit_width", 0);
+    if (m.weight_bits != 0 && m.weight_bits != 4 && m.weight_bits != 8)
+      throw CheckpointError(mpath + ": quantization_bit_width must be 4 or 8, found " +
+                            std::to_string(m.weight_bits));
     const nlohmann::json want = model_json(config);
     for (const auto& [key, value] : want.items())
       if (j.at("model").at(key) != value)
@@ -368,6 +373,21 @@ class ShardedCheckpointReader {
     }
     return shard_tensor(unshard_tensor(pieces, spec.rule), spec.rule, shard.tp_rank, shard.tp_size);
   }
+  // A linear weight of a pre-quantized checkpoint, for `shard` (shard_quantized).
+  QuantizedTensor fetch_quantized(const ParamSpec& spec, const ModelShard& shard) {
+    const int stage = stage_of(spec.name, m_.stage_layers);
+    return shard_quantized(
+        [&](int t) {
+          SafetensorsReader& r = reader(model_file(t, stage));
+          QuantizedTensor q;
+          for (auto [name, out] : {std::pair{spec.name, &q.values}, std::pair{spec.name + "_scale", &q.scale}}) {
+            if (!r.find(name)) throw CheckpointError(r.path() + ": missing tensor " + name);
+            *out = r.tensor(name);
+          }
+          return q;
+        },
+        m_.layout.tensor, m_.weight_bits, spec, shard.tp_rank, shard.tp_size);
+  }
 
  private:
   SafetensorsReader& reader(const std::string& file) {
@@ -381,13 +401,34 @@ class ShardedCheckpointReader {
 }  // namespace
 
 void load_checkpoint_weights(const CheckpointManifest& m, GlmParams& params) {
+  if (m.weight_bits && params.weight_bits() != m.weight_bits)
+    throw CheckpointError(m.path + " holds weights quantized to " + std::to_string(m.weight_bits) +
+                          " bits, which load only as a " + std::to_string(m.weight_bits) + "-bit model (asked: " +
+                          (params.weight_bits() ? std::to_string(params.weight_bits()) + " bits" : "full precision") + ")");
+  if (m.weight_bits && params.shard().tp_size % m.layout.tensor != 0)
+    throw CheckpointError(m.path + " holds weights quantized for tensor-parallel degree " +
+                          std::to_string(m.layout.tensor) + " (the scales of attention.dense and dense_4h_to_h "
+                          "belong to each shard's columns): it loads with a tensor-parallel degree that is a "
+                          "multiple of " + std::to_string(m.layout.tensor) + ", not " +
+                          std::to_string(params.shard().tp_size) + "; or quantize the full-precision weights "
+                          "again with glmrt quantize --tensor " + std::to_string(params.shard().tp_size));
   ShardedCheckpointReader r(m);
   for (size_t i = 0; i < params.size(); ++i) {
-    params.assign(i, r.fetch(params.specs()[i], params.specs()[i].name, false, params.shard()));
+    const ParamSpec& spec = params.specs()[i];
+    if (m.weight_bits && is_linear_weight(spec.name)) {
+      const QuantizedTensor q = r.fetch_quantized(spec, params.shard());
+      params.assign_quantized(i, q.values, q.scale);
+    } else {
+      params.assign(i, r.fetch(spec, spec.name, false, params.shard()));
+    }
   }
 }
 
 void load_checkpoint(const CheckpointManifest& m, GlmModel& model, Trainer& trainer) {
+  if (m.weight_bits)
+    throw CheckpointError(m.path + " is a weight-only checkpoint quantized to " + std::to_string(m.weight_bits) +
+                          " bits (glmrt quantize), for generate, serve and forward; training resumes "
+                          "from a full-precision checkpoint with optimizer state");
   load_checkpoint_weights(m, model.params());
   ShardedCheckpointReader r(m);
   std::map<std::string, const ParamSpec*> specs;
@@ -422,20 +463,41 @@ std::string write_checkpoint(const std::string& to_dir, const CheckpointManifest
       const std::vector<ParamSpec> specs = glm_param_specs(m.model, shard);
       std::map<std::string, const ParamSpec*> by_name;
       for (const ParamSpec& sp : specs) by_name[sp.name] = &sp;
+      const int bits = m.weight_bits;
       for (const bool optimizer : {false, true}) {
+        if (optimizer && bits) continue;  // a quantized checkpoint holds weights only
         std::vector<SafetensorsStreamWriter::Entry> entries;
         for (const ParamSpec& sp : specs) {
-          if (!optimizer) entries.push_back({sp.name, weight_dtype, sp.local_shape});
-          else
+          if (optimizer) {
             for (const char* suffix : {".master", ".exp_avg", ".exp_avg_sq"})
               entries.push_back({sp.name + suffix, DType::F32, sp.local_shape});
+          } else if (bits && is_linear_weight(sp.name)) {
+            const int64_t rows = sp.local_shape[0], cols = sp.local_shape[1];
+            entries.push_back({sp.name, DType::I8, {rows, bits == 4 ? cols / 2 : cols}});
+            entries.push_back({sp.name + "_scale", DType::F16, {rows}});
+          } else {
+            entries.push_back({sp.name, weight_dtype, sp.local_shape});
+          }
         }
         const std::string file = optimizer ? optim_file(t, p) : model_file(t, p);
         const std::string path = tmp_dir + "/" + file;
         SafetensorsStreamWriter writer(path, entries, meta);
+        if (bits && !optimizer) {
+          // Each quantized shard: its values and scales written together (the writer takes any
+          // order; in the file the I8 values come last).
+          for (const ParamSpec& spec : specs) {
+            if (!is_linear_weight(spec.name)) continue;
+            const QuantizedTensor q =
+                quantize_weight(shard_tensor(full(spec, spec.name), spec.rule, t, tensor), bits, spec.name);
+            writer.write(spec.name, q.values);
+            writer.write(spec.name + "_scale", q.scale);
+          }
+        }
         for (const std::string& tensor_name : writer.names()) {
           const std::string base = optimizer ? tensor_name.substr(0, tensor_name.rfind('.')) : tensor_name;
+          if (!optimizer && bits && !by_name.count(base)) continue;  // NAME_scale: written above
           const ParamSpec& spec = *by_name.at(base);
+          if (!optimizer && bits && is_linear_weight(base)) continue;
           Tensor piece = shard_tensor(full(spec, tensor_name), spec.rule, t, tensor);
           const DType want = optimizer ? DType::F32 : weight_dtype;
           writer.write(tensor_name, piece.dtype() == want ? piece : piece.to(want));
@@ -447,7 +509,7 @@ std::string write_checkpoint(const std::string& to_dir, const CheckpointManifest
       }
     }
   }
-  const nlohmann::json manifest = {
+  nlohmann::json manifest = {
       {"format", "glmrt-checkpoint"},
       {"version", 1},
       {"iteration", m.iteration},
@@ -463,6 +525,7 @@ std::string write_checkpoint(const std::string& to_dir, const CheckpointManifest
       {"seed", m.seed},
       {"model", model_json(m.model)},
       {"files", files}};
+  if (m.weight_bits) manifest["quantization_bit_width"] = m.weight_bits;
   write_file_atomic(tmp_dir + "/manifest.json", manifest.dump(2) + "\n");
   fsync_path(tmp_dir);
   fs::remove_all(final_dir);
@@ -472,12 +535,37 @@ std::string write_checkpoint(const std::string& to_dir, const CheckpointManifest
   return final_dir;
 }
 
+DType checkpoint_weight_dtype(const CheckpointManifest& m) {
+  SafetensorsReader probe(m.path + "/" + model_file(0, 0));
+  return probe.entries().empty() ? DType::F32 : probe.entries().front().dtype;
+}
+
+std::string quantize_checkpoint(const CheckpointManifest& m, const std::string& to_dir, int tensor,
+                                int pipeline, const std::vector<int64_t>& stage_layers,
+                                const std::optional<DType>& weight_dtype, int bits) {
+  if (m.weight_bits)
+    throw CheckpointError(m.path + " is already quantized (" + std::to_string(m.weight_bits) +
+                          " bits): quantize from full-precision weights");
+  ShardedCheckpointReader source(m);
+  CheckpointManifest out = m;
+  out.weight_bits = bits;
+  return write_checkpoint(to_dir, out, tensor, pipeline, stage_layers,
+                          weight_dtype.value_or(checkpoint_weight_dtype(m)),
+                          [&](const ParamSpec& spec, const std::string& name) {
+                            return source.fetch(spec, name, false, ModelShard::whole());
+                          });
+}
+
 std::string reshard_checkpoint(const CheckpointManifest& m, const std::string& to_dir, int tensor,
                                int pipeline, const std::vector<int64_t>& stage_layers) {
+  if (m.weight_bits)
+    throw CheckpointError(m.path + " holds weights quantized to " + std::to_string(m.weight_bits) +
+                          " bits for tensor-parallel degree " + std::to_string(m.layout.tensor) +
+                          ": it loads as it is into any layout whose tensor-parallel degree is a multiple "
+                          "of that; for another layout, reshard the full-precision checkpoint and "
+                          "quantize it again (glmrt quantize)");
   ShardedCheckpointReader source(m);
-  SafetensorsReader probe(m.path + "/" + model_file(0, 0));
-  const DType weight_dtype = probe.entries().empty() ? DType::F32 : probe.entries().front().dtype;
-  return write_checkpoint(to_dir, m, tensor, pipeline, stage_layers, weight_dtype,
+  return write_checkpoint(to_dir, m, tensor, pipeline, stage_layers, checkpoint_weight_dtype(m),
                           [&](const ParamSpec& spec, const std::string& name) {
                             const bool optimizer = name != spec.name;
                             return source.fetch(spec, name, optimizer, ModelShard::whole());

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <atomic>
 #include <functional>
+#include <optional>
 #include <thread>
 #include <string>
 #include <vector>
@@ -35,6 +36,10 @@ struct CheckpointManifest {
   std::string precision;
   uint64_t seed = 0;
   GlmConfig model;
+  // 4 or 8: a weight-only checkpoint of glmrt quantize (inference only): the four linear weights
+  // of every layer are stored as I8 `NAME` values (4 bits: two per byte) with F16 `NAME_scale`
+  // per-row scales of each tensor-parallel shard, and there are no optimizer files. 0: neither.
+  int weight_bits = 0;
 };
 
 // Saves checkpoints, synchronously or in the background: save() snapshots this rank's part to
@@ -83,7 +88,8 @@ CheckpointManifest find_checkpoint(const std::string& dir, const GlmConfig& conf
 
 // Loads a checkpoint into this rank's model and trainer, whatever the layout it was saved in:
 // every tensor is rebuilt from the saved shards and re-split through the shard rules, one tensor
-// at a time.
+// at a time. A pre-quantized checkpoint (weight_bits) is refused: it has no optimizer state and
+// no full-precision weights to train.
 void load_checkpoint(const CheckpointManifest& manifest, GlmModel& model, Trainer& trainer);
 // Offline resharding (`glmrt reshard`): writes `manifest`'s checkpoint into `to_dir` for
 // tensor × pipeline ranks `tensor`, `pipeline` (layers per stage `stage_layers`), streaming one
@@ -92,17 +98,34 @@ void load_checkpoint(const CheckpointManifest& manifest, GlmModel& model, Traine
 std::string reshard_checkpoint(const CheckpointManifest& manifest, const std::string& to_dir,
                                int tensor, int pipeline, const std::vector<int64_t>& stage_layers);
 
+// glmrt quantize from a checkpoint: `manifest`'s weights (no optimizer state) written for
+// tensor × pipeline ranks with the linear weights quantized to `bits` per shard and the other
+// tensors stored as `weight_dtype` (the saved dtype when none is given).
+// Streams one full tensor at a time. Refuses a checkpoint that is already quantized.
+std::string quantize_checkpoint(const CheckpointManifest& manifest, const std::string& to_dir, int tensor,
+                                int pipeline, const std::vector<int64_t>& stage_layers,
+                                const std::optional<DType>& weight_dtype, int bits);
+// The dtype of a checkpoint's stored weights (its first model file's first tensor).
+DType checkpoint_weight_dtype(const CheckpointManifest& manifest);
+
 // Writes a checkpoint folder `to_dir`/iter_NNNNNNN for a layout from full tensors supplied one at
 // a time: full(spec, name) returns the full (unsharded) tensor `name` of parameter `spec` —
-// the weight itself (name == spec.name, in `weight_dtype`) or NAME.master / NAME.exp_avg /
-// NAME.exp_avg_sq (F32). `manifest` provides iteration, trainer state, precision and model;
-// its layout fields are replaced. Streams: one full tensor in memory at a time.
+// the weight itself (name == spec.name; stored as `weight_dtype`) or NAME.master / NAME.exp_avg /
+// NAME.exp_avg_sq (stored as F32). `manifest` provides iteration, trainer state, precision, model
+// and weight_bits; its layout fields are replaced. With weight_bits 4 or 8 the checkpoint holds
+// weights only: each shard of a linear weight is quantized from full()'s tensor in its own dtype
+// (quantize_weight, as loading with --quantization-bit-width does) and stored as I8 NAME plus
+// F16 NAME_scale. Streams: one full tensor in memory at a time.
 std::string write_checkpoint(const std::string& to_dir, const CheckpointManifest& manifest,
                              int tensor, int pipeline, const std::vector<int64_t>& stage_layers,
                              DType weight_dtype,
                              const std::function<Tensor(const ParamSpec&, const std::string&)>& full);
 
-// Only the compute weights (for forward and generation).
+// Only the compute weights (for forward and generation). A pre-quantized checkpoint
+// (manifest.weight_bits) needs parameters allocated quantized with the same bits; its linear
+// weights are taken as saved (shard_quantized: any layout whose tensor-parallel degree is a
+// multiple of the saved one). A full-precision checkpoint loads into quantized parameters by
+// quantizing each shard as it is assigned.
 void load_checkpoint_weights(const CheckpointManifest& manifest, GlmParams& params);
 
 }  // namespace glmrt

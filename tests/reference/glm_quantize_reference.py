@@ -23,6 +23,10 @@ Writes tests/golden/quantize/:
   and every decision clears the fp32 logits by a margin, so glmrt must agree token for token.
 
 Run with Debian's torch:  /usr/bin/python3 tests/reference/glm_quantize_reference.py [--out DIR]
+
+``--check-checkpoint DIR --weights W`` instead checks a checkpoint written by ``glmrt quantize``
+from W: every tensor of every file against the released quantization of its tensor-parallel shard
+(exit status 0 only when all match).
 """
 
 import argparse
@@ -92,6 +96,68 @@ def quantized_weights(weights, bits, tp):
         else:  # row splits keep every row whole: the same scales at any TP degree
             out[name] = dequantize(*quantize(w, bits))
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# --check-checkpoint: a pre-quantized glmrt checkpoint against the released quantization
+# ----------------------------------------------------------------------------------------------
+
+def released_shard(name, w, t, tp):
+    """Tensor-parallel shard t of tp of a full tensor, by the released split rules (GLM130B.md §7)."""
+    if tp == 1 or name.endswith(("layernorm.weight", "layernorm.bias", "attention.dense.bias",
+                                 "dense_4h_to_h.bias")):
+        return w
+    if name.endswith(COLUMN_SPLIT):
+        return torch.chunk(w, tp, dim=1)[t]
+    if ".mlp.dense_h_to_4h." in name:  # GLU-aware: pieces t and tp + t of 2·tp
+        pieces = torch.chunk(w, 2 * tp, dim=0)
+        return torch.cat([pieces[t], pieces[tp + t]], dim=0)
+    return torch.chunk(w, tp, dim=0)[t]  # vocabulary rows, query_key_value rows (whole heads)
+
+
+def check_checkpoint(folder, weights_path, log=print):
+    """Every tensor of the glmrt checkpoint `folder` (its `latest`) against the full weights: the
+    four linear weights of each layer must be the released quantization of each tensor-parallel
+    shard (I8 values, INT4 packed, F16 NAME_scale), every other tensor the shard itself in the
+    stored dtype, in the right file of the right pipeline stage. Returns the number checked."""
+    latest = open(os.path.join(folder, "latest")).read().strip()
+    path = os.path.join(folder, latest)
+    manifest = json.load(open(os.path.join(path, "manifest.json")))
+    bits = manifest["quantization_bit_width"]
+    tp, pp = manifest["layout"]["tensor"], manifest["layout"]["pipeline"]
+    stage_layers = manifest["stage_layers"]
+    weights, _ = ref.read_safetensors(weights_path)
+    assert sorted(manifest["files"]) == sorted(f"model_tp{t}_pp{p}.safetensors"
+                                               for t in range(tp) for p in range(pp)), manifest["files"]
+    first = [sum(stage_layers[:p]) for p in range(pp)]
+    checked = 0
+    for p in range(pp):
+        layers = range(first[p], first[p] + stage_layers[p])
+        names = [n for n in weights if not n.endswith("rotary_emb.inv_freq") and (
+            (n.startswith("transformer.layers.") and int(n.split(".")[2]) in layers) or
+            (n == "transformer.word_embeddings.weight" and p in (0, pp - 1)) or
+            (n.startswith("transformer.final_layernorm.") and p == pp - 1))]
+        for t in range(tp):
+            got, _ = ref.read_safetensors(os.path.join(path, f"model_tp{t}_pp{p}.safetensors"))
+            want_keys = sorted(names + [n + "_scale" for n in names if n.endswith(LINEAR)])
+            assert sorted(got) == want_keys, (t, p, sorted(set(got) ^ set(want_keys)))
+            for n in names:
+                shard = released_shard(n, weights[n], t, tp)
+                if n.endswith(LINEAR):
+                    q, scale = quantize(shard, bits)
+                    if bits == 4:
+                        q = pack4(q)
+                    assert got[n].dtype == torch.int8 and torch.equal(got[n], q), (n, t, p)
+                    assert got[n + "_scale"].dtype == torch.float16, (n, t, p)
+                    assert torch.equal(got[n + "_scale"].view(torch.int16), scale.view(torch.int16)), (n, t, p)
+                else:
+                    stored = got[n]
+                    assert stored.shape == shard.shape, (n, t, p, stored.shape, shard.shape)
+                    assert torch.equal(stored, shard.to(stored.dtype)), (n, t, p)
+                checked += 1
+    log(f"{path}: {checked} tensors match the released {bits}-bit quantization of "
+        f"{os.path.basename(weights_path)} on {tp} x {pp} ranks")
+    return checked
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,9 +235,17 @@ def main(argv=None):
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.path.normpath(os.path.join(here, "..", "golden", "quantize")))
+    ap.add_argument("--check-checkpoint", metavar="DIR",
+                    help="check a glmrt quantize checkpoint folder against --weights instead")
+    ap.add_argument("--weights", help="the full weight file DIR was quantized from")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     log = print
+    if args.check_checkpoint:
+        if not args.weights:
+            ap.error("--check-checkpoint needs --weights")
+        check_checkpoint(args.check_checkpoint, args.weights, log)
+        return 0
 
     weights, _ = ref.read_safetensors(os.path.join(here, "..", "golden", "generate", "weights.safetensors"))
     full = gen.Model(weights, gen.GEN_MODEL)
