@@ -53,6 +53,7 @@ void load_full_weights(const SafetensorsReader& file, const GlmConfig& config, G
   for (size_t i = 0; i < params.size(); ++i) {
     const ParamSpec& spec = params.specs()[i];
     params.assign(i, shard_tensor(file.tensor(spec.name), spec.rule, shard.tp_rank, shard.tp_size));
+    file.release(spec.name);  // one tensor of the file resident at a time
   }
 }
 

@@ -129,6 +129,17 @@ Tensor dequantize_weight(const QuantizedTensor& q) {
   return w;
 }
 
+void check_quantizable(const GlmConfig& config, int tensor, int bits, const std::string& flag) {
+  if (bits != 4 && bits != 8) throw InputError(flag + " must be 4 or 8, got " + std::to_string(bits));
+  if (bits != 4) return;
+  for (const ParamSpec& s : glm_param_specs(config, ModelShard{0, tensor, 0, -1, true, true}))
+    if (is_linear_weight(s.name) && s.local_shape[1] % 2 != 0)
+      throw InputError(flag + " 4 on " + std::to_string(tensor) + " tensor-parallel ranks: " + s.name + " has " +
+                       std::to_string(s.local_shape[1]) +
+                       " columns per rank, which cannot be packed two per byte; use 8 bits or another "
+                       "tensor-parallel degree");
+}
+
 QuantizedTensor shard_quantized(const std::function<QuantizedTensor(int)>& piece, int saved_tp,
                                 int bits, const ParamSpec& spec, int tp_rank, int tp_size) {
   GLMRT_CHECK(bits == 4 || bits == 8, "shard_quantized: bits ", bits);

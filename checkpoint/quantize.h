@@ -47,6 +47,11 @@ QuantizedTensor quantize_weight(const Tensor& w, int bits, const std::string& na
 QuantizedTensor shard_quantized(const std::function<QuantizedTensor(int)>& piece, int saved_tp,
                                 int bits, const ParamSpec& spec, int tp_rank, int tp_size);
 
+// Checks before anything is read or written that every linear weight of `config` can be quantized
+// to `bits` on `tensor` tensor-parallel ranks: bits 4 or 8 and, for 4 bits, an even column count
+// per shard. Throws InputError naming `flag` (the command's bit-width flag) and the tensor.
+void check_quantizable(const GlmConfig& config, int tensor, int bits, const std::string& flag);
+
 // values · scale as a host F32 tensor [rows, cols] (exact: at most 18 significant bits).
 Tensor dequantize_weight(const QuantizedTensor& q);
 

@@ -123,6 +123,16 @@ Tensor SafetensorsReader::tensor(const std::string& name) const {
   return Tensor::wrap(const_cast<char*>(src), e->shape, e->dtype, map_);
 }
 
+void SafetensorsReader::release(const std::string& name) const {
+  const SafetensorsEntry* e = find(name);
+  if (!e || e->end == e->begin) return;
+  // Whole pages inside the tensor only: a page shared with a neighbour stays.
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data_ + e->begin) + page - 1) / page * page;
+  const uintptr_t end = reinterpret_cast<uintptr_t>(data_ + e->end) / page * page;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 void fsync_directory_of(const std::string& path) {
   std::filesystem::path dir = std::filesystem::path(path).parent_path();
   if (dir.empty()) dir = ".";

@@ -33,6 +33,10 @@ class SafetensorsReader {
   const SafetensorsEntry* find(const std::string& name) const;
   // A CPU tensor viewing the mapped bytes (copied when misaligned); throws if absent.
   Tensor tensor(const std::string& name) const;
+  // Drops the tensor's pages from this process's resident memory (they stay in the page cache; a
+  // view still held reads them back from the file). Streaming readers call it once a tensor is
+  // consumed, so that reading a whole model through the map keeps about one tensor resident.
+  void release(const std::string& name) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
  private:

@@ -13,6 +13,8 @@
 // re-splits it for the new layout: peak memory is about one full tensor (plus its fp32 copy for
 // the master weights), not the 260 GB model. The optimizer state is fresh (fp32 master = the
 // weights, zero Adam moments) and the iteration is 0, so `glmrt train --load` fine-tunes from it.
+// With --quantization-bit-width 8|4 the result is instead a pre-quantized, weight-only checkpoint
+// (as glmrt quantize writes): the released fp16 checkpoint to INT4 in one streaming pass.
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -22,6 +24,7 @@
 #include <regex>
 #include <set>
 
+#include "checkpoint/quantize.h"
 #include "checkpoint/torch_checkpoint.h"
 #include "launcher/options.h"
 #include "launcher/run_config.h"
@@ -127,7 +130,10 @@ int run_import_sat(const Args& args) {
     ("tensor", po::value<int>(), "tensor-parallel ranks of the new layout (default: the config's parallel.tensor)")
     ("pipeline", po::value<int>(), "pipeline stages of the new layout (default: the config's parallel.pipeline)")
     ("dtype", po::value<std::string>()->default_value("keep"),
-     "stored weight dtype: keep (the released one, fp16), f32, f16 or bf16");
+     "stored weight dtype: keep (the released one, fp16), f32, f16 or bf16")
+    ("quantization-bit-width", po::value<int>()->default_value(0),
+     "8 or 4: write a pre-quantized, weight-only checkpoint instead (as glmrt quantize: the linear "
+     "weights quantized per shard of the new layout, from the released fp16 values); 0 = off");
   add_set_option(desc);
   po::variables_map vm;
   if (!parse_options("import-sat", desc, args, vm)) return 0;
@@ -147,6 +153,8 @@ int run_import_sat(const Args& args) {
   } catch (const ConfigError& e) {
     throw ConfigError(std::string("--tensor ") + std::to_string(tensor) + ": " + e.what());
   }
+  const int bits = vm["quantization-bit-width"].as<int>();
+  if (bits) check_quantizable(rc.model, tensor, bits, "--quantization-bit-width");
 
   // ---- the source: every rank file, its pieces checked against the config ----
   const std::string from = vm["from"].as<std::string>();
@@ -243,6 +251,7 @@ int run_import_sat(const Args& args) {
   m.precision = precision_of(weight_dtype);
   m.seed = rc.train.seed;
   m.model = rc.model;
+  m.weight_bits = bits;
   const std::string to = vm["to"].as<std::string>();
   size_t calls = 0;
   const size_t total_calls = [&] {  // full() calls write_checkpoint makes (for progress)
@@ -250,7 +259,7 @@ int run_import_sat(const Args& args) {
     for (int p = 0; p < pipeline; ++p) {
       ModelShard shard{0, tensor, 0, stages[static_cast<size_t>(p)], p == 0, p == pipeline - 1};
       for (int s = 0; s < p; ++s) shard.first_layer += stages[static_cast<size_t>(s)];
-      c += glm_param_specs(rc.model, shard).size() * 4 * static_cast<size_t>(tensor);
+      c += glm_param_specs(rc.model, shard).size() * (bits ? 1 : 4) * static_cast<size_t>(tensor);
     }
     return c;
   }();
@@ -272,15 +281,20 @@ int run_import_sat(const Args& args) {
         Tensor full = unshard_tensor(pieces, spec.rule);
         pieces.clear();
         for (const auto& ck : ranks) ck->release(spec.name);
-        const DType want = suffix.empty() ? weight_dtype : DType::F32;
-        return full.dtype() == want ? full : full.to(want);
+        // The weight as released (write_checkpoint stores it as weight_dtype, or quantizes it from
+        // these values); the fp32 master copy.
+        if (suffix.empty()) return full;
+        return full.dtype() == DType::F32 ? full : full.to(DType::F32);
       });
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const std::string stored = bits ? std::to_string(bits) + "-bit linear weights, the rest " +
+                                        std::string(dtype_name(weight_dtype)) + ", weights only"
+                                  : std::string(dtype_name(weight_dtype)) + " weights, fresh optimizer state";
   std::printf("glmrt import-sat: %s/%s (%d tensor-parallel ranks, %zu tensors, %s parameters, %s) -> %s "
-              "(tensor %d, pipeline %d, %s weights, fresh optimizer state) in %.1f s\n",
+              "(tensor %d, pipeline %d, %s) in %.1f s\n",
               from.c_str(), iteration.c_str(), n, specs.size(), count_str(parameters).c_str(),
               std::string(dtype_name(source_dtype.value_or(weight_dtype))).c_str(), out.c_str(), tensor,
-              pipeline, std::string(dtype_name(weight_dtype)).c_str(), seconds);
+              pipeline, stored.c_str(), seconds);
   return 0;
 }
 

@@ -58,7 +58,7 @@ int run_quantize(const Args& args) {
     throw ConfigError("give exactly one of --weights (a full weight file) and --from (a checkpoint folder)");
   const int bits = vm["quantization-bit-width"].as<int>();
   if (bits != 4 && bits != 8)
-    throw InputError("--quantization-bit-width must be 4 or 8, got " + std::to_string(bits));
+    throw InputError("--quantization-bit-width must be 4 or 8, got " + std::to_string(bits));  // before the layout
   const int tensor = vm.count("tensor") ? vm["tensor"].as<int>() : rc.parallel.tensor;
   const int pipeline = vm.count("pipeline") ? vm["pipeline"].as<int>() : rc.parallel.pipeline;
   if (tensor < 1 || pipeline < 1) throw ConfigError("--tensor and --pipeline must be at least 1");
@@ -72,14 +72,7 @@ int run_quantize(const Args& args) {
   } catch (const ConfigError& e) {
     throw ConfigError(std::string("--tensor ") + std::to_string(tensor) + ": " + e.what());
   }
-  // Every shard must pack: a 4-bit row-parallel shard needs an even column count.
-  if (bits == 4)
-    for (const ParamSpec& s : glm_param_specs(rc.model, ModelShard{0, tensor, 0, -1, true, true}))
-      if (is_linear_weight(s.name) && s.local_shape[1] % 2 != 0)
-        throw InputError("--quantization-bit-width 4 --tensor " + std::to_string(tensor) + ": " + s.name +
-                         " has " + std::to_string(s.local_shape[1]) +
-                         " columns per rank, which cannot be packed two per byte; use 8 bits or another "
-                         "tensor-parallel degree");
+  check_quantizable(rc.model, tensor, bits, "--quantization-bit-width");
   const std::vector<int64_t> stages = stage_layer_counts(
       rc.model.num_layers, pipeline, rc.parallel.pipeline == pipeline ? rc.parallel.stage_layers : std::vector<int64_t>{});
   const std::string to = vm["to"].as<std::string>();
@@ -101,8 +94,13 @@ int run_quantize(const Args& args) {
     m.seed = rc.train.seed;
     m.model = rc.model;
     m.weight_bits = bits;
+    std::string previous;  // released once the next is asked for: one tensor resident at a time
     out = write_checkpoint(to, m, tensor, pipeline, stages, dtype.value_or(stored),
-                           [&](const ParamSpec& spec, const std::string&) { return file.tensor(spec.name); });
+                           [&](const ParamSpec& spec, const std::string&) {
+                             if (!previous.empty() && previous != spec.name) file.release(previous);
+                             previous = spec.name;
+                             return file.tensor(spec.name);
+                           });
   } else {
     std::string note;
     const CheckpointManifest m = find_checkpoint(vm["from"].as<std::string>(), rc.model, &note);

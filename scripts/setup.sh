@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential cmake pkg-config git curl
   libopenblas-openmp-dev libyaml-cpp-dev nlohmann-json3-dev libboost-program-options-dev
-  libdnnl-dev ocl-icd-opencl-dev opencl-headers gnuplot-nox bc
+  libdnnl-dev ocl-icd-opencl-dev opencl-headers gnuplot-nox bc time
   libopenmpi-dev openmpi-bin libgtest-dev libsentencepiece-dev libxxhash-dev libcpp-httplib-dev
   slurmctld slurmd slurm-client munge libpmix-dev
   python3 python3-pip python3-numpy python3-torch)

@@ -281,6 +281,31 @@ TEST_F(ImportSat, ImportedCheckpointsReproduceTheReferenceLogitsOnAnyLayout) {
   }
 }
 
+// The released checkpoint straight to a pre-quantized one: every tensor is the reference's
+// quantization of the new layout's shards of the fp16 weights (the (1, 1) import, a full weight
+// file with the released names); a bad bit width is refused before writing.
+TEST_F(ImportSat, QuantizedImportIsTheReleasedQuantizationOfTheNewShards) {
+  auto r = import(source_path(kSat), dir_ + "/full", "--tensor 1 --pipeline 1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string fp16 = dir_ + "/full/iter_0000000/model_tp0_pp0.safetensors";
+  for (const int bits : {4, 8}) {
+    const std::string ck = dir_ + "/q" + std::to_string(bits);
+    r = import(source_path(kSat), ck, "--tensor 2 --pipeline 2 --quantization-bit-width " + std::to_string(bits));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("(tensor 2, pipeline 2, " + std::to_string(bits) + "-bit linear weights, the rest F16, "
+                            "weights only)"), std::string::npos) << r.output;
+    r = testing::run_command("/usr/bin/python3 " + source_path("tests/reference/glm_quantize_reference.py") +
+                             " --check-checkpoint " + ck + " --weights " + fp16);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("tensors match the released " + std::to_string(bits) + "-bit quantization"),
+              std::string::npos) << r.output;
+  }
+  r = import(source_path(kSat), dir_ + "/bad", "--tensor 1 --pipeline 1 --quantization-bit-width 5");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("--quantization-bit-width must be 4 or 8, got 5"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir_ + "/bad"));
+}
+
 TEST_F(ImportSat, WrongModelsSplitsAndDamagedFoldersAreRefusedBeforeWriting) {
   const std::string sat = source_path(kSat), to = dir_ + "/out";
   struct Case {

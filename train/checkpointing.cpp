@@ -7,10 +7,13 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -36,25 +39,34 @@ std::string optim_file(int tp, int pp) {
   return "optim_tp" + std::to_string(tp) + "_pp" + std::to_string(pp) + ".safetensors";
 }
 
-// XXH3-64 of a whole file (streamed through a memory map).
+// XXH3-64 of a whole file, read in 8 MiB blocks (the same value as XXH3_64bits over the whole
+// file; a memory map of a 30 GB shard would count the whole file in this process's resident memory).
 uint64_t file_hash(const std::string& path, uint64_t* size) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw CheckpointError(path + ": cannot open");
-  struct stat st {};
-  ::fstat(fd, &st);
-  *size = static_cast<uint64_t>(st.st_size);
-  uint64_t h = XXH3_64bits(nullptr, 0);
-  if (st.st_size > 0) {
-    void* p = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) {
+  std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(XXH3_createState(), &XXH3_freeState);
+  if (!state || XXH3_64bits_reset(state.get()) != XXH_OK) {
+    ::close(fd);
+    throw CheckpointError(path + ": cannot hash (out of memory)");
+  }
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  std::vector<char> block(size_t{8} << 20);
+  uint64_t total = 0;
+  for (;;) {
+    const ssize_t n = ::read(fd, block.data(), block.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
       ::close(fd);
-      throw CheckpointError(path + ": cannot map");
+      throw CheckpointError(path + ": read failed: " + std::strerror(err));
     }
-    h = XXH3_64bits(p, static_cast<size_t>(st.st_size));
-    ::munmap(p, static_cast<size_t>(st.st_size));
+    if (n == 0) break;
+    XXH3_64bits_update(state.get(), block.data(), static_cast<size_t>(n));
+    total += static_cast<uint64_t>(n);
   }
   ::close(fd);
-  return h;
+  *size = total;
+  return XXH3_64bits_digest(state.get());
 }
 
 void fsync_path(const std::string& path) {
@@ -371,14 +383,20 @@ class ShardedCheckpointReader {
       if (!r.find(tensor)) throw CheckpointError(r.path() + ": missing tensor " + tensor);
       pieces.push_back(r.tensor(tensor));
     }
-    return shard_tensor(unshard_tensor(pieces, spec.rule), spec.rule, shard.tp_rank, shard.tp_size);
+    Tensor out = shard_tensor(unshard_tensor(pieces, spec.rule), spec.rule, shard.tp_rank, shard.tp_size);
+    pieces.clear();
+    for (int t = 0; t < m_.layout.tensor; ++t)  // one tensor of the files resident at a time
+      reader(optimizer ? optim_file(t, stage) : model_file(t, stage)).release(tensor);
+    return out;
   }
   // A linear weight of a pre-quantized checkpoint, for `shard` (shard_quantized).
   QuantizedTensor fetch_quantized(const ParamSpec& spec, const ModelShard& shard) {
     const int stage = stage_of(spec.name, m_.stage_layers);
-    return shard_quantized(
+    std::vector<int> read;
+    QuantizedTensor out = shard_quantized(
         [&](int t) {
           SafetensorsReader& r = reader(model_file(t, stage));
+          read.push_back(t);
           QuantizedTensor q;
           for (auto [name, out] : {std::pair{spec.name, &q.values}, std::pair{spec.name + "_scale", &q.scale}}) {
             if (!r.find(name)) throw CheckpointError(r.path() + ": missing tensor " + name);
@@ -387,6 +405,10 @@ class ShardedCheckpointReader {
           return q;
         },
         m_.layout.tensor, m_.weight_bits, spec, shard.tp_rank, shard.tp_size);
+    // shard_quantized copies the values; the scales may still view the map.
+    out.scale = out.scale.clone();
+    for (const int t : read) reader(model_file(t, stage)).release(spec.name);  // one tensor resident at a time
+    return out;
   }
 
  private:
