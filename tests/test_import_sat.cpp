@@ -281,9 +281,10 @@ TEST_F(ImportSat, ImportedCheckpointsReproduceTheReferenceLogitsOnAnyLayout) {
   }
 }
 
-// The released checkpoint straight to a pre-quantized one: every tensor is the reference's
-// quantization of the new layout's shards of the fp16 weights (the (1, 1) import, a full weight
-// file with the released names); a bad bit width is refused before writing.
+// The released checkpoint straight to a pre-quantized one, and glmrt quantize --from a glmrt
+// checkpoint of another layout: every tensor is the reference's quantization of the new layout's
+// shards of the fp16 weights (the (1, 1) import, a full weight file with the released names); a
+// bad bit width is refused before writing.
 TEST_F(ImportSat, QuantizedImportIsTheReleasedQuantizationOfTheNewShards) {
   auto r = import(source_path(kSat), dir_ + "/full", "--tensor 1 --pipeline 1");
   ASSERT_EQ(r.exit_code, 0) << r.output;
@@ -300,6 +301,15 @@ TEST_F(ImportSat, QuantizedImportIsTheReleasedQuantizationOfTheNewShards) {
     EXPECT_NE(r.output.find("tensors match the released " + std::to_string(bits) + "-bit quantization"),
               std::string::npos) << r.output;
   }
+  r = import(source_path(kSat), dir_ + "/ck21", "--tensor 2 --pipeline 1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = testing::run_glmrt("quantize --config " + source_path("tests/golden/tiny_exactrope.yaml") + " --from " + dir_ +
+                         "/ck21 --to " + dir_ + "/q12 --quantization-bit-width 4 --tensor 1 --pipeline 2");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = testing::run_command("/usr/bin/python3 " + source_path("tests/reference/glm_quantize_reference.py") +
+                           " --check-checkpoint " + dir_ + "/q12 --weights " + fp16);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("tensors match the released 4-bit quantization"), std::string::npos) << r.output;
   r = import(source_path(kSat), dir_ + "/bad", "--tensor 1 --pipeline 1 --quantization-bit-width 5");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("--quantization-bit-width must be 4 or 8, got 5"), std::string::npos) << r.output;
