@@ -8,6 +8,7 @@
 // - what cannot load is refused by name: a TP degree that is not a multiple, a contradicting
 //   --quantization-bit-width, training, resharding, quantizing twice, 4 bits on odd shards.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -265,6 +266,25 @@ TEST(QuantizedCheckpoint, QuantizeChecksItsFlagsBeforeWritingAnything) {
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("weights do not match the model config"), std::string::npos) << r.output;
   EXPECT_FALSE(std::filesystem::exists(base + "/out"));
+}
+
+// A weight that cannot be quantized is found only while writing (here a NaN in the last layer):
+// the error names the tensor, the row and the column, and no folder is left behind.
+TEST(QuantizedCheckpoint, AFailureWhileWritingLeavesNothing) {
+  const std::string dir = testing::temp_dir("qckpt_nan");
+  const SafetensorsReader source(gen_weights());
+  NamedTensors tensors;
+  for (const SafetensorsEntry& e : source.entries()) tensors.emplace_back(e.name, source.tensor(e.name).clone());
+  const std::string bad = "transformer.layers.1.mlp.dense_4h_to_h.weight";
+  for (auto& [name, t] : tensors)
+    if (name == bad) t.data_as<float>()[3 * t.dim(1) + 5] = std::nanf("");
+  write_safetensors(dir + "/nan.safetensors", tensors);
+  const auto r = testing::run_glmrt("quantize --config " + gen_config() + " --weights " + dir +
+                                    "/nan.safetensors --to " + dir + "/out --quantization-bit-width 8 --pipeline 2");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("quantization of " + bad + ": row 3, column 5 holds nan (not finite)"), std::string::npos)
+      << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/out"));
 }
 
 // shard_quantized directly: splitting a row-parallel weight's saved shard keeps its scales, so

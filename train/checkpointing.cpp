@@ -1,8 +1,6 @@
 #include "train/checkpointing.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -473,63 +471,72 @@ std::string write_checkpoint(const std::string& to_dir, const CheckpointManifest
                              const std::function<Tensor(const ParamSpec&, const std::string&)>& full) {
   const std::string name = iter_name(m.iteration);
   const std::string final_dir = (fs::path(to_dir) / name).string(), tmp_dir = final_dir + ".tmp";
+  const bool created = !fs::exists(to_dir);  // removed again if writing fails
   fs::create_directories(to_dir);
   fs::remove_all(tmp_dir);
   fs::create_directories(tmp_dir);
   nlohmann::json files = nlohmann::json::object();
   const std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "glmrt"}};
-  for (int p = 0; p < pipeline; ++p) {
-    for (int t = 0; t < tensor; ++t) {
-      ModelShard shard{t, tensor, 0, stage_layers[static_cast<size_t>(p)], p == 0, p == pipeline - 1};
-      for (int s = 0; s < p; ++s) shard.first_layer += stage_layers[static_cast<size_t>(s)];
-      const std::vector<ParamSpec> specs = glm_param_specs(m.model, shard);
-      std::map<std::string, const ParamSpec*> by_name;
-      for (const ParamSpec& sp : specs) by_name[sp.name] = &sp;
-      const int bits = m.weight_bits;
-      for (const bool optimizer : {false, true}) {
-        if (optimizer && bits) continue;  // a quantized checkpoint holds weights only
-        std::vector<SafetensorsStreamWriter::Entry> entries;
-        for (const ParamSpec& sp : specs) {
-          if (optimizer) {
-            for (const char* suffix : {".master", ".exp_avg", ".exp_avg_sq"})
-              entries.push_back({sp.name + suffix, DType::F32, sp.local_shape});
-          } else if (bits && is_linear_weight(sp.name)) {
-            const int64_t rows = sp.local_shape[0], cols = sp.local_shape[1];
-            entries.push_back({sp.name, DType::I8, {rows, bits == 4 ? cols / 2 : cols}});
-            entries.push_back({sp.name + "_scale", DType::F16, {rows}});
-          } else {
-            entries.push_back({sp.name, weight_dtype, sp.local_shape});
+  try {
+    for (int p = 0; p < pipeline; ++p) {
+      for (int t = 0; t < tensor; ++t) {
+        ModelShard shard{t, tensor, 0, stage_layers[static_cast<size_t>(p)], p == 0, p == pipeline - 1};
+        for (int s = 0; s < p; ++s) shard.first_layer += stage_layers[static_cast<size_t>(s)];
+        const std::vector<ParamSpec> specs = glm_param_specs(m.model, shard);
+        std::map<std::string, const ParamSpec*> by_name;
+        for (const ParamSpec& sp : specs) by_name[sp.name] = &sp;
+        const int bits = m.weight_bits;
+        for (const bool optimizer : {false, true}) {
+          if (optimizer && bits) continue;  // a quantized checkpoint holds weights only
+          std::vector<SafetensorsStreamWriter::Entry> entries;
+          for (const ParamSpec& sp : specs) {
+            if (optimizer) {
+              for (const char* suffix : {".master", ".exp_avg", ".exp_avg_sq"})
+                entries.push_back({sp.name + suffix, DType::F32, sp.local_shape});
+            } else if (bits && is_linear_weight(sp.name)) {
+              const int64_t rows = sp.local_shape[0], cols = sp.local_shape[1];
+              entries.push_back({sp.name, DType::I8, {rows, bits == 4 ? cols / 2 : cols}});
+              entries.push_back({sp.name + "_scale", DType::F16, {rows}});
+            } else {
+              entries.push_back({sp.name, weight_dtype, sp.local_shape});
+            }
           }
-        }
-        const std::string file = optimizer ? optim_file(t, p) : model_file(t, p);
-        const std::string path = tmp_dir + "/" + file;
-        SafetensorsStreamWriter writer(path, entries, meta);
-        if (bits && !optimizer) {
-          // Each quantized shard: its values and scales written together (the writer takes any
-          // order; in the file the I8 values come last).
-          for (const ParamSpec& spec : specs) {
-            if (!is_linear_weight(spec.name)) continue;
-            const QuantizedTensor q =
-                quantize_weight(shard_tensor(full(spec, spec.name), spec.rule, t, tensor), bits, spec.name);
-            writer.write(spec.name, q.values);
-            writer.write(spec.name + "_scale", q.scale);
+          const std::string file = optimizer ? optim_file(t, p) : model_file(t, p);
+          const std::string path = tmp_dir + "/" + file;
+          SafetensorsStreamWriter writer(path, entries, meta);
+          if (bits && !optimizer) {
+            // Each quantized shard: its values and scales written together (the writer takes any
+            // order; in the file the I8 values come last).
+            for (const ParamSpec& spec : specs) {
+              if (!is_linear_weight(spec.name)) continue;
+              const QuantizedTensor q =
+                  quantize_weight(shard_tensor(full(spec, spec.name), spec.rule, t, tensor), bits, spec.name);
+              writer.write(spec.name, q.values);
+              writer.write(spec.name + "_scale", q.scale);
+            }
           }
+          for (const std::string& tensor_name : writer.names()) {
+            const std::string base = optimizer ? tensor_name.substr(0, tensor_name.rfind('.')) : tensor_name;
+            if (!optimizer && bits && !by_name.count(base)) continue;  // NAME_scale: written above
+            const ParamSpec& spec = *by_name.at(base);
+            if (!optimizer && bits && is_linear_weight(base)) continue;
+            Tensor piece = shard_tensor(full(spec, tensor_name), spec.rule, t, tensor);
+            const DType want = optimizer ? DType::F32 : weight_dtype;
+            writer.write(tensor_name, piece.dtype() == want ? piece : piece.to(want));
+          }
+          writer.finish();
+          uint64_t size = 0;
+          const uint64_t hash = file_hash(path, &size);
+          files[file] = {{"bytes", size}, {"xxh3_64", std::to_string(hash)}};
         }
-        for (const std::string& tensor_name : writer.names()) {
-          const std::string base = optimizer ? tensor_name.substr(0, tensor_name.rfind('.')) : tensor_name;
-          if (!optimizer && bits && !by_name.count(base)) continue;  // NAME_scale: written above
-          const ParamSpec& spec = *by_name.at(base);
-          if (!optimizer && bits && is_linear_weight(base)) continue;
-          Tensor piece = shard_tensor(full(spec, tensor_name), spec.rule, t, tensor);
-          const DType want = optimizer ? DType::F32 : weight_dtype;
-          writer.write(tensor_name, piece.dtype() == want ? piece : piece.to(want));
-        }
-        writer.finish();
-        uint64_t size = 0;
-        const uint64_t hash = file_hash(path, &size);
-        files[file] = {{"bytes", size}, {"xxh3_64", std::to_string(hash)}};
       }
     }
+  } catch (...) {
+    // Nothing half-written is left: the temporary folder goes, and the target folder if it was new.
+    std::error_code ec;
+    fs::remove_all(tmp_dir, ec);
+    if (created) fs::remove_all(to_dir, ec);
+    throw;
   }
   nlohmann::json manifest = {
       {"format", "glmrt-checkpoint"},
