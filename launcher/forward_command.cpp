@@ -44,7 +44,7 @@ int run_forward(const Args& args) {
   ParallelRuntime rt = setup_parallel(rc, vm, compute.device);
   GlmParams params = allocate_inference_params(bits, rc.model, compute, rt);
   source.load(rc.model, params);
-  report_quantization(params, rc.model, rt, compute, "forward");
+  report_quantization(params, rc.model, rt, compute, source, "forward");
   if (rt.is_world_root() && !source.note().empty())
     std::fprintf(stderr, "glmrt forward: %s\n", source.note().c_str());
   GlmModel model(rc.model, std::move(params), rt.tp);

@@ -137,6 +137,7 @@ int run_import_sat(const Args& args) {
   add_set_option(desc);
   po::variables_map vm;
   if (!parse_options("import-sat", desc, args, vm)) return 0;
+  require_one_process("import-sat");
   const auto start = std::chrono::steady_clock::now();
   const RunConfig rc = load_run_config(vm["config"].as<std::string>(), config_overrides(vm));
   const int tensor = vm.count("tensor") ? vm["tensor"].as<int>() : rc.parallel.tensor;

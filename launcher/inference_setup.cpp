@@ -105,12 +105,13 @@ GlmParams allocate_inference_params(int bits, const GlmConfig& config, const Com
 }
 
 void report_quantization(const GlmParams& params, const GlmConfig& config, const ParallelRuntime& rt,
-                         const ComputeOptions& compute, const std::string& command) {
+                         const ComputeOptions& compute, const ModelSource& source, const std::string& command) {
   if (!params.weight_bits() || !rt.is_world_root()) return;
   const double before = static_cast<double>(GlmParams::flat_numel(config, rt.shard)) * dtype_size(compute.dtype);
-  std::fprintf(stderr, "glmrt %s: linear weights quantized to %d bits (rank 0: %.1f MiB of parameters -> %.1f MiB)\n",
-               command.c_str(), params.weight_bits(), before / (1 << 20),
-               static_cast<double>(params.nbytes()) / (1 << 20));
+  std::fprintf(stderr, "glmrt %s: linear weights quantized to %d bits, %s (rank 0: %.1f MiB of parameters -> %.1f MiB)\n",
+               command.c_str(), params.weight_bits(),
+               source.weight_bits() ? "read pre-quantized from the checkpoint" : "as they were loaded",
+               before / (1 << 20), static_cast<double>(params.nbytes()) / (1 << 20));
 }
 
 GenerationParams generation_params(const po::variables_map& vm) {
@@ -153,7 +154,7 @@ InferenceSetup setup_inference(const po::variables_map& vm, const std::string& c
   // With quantization the linear weights are quantized as they are loaded, one tensor at a time.
   GlmParams params = allocate_inference_params(bits, s.rc.model, compute, s.rt);
   source.load(s.rc.model, params);
-  report_quantization(params, s.rc.model, s.rt, compute, command);
+  report_quantization(params, s.rc.model, s.rt, compute, source, command);
   if (s.rt.is_world_root() && !source.note().empty())
     std::fprintf(stderr, "glmrt %s: %s\n", command.c_str(), source.note().c_str());
   s.model = std::make_unique<GlmModel>(s.rc.model, std::move(params), s.rt.tp);

@@ -30,7 +30,7 @@ int quantization_bits(const po::variables_map& vm, const ModelSource& source);
 GlmParams allocate_inference_params(int bits, const GlmConfig& config, const ComputeOptions& compute,
                                     const ParallelRuntime& rt);
 void report_quantization(const GlmParams& params, const GlmConfig& config, const ParallelRuntime& rt,
-                         const ComputeOptions& compute, const std::string& command);
+                         const ComputeOptions& compute, const ModelSource& source, const std::string& command);
 
 // --strategy, --out-seq-length, --min-gen-length, --temperature, --top-k, --top-p, --seed,
 // --num-beams, --length-penalty, --no-repeat-ngram-size, --deterministic.

@@ -76,4 +76,13 @@ ComputeOptions compute_options(const po::variables_map& vm) {
   return o;
 }
 
+void require_one_process(const std::string& command) {
+  int ranks = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &ranks);
+  if (ranks > 1)
+    throw ConfigError("glmrt " + command + " is one offline process (it streams the model one tensor at a time "
+                      "and uses every core); this job has " + std::to_string(ranks) +
+                      " ranks, which would all write the same files: run it without mpiexec or srun");
+}
+
 }  // namespace glmrt

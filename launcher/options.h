@@ -20,6 +20,11 @@ bool parse_options(const std::string& command, po::options_description& desc, co
 void add_set_option(po::options_description& desc);
 std::vector<std::string> config_overrides(const po::variables_map& vm);
 
+// The offline checkpoint tools (reshard, import-sat, quantize) are one process writing one folder:
+// started on several ranks (mpiexec -n N, srun with N tasks) they would all write the same files.
+// Throws ConfigError naming the command and the rank count when the job has more than one rank.
+void require_one_process(const std::string& command);
+
 // Adds --device, --dtype and --threads to `desc`.
 void add_compute_options(po::options_description& desc);
 struct ComputeOptions {

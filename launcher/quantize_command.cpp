@@ -52,6 +52,7 @@ int run_quantize(const Args& args) {
   add_set_option(desc);
   po::variables_map vm;
   if (!parse_options("quantize", desc, args, vm)) return 0;
+  require_one_process("quantize");
   const auto start = std::chrono::steady_clock::now();
   const RunConfig rc = load_run_config(vm["config"].as<std::string>(), config_overrides(vm));
   if (vm.count("weights") == vm.count("from"))

@@ -20,6 +20,7 @@ int run_reshard(const Args& args) {
   add_set_option(desc);
   po::variables_map vm;
   if (!parse_options("reshard", desc, args, vm)) return 0;
+  require_one_process("reshard");
   const RunConfig rc = load_run_config(vm["config"].as<std::string>(), config_overrides(vm));
   const int tensor = vm["tensor"].as<int>(), pipeline = vm["pipeline"].as<int>();
   if (tensor < 1 || pipeline < 1) throw ConfigError("--tensor and --pipeline must be at least 1");

@@ -184,7 +184,8 @@ TEST(QuantizedCheckpoint, ForwardLogitsMatchTheReference) {
                                         " --input " + source_path("tests/golden/forward_plain.json") +
                                         " --output " + out + " --threads 1 --tensor 2 --pipeline 2");
     ASSERT_EQ(r.exit_code, 0) << r.output;
-    EXPECT_NE(r.output.find("quantized to " + std::to_string(bits) + " bits"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("quantized to " + std::to_string(bits) + " bits, read pre-quantized from the checkpoint"),
+              std::string::npos) << r.output;
     const Tensor logits = SafetensorsReader(out).tensor("logits");
     const Tensor want = SafetensorsReader(source_path("tests/golden/quantize/forward_int" + std::to_string(bits) +
                                                       "_tp2.logits.safetensors"))
@@ -239,7 +240,13 @@ TEST(QuantizedCheckpoint, RefusesWhatItCannotLoadByName) {
 TEST(QuantizedCheckpoint, QuantizeChecksItsFlagsBeforeWritingAnything) {
   const std::string base = testing::temp_dir("qckpt_flags");
   const std::string q = "quantize --config " + gen_config() + " --weights " + gen_weights() + " --to " + base + "/out";
-  auto r = testing::run_glmrt(q + " --quantization-bit-width 3");
+  // One process writes the folder: several ranks would all write the same files.
+  auto r = testing::run_command(launch(2) + " " + q + " --quantization-bit-width 8");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("glmrt quantize is one offline process"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("this job has 2 ranks"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(base + "/out"));
+  r = testing::run_glmrt(q + " --quantization-bit-width 3");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("--quantization-bit-width must be 4 or 8, got 3"), std::string::npos) << r.output;
   r = testing::run_glmrt(q + " --quantization-bit-width 8 --tensor 3");
