@@ -110,14 +110,6 @@ std::string count_str(int64_t n) {
   return buf;
 }
 
-const char* precision_of(DType d) {
-  switch (d) {
-    case DType::F16: return "fp16";
-    case DType::BF16: return "bf16";
-    default: return "fp32";
-  }
-}
-
 }  // namespace
 
 int run_import_sat(const Args& args) {
@@ -143,9 +135,7 @@ int run_import_sat(const Args& args) {
   const int tensor = vm.count("tensor") ? vm["tensor"].as<int>() : rc.parallel.tensor;
   const int pipeline = vm.count("pipeline") ? vm["pipeline"].as<int>() : rc.parallel.pipeline;
   if (tensor < 1 || pipeline < 1) throw ConfigError("--tensor and --pipeline must be at least 1");
-  const std::string dt = vm["dtype"].as<std::string>();
-  if (dt != "keep" && dt != "f32" && dt != "f16" && dt != "bf16")
-    throw ConfigError("--dtype: expected keep, f32, f16 or bf16, got '" + dt + "'");
+  const std::optional<DType> dtype = stored_dtype_option(vm["dtype"].as<std::string>());
   const std::vector<int64_t> stages = stage_layer_counts(
       rc.model.num_layers, pipeline,
       rc.parallel.pipeline == pipeline ? rc.parallel.stage_layers : std::vector<int64_t>{});
@@ -236,8 +226,7 @@ int run_import_sat(const Args& args) {
                             " (does model.num_layers match the checkpoint?)");
     }
   }
-  const DType weight_dtype = dt == "keep" ? source_dtype.value_or(DType::F16)
-                             : dt == "f32" ? DType::F32 : dt == "f16" ? DType::F16 : DType::BF16;
+  const DType weight_dtype = dtype.value_or(source_dtype.value_or(DType::F16));
 
   // ---- write, one full tensor at a time ----
   CheckpointManifest m;

@@ -85,4 +85,20 @@ void require_one_process(const std::string& command) {
                       " ranks, which would all write the same files: run it without mpiexec or srun");
 }
 
+std::optional<DType> stored_dtype_option(const std::string& value) {
+  if (value == "keep") return std::nullopt;
+  if (value == "f32") return DType::F32;
+  if (value == "f16") return DType::F16;
+  if (value == "bf16") return DType::BF16;
+  throw ConfigError("--dtype: expected keep, f32, f16 or bf16, got '" + value + "'");
+}
+
+const char* precision_of(DType dtype) {
+  switch (dtype) {
+    case DType::F16: return "fp16";
+    case DType::BF16: return "bf16";
+    default: return "fp32";
+  }
+}
+
 }  // namespace glmrt

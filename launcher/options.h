@@ -2,6 +2,7 @@
 #pragma once
 
 #include <boost/program_options.hpp>
+#include <optional>
 #include <string>
 
 #include "kernels/tensor.h"
@@ -24,6 +25,12 @@ std::vector<std::string> config_overrides(const po::variables_map& vm);
 // started on several ranks (mpiexec -n N, srun with N tasks) they would all write the same files.
 // Throws ConfigError naming the command and the rank count when the job has more than one rank.
 void require_one_process(const std::string& command);
+
+// --dtype of the offline checkpoint tools (import-sat, quantize): the dtype the unquantized weights
+// are stored in; nullopt for `keep` (the source's). ConfigError naming the flag otherwise.
+std::optional<DType> stored_dtype_option(const std::string& value);
+// A checkpoint manifest's `precision` for weights stored as `dtype`: fp16, bf16 or fp32.
+const char* precision_of(DType dtype);
 
 // Adds --device, --dtype and --threads to `desc`.
 void add_compute_options(po::options_description& desc);

@@ -19,14 +19,6 @@
 namespace glmrt {
 
 namespace {
-const char* precision_of(DType d) {
-  switch (d) {
-    case DType::F16: return "fp16";
-    case DType::BF16: return "bf16";
-    default: return "fp32";
-  }
-}
-
 uint64_t folder_bytes(const std::string& dir) {
   uint64_t total = 0;
   for (const auto& e : std::filesystem::directory_iterator(dir))
@@ -63,11 +55,7 @@ int run_quantize(const Args& args) {
   const int tensor = vm.count("tensor") ? vm["tensor"].as<int>() : rc.parallel.tensor;
   const int pipeline = vm.count("pipeline") ? vm["pipeline"].as<int>() : rc.parallel.pipeline;
   if (tensor < 1 || pipeline < 1) throw ConfigError("--tensor and --pipeline must be at least 1");
-  const std::string dt = vm["dtype"].as<std::string>();
-  if (dt != "keep" && dt != "f32" && dt != "f16" && dt != "bf16")
-    throw ConfigError("--dtype: expected keep, f32, f16 or bf16, got '" + dt + "'");
-  const std::optional<DType> dtype = dt == "keep" ? std::nullopt
-                                     : std::optional<DType>(dt == "f32" ? DType::F32 : dt == "f16" ? DType::F16 : DType::BF16);
+  const std::optional<DType> dtype = stored_dtype_option(vm["dtype"].as<std::string>());
   try {
     glm_param_specs(rc.model, ModelShard{0, tensor, 0, -1, true, true});  // validates the split
   } catch (const ConfigError& e) {

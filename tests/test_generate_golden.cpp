@@ -22,6 +22,7 @@ namespace glmrt {
 namespace {
 
 using nlohmann::json;
+using testing::ids_csv;
 using testing::source_path;
 
 struct GenCase {
@@ -65,15 +66,6 @@ std::vector<size_t> case_indices() {
   std::vector<size_t> idx(cases().size());
   for (size_t i = 0; i < idx.size(); ++i) idx[i] = i;
   return idx;
-}
-
-std::string ids_csv(const std::vector<int32_t>& ids) {
-  std::string s;
-  for (size_t i = 0; i < ids.size(); ++i) {
-    if (i) s += ',';
-    s += std::to_string(ids[i]);
-  }
-  return s;
 }
 
 // `generate` with the golden model; `extra` = the query source plus the case's flags.

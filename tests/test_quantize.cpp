@@ -12,7 +12,6 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "checkpoint/quantize.h"
 #include "checkpoint/safetensors.h"
@@ -26,6 +25,7 @@ namespace glmrt {
 namespace {
 
 using nlohmann::json;
+using testing::ids_csv;
 using testing::source_path;
 
 std::string golden(const std::string& file) { return source_path("tests/golden/quantize/" + file); }
@@ -173,12 +173,6 @@ const std::vector<QCase>& cases() {
   return all;
 }
 
-std::string ids_csv(const std::vector<int32_t>& ids) {
-  std::string s;
-  for (size_t i = 0; i < ids.size(); ++i) s += (i ? "," : "") + std::to_string(ids[i]);
-  return s;
-}
-
 TEST(QuantizedGenerateCases, Load) {
   ASSERT_TRUE(load_error.empty()) << load_error;
   EXPECT_EQ(cases().size(), 16u);
@@ -237,16 +231,8 @@ TEST(QuantizedGenerate, RefusesABadBitWidthAndAnOddShardForFourBits) {
   // FFN width 50 on two tensor ranks: dense_4h_to_h's shards are [64, 25], which 4 bits cannot
   // pack two per byte; 8 bits can.
   const std::string dir = testing::temp_dir("quantize_odd");
-  {
-    std::ifstream in(source_path("tests/golden/generate/tiny.yaml"));
-    std::stringstream text;
-    text << in.rdbuf();
-    std::string y = text.str();
-    const auto at = y.find("ffn_hidden_size: 48");
-    ASSERT_NE(at, std::string::npos);
-    y.replace(at, std::strlen("ffn_hidden_size: 48"), "ffn_hidden_size: 50");
-    std::ofstream(dir + "/odd.yaml") << y;
-  }
+  testing::edited_copy(source_path("tests/golden/generate/tiny.yaml"), "ffn_hidden_size: 48", "ffn_hidden_size: 50",
+                       dir + "/odd.yaml");
   r = testing::run_glmrt("init --config " + dir + "/odd.yaml --output " + dir + "/odd.safetensors");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const std::string odd = std::string("env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "

@@ -9,11 +9,9 @@
 //   --quantization-bit-width, training, resharding, quantizing twice, 4 bits on odd shards.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "checkpoint/quantize.h"
 #include "checkpoint/safetensors.h"
@@ -24,6 +22,7 @@ namespace glmrt {
 namespace {
 
 using nlohmann::json;
+using testing::ids_csv;
 using testing::source_path;
 
 const std::string kMpi =
@@ -117,15 +116,6 @@ std::vector<QCase> golden_cases() {
   for (const json& e : json::parse(std::ifstream(source_path("tests/golden/quantize/cases.json"))))
     out.push_back({e.at("name"), e.at("args"), e.at("bits"), e.at("tp"), e.at("prompt_ids"), e.at("output_ids")});
   return out;
-}
-
-std::string ids_csv(const std::vector<int32_t>& ids) {
-  std::string s;
-  for (size_t i = 0; i < ids.size(); ++i) {
-    if (i) s += ',';
-    s += std::to_string(ids[i]);
-  }
-  return s;
 }
 
 std::vector<int32_t> generate(const std::string& source, const QCase& c, int tensor, int pipeline,
@@ -253,14 +243,7 @@ TEST(QuantizedCheckpoint, QuantizeChecksItsFlagsBeforeWritingAnything) {
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("--tensor 3"), std::string::npos) << r.output;
   // dense_4h_to_h of an FFN width 50 on two ranks: shards of 25 columns, which 4 bits cannot pack.
-  std::ifstream in(gen_config());
-  std::stringstream text;
-  text << in.rdbuf();
-  std::string y = text.str();
-  const auto at = y.find("ffn_hidden_size: 48");
-  ASSERT_NE(at, std::string::npos);
-  y.replace(at, std::strlen("ffn_hidden_size: 48"), "ffn_hidden_size: 50");
-  std::ofstream(base + "/odd.yaml") << y;
+  testing::edited_copy(gen_config(), "ffn_hidden_size: 48", "ffn_hidden_size: 50", base + "/odd.yaml");
   r = testing::run_glmrt("init --config " + base + "/odd.yaml --output " + base + "/odd.safetensors");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   r = testing::run_glmrt("quantize --config " + base + "/odd.yaml --weights " + base + "/odd.safetensors --to " +

@@ -3,6 +3,9 @@
 #include <array>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
 #include <unistd.h>
 
 namespace glmrt::testing {
@@ -62,6 +65,28 @@ std::string temp_dir(const std::string& name) {
   fs::remove_all(p);
   fs::create_directories(p);
   return p.string();
+}
+
+std::string ids_csv(const std::vector<int32_t>& ids) {
+  std::string s;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i) s += ',';
+    s += std::to_string(ids[i]);
+  }
+  return s;
+}
+
+std::string edited_copy(const std::string& src, const std::string& from, const std::string& to,
+                        const std::string& dst) {
+  std::ifstream in(src);
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string s = text.str();
+  const size_t at = s.find(from);
+  if (at == std::string::npos) throw std::runtime_error(src + " holds no '" + from + "'");
+  s.replace(at, from.size(), to);
+  std::ofstream(dst) << s;
+  return dst;
 }
 
 }  // namespace glmrt::testing

@@ -52,6 +52,12 @@ CommandResult run_command(const std::string& command);
 CommandResult run_glmrt(const std::string& args);
 // A fresh empty directory under the build's temporary area.
 std::string temp_dir(const std::string& name);
+// "5,17,…": token ids as --prompt-ids takes them.
+std::string ids_csv(const std::vector<int32_t>& ids);
+// Writes the text file `src` to `dst` with the first `from` replaced by `to` (a config variant);
+// throws std::runtime_error when `from` is absent. Returns `dst`.
+std::string edited_copy(const std::string& src, const std::string& from, const std::string& to,
+                        const std::string& dst);
 
 // A GLM small enough for exact checks: h 32, 4 heads, F 48, vocab 64, 64 positions, exact RoPE
 // tables, `layers` layers (the token ids are the GlmConfig defaults: set them where they matter).
