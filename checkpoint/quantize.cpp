@@ -1,8 +1,13 @@
 #include "checkpoint/quantize.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
+
+#if defined(__AVX2__) && defined(__F16C__)
+#include <immintrin.h>
+#endif
 
 #include "kernels/error.h"
 #include "kernels/half.h"
@@ -10,18 +15,78 @@
 namespace glmrt {
 
 namespace {
-float element(const Tensor& w, int64_t i) {
-  switch (w.dtype()) {
-    case DType::F32:
-      return w.data_as<float>()[i];
-    case DType::F16:
-      return f16_to_float(static_cast<const f16*>(w.data())[i]);
-    case DType::BF16:
-      return bf16_to_float(static_cast<const bf16*>(w.data())[i]);
-    default:
-      return 0.0f;  // refused before
+
+inline float to_float(float v) { return v; }
+inline float to_float(f16 v) { return f16_to_float(v); }
+inline float to_float(bf16 v) { return bf16_to_float(v); }
+
+#if defined(__AVX2__) && defined(__F16C__)
+// Eight values widened to fp32 (exact for every storage type).
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const f16* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline __m256 load8(const bf16* p) {
+  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+#endif
+
+// max |w[c]| of one row; *finite = false when the row holds a NaN or an infinity.
+template <typename S>
+float row_absmax(const S* w, int64_t cols, bool* finite) {
+  float m = 0.0f;
+  bool ok = true;
+  int64_t c = 0;
+#if defined(__AVX2__) && defined(__F16C__)
+  const __m256 sign = _mm256_set1_ps(-0.0f), big = _mm256_set1_ps(3.40282347e38f);
+  __m256 acc = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+  for (; c + 8 <= cols; c += 8) {
+    const __m256 a = _mm256_andnot_ps(sign, load8(w + c));
+    acc = _mm256_max_ps(acc, a);
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, big, _CMP_NLE_UQ));  // > FLT_MAX or NaN
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, acc);
+  for (const float l : lanes) m = std::max(m, l);
+  ok = _mm256_movemask_ps(bad) == 0;
+#endif
+  for (; c < cols; ++c) {
+    const float v = to_float(w[c]);
+    ok = ok && std::isfinite(v);
+    m = std::max(m, std::fabs(v));
+  }
+  *finite = ok;
+  return m;
+}
+
+// q[c] = clamp(round_half_even(w[c] / sf), ±qmax), the quotient first rounded to fp16 when
+// f16_quotient; sf > 0. The vector path computes the same IEEE operations (division, the fp16
+// rounding, round to nearest even), so both paths give the same bytes.
+template <typename S>
+void row_quantize(const S* w, int64_t cols, float sf, float qmax, bool f16_quotient, int8_t* q) {
+  int64_t c = 0;
+#if defined(__AVX2__) && defined(__F16C__)
+  const __m256 s = _mm256_set1_ps(sf), hi = _mm256_set1_ps(qmax), lo = _mm256_set1_ps(-qmax);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  auto one = [&](int64_t at) {
+    __m256 v = _mm256_div_ps(load8(w + at), s);
+    if (f16_quotient) v = _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm256_cvtps_epi32(_mm256_min_ps(hi, _mm256_max_ps(lo, v)));
+  };
+  for (; c + 32 <= cols; c += 32) {
+    const __m256i a = _mm256_packs_epi32(one(c), one(c + 8)), b = _mm256_packs_epi32(one(c + 16), one(c + 24));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + c),
+                        _mm256_permutevar8x32_epi32(_mm256_packs_epi16(a, b), order));
+  }
+#endif
+  for (; c < cols; ++c) {
+    float v = to_float(w[c]) / sf;
+    if (f16_quotient) v = round_to_f16(v);
+    v = std::nearbyint(v);  // the default rounding mode: to nearest, ties to even
+    q[c] = static_cast<int8_t>(std::min(qmax, std::max(-qmax, v)));
   }
 }
+
 }  // namespace
 
 QuantizedTensor quantize_weight(const Tensor& w, int bits, const std::string& name) {
@@ -52,27 +117,29 @@ QuantizedTensor quantize_weight(const Tensor& w, int bits, const std::string& na
   std::vector<float> amax(static_cast<size_t>(rows), 0.0f);
   int64_t bad_row = rows;
   const bool parallel = rows * cols >= (int64_t{1} << 16);
+  auto with_rows = [&](auto fn) {  // fn(const S* data) with the storage type of w
+    switch (w.dtype()) {
+      case DType::F16: return fn(static_cast<const f16*>(w.data()));
+      case DType::BF16: return fn(static_cast<const bf16*>(w.data()));
+      default: return fn(w.data_as<float>());
+    }
+  };
+  with_rows([&](const auto* data) {
 #pragma omp parallel for schedule(static) reduction(min : bad_row) if (parallel)
-  for (int64_t r = 0; r < rows; ++r) {
-    float m = 0.0f;
-    for (int64_t c = 0; c < cols; ++c) {
-      const float v = element(w, r * cols + c);
-      if (!std::isfinite(v)) {
-        bad_row = std::min(bad_row, r);
-        break;
+    for (int64_t r = 0; r < rows; ++r) {
+      bool finite = true;
+      amax[static_cast<size_t>(r)] = row_absmax(data + r * cols, cols, &finite);
+      if (!finite) bad_row = std::min(bad_row, r);
+    }
+    if (bad_row < rows) {
+      for (int64_t c = 0; c < cols; ++c) {
+        const float v = to_float(data[bad_row * cols + c]);
+        if (!std::isfinite(v))
+          throw InputError("quantization of " + name + ": row " + std::to_string(bad_row) + ", column " +
+                           std::to_string(c) + " holds " + std::to_string(v) + " (not finite)");
       }
-      m = std::max(m, std::fabs(v));
     }
-    amax[static_cast<size_t>(r)] = m;
-  }
-  if (bad_row < rows) {
-    for (int64_t c = 0; c < cols; ++c) {
-      const float v = element(w, bad_row * cols + c);
-      if (!std::isfinite(v))
-        throw InputError("quantization of " + name + ": row " + std::to_string(bad_row) + ", column " +
-                         std::to_string(c) + " holds " + std::to_string(v) + " (not finite)");
-    }
-  }
+  });
   for (int64_t r = 0; r < rows; ++r) {
     const float a = amax[static_cast<size_t>(r)];
     scales[r] = float_to_f16(a / qmax);
@@ -80,27 +147,26 @@ QuantizedTensor quantize_weight(const Tensor& w, int bits, const std::string& na
       throw InputError("quantization of " + name + ": row " + std::to_string(r) + "'s scale " +
                        std::to_string(a / qmax) + " overflows fp16");
   }
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t r = 0; r < rows; ++r) {
-    const float sf = f16_to_float(scales[r]);
-    auto value = [&](int64_t c) -> int8_t {
-      if (sf == 0.0f) return 0;
-      float v = element(w, r * cols + c) / sf;
-      if (f16_quotient) v = round_to_f16(v);
-      v = std::nearbyint(v);  // the default rounding mode: to nearest, ties to even
-      return static_cast<int8_t>(std::min(qmax, std::max(-qmax, v)));
-    };
-    if (bits == 8) {
-      for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = value(c);
-    } else {
-      int8_t* o = out + r * (cols / 2);
-      for (int64_t c = 0; c < cols; c += 2) {
-        const auto hi = static_cast<uint8_t>(value(c));
-        const auto lo = static_cast<uint8_t>(value(c + 1));
-        o[c / 2] = static_cast<int8_t>(static_cast<uint8_t>((hi << 4) | (lo & 0x0F)));
+  with_rows([&](const auto* data) {
+#pragma omp parallel if (parallel)
+    {
+      std::vector<int8_t> row(bits == 4 ? static_cast<size_t>(cols) : 0);
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < rows; ++r) {
+        const float sf = f16_to_float(scales[r]);
+        int8_t* o = bits == 8 ? out + r * cols : row.data();
+        if (sf == 0.0f) std::fill(o, o + cols, int8_t{0});
+        else row_quantize(data + r * cols, cols, sf, qmax, f16_quotient, o);
+        if (bits == 4) {
+          int8_t* packed = out + r * (cols / 2);
+          for (int64_t c = 0; c < cols; c += 2) {
+            const auto h = static_cast<uint8_t>(o[c]), l = static_cast<uint8_t>(o[c + 1]);
+            packed[c / 2] = static_cast<int8_t>(static_cast<uint8_t>((h << 4) | (l & 0x0F)));
+          }
+        }
       }
     }
-  }
+  });
   return q;
 }
 

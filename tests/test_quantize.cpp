@@ -53,6 +53,36 @@ TEST(Quantize, MatchesPyTorchReferenceBitForBit) {
   EXPECT_EQ(checked, 8);
 }
 
+// The same crafted rows repeated along the columns (and 3 more columns of the row's first values)
+// take the vectorised row loops (8 and 32 values at a time, then a scalar tail): the scales are
+// unchanged (same absmax) and every value equals the reference's for its source column.
+TEST(Quantize, WideRowsMatchThePyTorchReferenceToo) {
+  const SafetensorsReader file(golden("quantize_cases.safetensors"));
+  for (const std::string name : {"f32", "f32_ties4", "f16", "bf16"}) {
+    const Tensor w = file.tensor(name + ".w");
+    const int64_t rows = w.dim(0), cols = w.dim(1), reps = 5, wide = reps * cols + 4;
+    const size_t es = dtype_size(w.dtype());
+    Tensor t = Tensor::empty({rows, wide}, w.dtype());
+    auto source_col = [&](int64_t c) { return c % cols; };
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < wide; ++c)
+        std::memcpy(static_cast<char*>(t.data()) + (r * wide + c) * es,
+                    static_cast<const char*>(w.data()) + (r * cols + source_col(c)) * es, es);
+    for (const int bits : {8, 4}) {
+      SCOPED_TRACE(name + ", " + std::to_string(bits) + " bits");
+      const QuantizedTensor q = quantize_weight(t, bits, name);
+      EXPECT_TRUE(same_bytes(q.scale, file.tensor(name + ".scale" + std::to_string(bits))));
+      const Tensor got = dequantize_weight(q), want = dequantize_weight(
+          {file.tensor(name + ".q" + std::to_string(bits)), file.tensor(name + ".scale" + std::to_string(bits)), bits});
+      int64_t mismatches = 0;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < wide; ++c)
+          mismatches += got.data_as<float>()[r * wide + c] != want.data_as<float>()[r * cols + source_col(c)];
+      EXPECT_EQ(mismatches, 0);
+    }
+  }
+}
+
 TEST(Quantize, DequantizedWeightIsCloseAndPackingIsHighNibbleFirst) {
   // Row 0 = [1, -2, 3, -7, 7, 0] · scale 1 (max 7: 4-bit scale exactly 1).
   const Tensor w = Tensor::from_floats({1, -2, 3, -7, 7, 0}, {1, 6});
