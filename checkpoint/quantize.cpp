@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <map>
 #include <vector>
 
 #if defined(__AVX2__) && defined(__F16C__)
@@ -228,15 +229,14 @@ QuantizedTensor shard_quantized(const std::function<QuantizedTensor(int)>& piece
   };
   QuantizedTensor out;
   out.bits = bits;
-  if (spec.rule != ShardRule::Columns) {
-    std::vector<Tensor> values, scales;
-    for (int k = 0; k < saved_tp; ++k) {
-      QuantizedTensor q = checked(k);
-      values.push_back(std::move(q.values));
-      scales.push_back(std::move(q.scale));
-    }
-    out.values = shard_tensor(unshard_tensor(values, spec.rule), spec.rule, tp_rank, tp_size);
-    out.scale = shard_tensor(unshard_tensor(scales, spec.rule), spec.rule, tp_rank, tp_size);
+  if (spec.rule != ShardRule::Columns) {  // values and scales split alike, row by row
+    std::map<int, QuantizedTensor> read;  // each saved piece asked for once
+    auto part = [&](int k) -> QuantizedTensor& {
+      auto it = read.find(k);
+      return it != read.end() ? it->second : read.emplace(k, checked(k)).first->second;
+    };
+    out.values = reshard_pieces([&](int k) { return part(k).values; }, saved_tp, spec.rule, tp_rank, tp_size);
+    out.scale = reshard_pieces([&](int k) { return part(k).scale; }, saved_tp, spec.rule, tp_rank, tp_size);
     return out;
   }
   if (tp_size % saved_tp != 0)

@@ -114,6 +114,22 @@ Tensor shard_tensor(const Tensor& full, ShardRule rule, int rank, int size) {
   return out;
 }
 
+Tensor reshard_pieces(const std::function<Tensor(int)>& piece, int saved, ShardRule rule, int rank, int size) {
+  if (rule == ShardRule::Replicated) return piece(0).clone();
+  if (size % saved == 0) {
+    const int split = size / saved;
+    return shard_tensor(piece(rank / split), rule, rank % split, split);  // clones when split == 1
+  }
+  std::vector<Tensor> pieces;
+  if (saved % size == 0) {
+    const int join = saved / size;
+    for (int k = rank * join; k < (rank + 1) * join; ++k) pieces.push_back(piece(k));
+    return unshard_tensor(pieces, rule);
+  }
+  for (int k = 0; k < saved; ++k) pieces.push_back(piece(k));
+  return shard_tensor(unshard_tensor(pieces, rule), rule, rank, size);
+}
+
 Tensor unshard_tensor(const std::vector<Tensor>& pieces, ShardRule rule) {
   GLMRT_CHECK(!pieces.empty(), "unshard_tensor: no pieces");
   const int size = static_cast<int>(pieces.size());

@@ -61,6 +61,13 @@ Shape local_shape(const Shape& full, ShardRule rule, int size);
 Tensor shard_tensor(const Tensor& full, ShardRule rule, int rank, int size);
 // The inverse: the full tensor from the pieces of ranks 0..size-1 (host tensors).
 Tensor unshard_tensor(const std::vector<Tensor>& pieces, ShardRule rule);
+// Shard `rank` of `size` of a tensor saved as `saved` pieces under `rule`, asking `piece(k)` only
+// for the saved pieces it overlaps: every rule splits into contiguous blocks (GluRows: of each
+// half), so when one degree is a multiple of the other the shard is a slice of one saved piece or
+// the join of consecutive ones (a replicated tensor: piece 0). Otherwise every piece is joined and
+// re-split. Loading in the saved layout thus reads 1/size of each tensor per rank. The result
+// owns its data (a copy, never a view of a piece).
+Tensor reshard_pieces(const std::function<Tensor(int)>& piece, int saved, ShardRule rule, int rank, int size);
 
 struct LayerParams {
   Tensor input_layernorm_weight, input_layernorm_bias;

@@ -75,8 +75,9 @@ TEST(GenerateCli, AnswersEveryQueryOfAFileInOrder) {
 namespace glmrt {
 namespace {
 
-// A checkpoint written by a (tensor 2, pipeline 2) training run serves on one rank and on
-// (1, 2), resharded on load, with the answers of its full weight file.
+// A checkpoint written by a (tensor 2, pipeline 2) training run serves on one rank, on (1, 2) and
+// on (4, 1) — each rank joining saved pieces, or slicing one — with the answers of its full
+// weight file.
 TEST(GenerateCli, LoadsACheckpointOfAnyLayout) {
   const std::string dir = testing::temp_dir("generate_cli_load");
   const std::string env =
@@ -107,6 +108,9 @@ TEST(GenerateCli, LoadsACheckpointOfAnyLayout) {
   ASSERT_NE(from_weights.find("\"output_ids\""), std::string::npos) << from_weights;
   EXPECT_EQ(answer(std::string(GLMRT_BINARY), "--load ck"), from_weights);
   EXPECT_EQ(answer("timeout 300 mpiexec -n 2 " + std::string(GLMRT_BINARY), "--load ck --pipeline 2 --data 1"),
+            from_weights);
+  EXPECT_EQ(answer("timeout 300 mpiexec -n 4 " + std::string(GLMRT_BINARY),
+                   "--load ck --tensor 4 --pipeline 1 --data 1"),
             from_weights);
 }
 

@@ -375,16 +375,20 @@ class ShardedCheckpointReader {
   Tensor fetch(const ParamSpec& spec, const std::string& tensor, bool optimizer,
                const ModelShard& shard) {
     const int stage = stage_of(spec.name, m_.stage_layers);
-    std::vector<Tensor> pieces;
-    for (int t = 0; t < m_.layout.tensor; ++t) {
+    const int saved = m_.layout.tensor, tp = shard.tp_size;
+    auto file = [&](int t) -> SafetensorsReader& {
       SafetensorsReader& r = reader(optimizer ? optim_file(t, stage) : model_file(t, stage));
       if (!r.find(tensor)) throw CheckpointError(r.path() + ": missing tensor " + tensor);
-      pieces.push_back(r.tensor(tensor));
-    }
-    Tensor out = shard_tensor(unshard_tensor(pieces, spec.rule), spec.rule, shard.tp_rank, shard.tp_size);
-    pieces.clear();
-    for (int t = 0; t < m_.layout.tensor; ++t)  // one tensor of the files resident at a time
-      reader(optimizer ? optim_file(t, stage) : model_file(t, stage)).release(tensor);
+      return r;
+    };
+    std::vector<int> read;  // only the saved pieces this shard overlaps (reshard_pieces)
+    const Tensor out = reshard_pieces(
+        [&](int t) {
+          read.push_back(t);
+          return file(t).tensor(tensor);
+        },
+        saved, spec.rule, shard.tp_rank, tp);
+    for (const int t : read) file(t).release(tensor);  // one tensor of the files resident at a time
     return out;
   }
   // A linear weight of a pre-quantized checkpoint, for `shard` (shard_quantized).
