@@ -87,8 +87,8 @@ std::string save_checkpoint(const std::string& dir, const TrainConfig& train, bo
 CheckpointManifest find_checkpoint(const std::string& dir, const GlmConfig& config, std::string* note);
 
 // Loads a checkpoint into this rank's model and trainer, whatever the layout it was saved in:
-// every tensor is rebuilt from the saved shards and re-split through the shard rules, one tensor
-// at a time. A pre-quantized checkpoint (weight_bits) is refused: it has no optimizer state and
+// every tensor is rebuilt from the saved shards it overlaps (reshard_pieces) and re-split through
+// the shard rules, one tensor at a time. A pre-quantized checkpoint (weight_bits) is refused: it has no optimizer state and
 // no full-precision weights to train.
 void load_checkpoint(const CheckpointManifest& manifest, GlmModel& model, Trainer& trainer);
 // Offline resharding (`glmrt reshard`): writes `manifest`'s checkpoint into `to_dir` for
