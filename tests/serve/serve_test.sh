@@ -9,15 +9,18 @@
 #   the right 4xx with a JSON error naming the problem, and /health still answers; the openai
 #   client's completions, streamed and not (the chunks add up to the same greedy text); a query in
 #   flight when SIGTERM arrives is still answered, and the server exits 0 within seconds.
-# The 4-rank server's greedy answers must equal the single rank's.
+# The 4-rank server's greedy answers must equal the single rank's. A server on 2 ranks started from a
+# pre-quantized checkpoint (`glmrt quantize`, INT8 for tensor 2) gives the log-probabilities of
+# `glmrt generate` quantizing the full weights at load on the same layout, to the last bit (and
+# not those of the unquantized model).
 #
-#   tests/serve/serve_test.sh PATH/TO/glmrt [single|mpi|all]     (default all)
+#   tests/serve/serve_test.sh PATH/TO/glmrt [single|mpi|quantized|all]     (default all)
 #
 # Everything lives in a temporary directory (GLMRT_SERVE_KEEP=1 keeps it); a server still running
 # on exit is killed by PID (trap). Every client call runs under `timeout`.
 set -euo pipefail
 
-GLMRT=${1:?usage: serve_test.sh PATH/TO/glmrt [single|mpi|all]}
+GLMRT=${1:?usage: serve_test.sh PATH/TO/glmrt [single|mpi|quantized|all]}
 WHICH=${2:-all}
 PYTHON=${PYTHON:-python3}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -101,7 +104,9 @@ expect() {
   BODY=$body
 }
 
-# start_server LABEL [LAUNCHER... --] [GLMRT FLAGS...]: starts `glmrt serve`, reads its port.
+# start_server LABEL [LAUNCHER... --] [GLMRT FLAGS...]: starts `glmrt serve` on the model SOURCE
+# names, reads its port.
+SOURCE=(--weights "$WORK/weights.safetensors")
 start_server() {
   local label=$1 launcher=() flags=()
   shift
@@ -111,7 +116,7 @@ start_server() {
   fi
   flags=("$@")
   LOG=$WORK/server-$label.log
-  "${launcher[@]}" "$GLMRT" serve --config "$WORK/serve.yaml" --weights "$WORK/weights.safetensors" \
+  "${launcher[@]}" "$GLMRT" serve --config "$WORK/serve.yaml" "${SOURCE[@]}" \
     --port 0 "${flags[@]}" 2>"$LOG" >"$WORK/server-$label.out" &
   SERVER_PID=$!
   PORT=""
@@ -407,6 +412,32 @@ if [[ $WHICH == mpi || $WHICH == all ]]; then
   pid=$(rank0_pid)
   [[ -n $pid ]] || fail "mpi: cannot find world rank 0 among mpiexec's children"
   stop_and_check mpi "$pid"
+fi
+if [[ $WHICH == quantized || $WHICH == all ]]; then
+  "$GLMRT" quantize --config "$WORK/serve.yaml" --weights "$WORK/weights.safetensors" --to "$WORK/q8" \
+    --quantization-bit-width 8 --tensor 2 --pipeline 1 >"$WORK/quantize.log" 2>&1 ||
+    fail "glmrt quantize: $(tail -n 5 "$WORK/quantize.log")"
+  # The first greedy token's log-probability from the CLI, quantizing at load (8) and not (0).
+  for bits in 8 0; do
+    timeout 120 mpiexec -n 2 --oversubscribe "$GLMRT" generate --config "$WORK/serve.yaml" \
+      --weights "$WORK/weights.safetensors" --quantization-bit-width $bits --tensor 2 --prompt-ids 10,20,30,40 \
+      --strategy greedy --out-seq-length 16 --logprobs 1 --json --output "$WORK/cli-$bits.json" >/dev/null 2>&1 ||
+      fail "glmrt generate --quantization-bit-width $bits on 2 ranks failed"
+  done
+  first_logprob='import json, sys; print(repr(json.loads(open(sys.argv[1]).readline())["logprobs"][0][1]))'
+  want=$("$PYTHON" -c "$first_logprob" "$WORK/cli-8.json")
+  unquantized=$("$PYTHON" -c "$first_logprob" "$WORK/cli-0.json")
+  [[ $want != "$unquantized" ]] || fail "quantized: INT8 and full precision give the same log-probability $want"
+  SOURCE=(--load "$WORK/q8")
+  start_server quantized mpiexec -n 2 --oversubscribe -- --tensor 2
+  grep -q 'linear weights quantized to 8 bits, read pre-quantized from the checkpoint' "$LOG" ||
+    fail "quantized: the server did not report reading pre-quantized weights"
+  expect 200 '"token_logprobs"' POST /v1/completions \
+    '{"model": "glm", "prompt": [10, 20, 30, 40], "max_tokens": 2, "temperature": 0, "logprobs": 1}'
+  got=$("$PYTHON" -c 'import json, sys; print(repr(json.loads(sys.argv[1])["choices"][0]["logprobs"]["token_logprobs"][0]))' "$BODY")
+  [[ $got == "$want" ]] || fail "quantized: the server gave log-probability $got, generate quantizing at load $want (unquantized $unquantized)"
+  stop_server
+  pass "quantized: a server on a pre-quantized checkpoint: log-probability $got, as quantizing at load (unquantized $unquantized)"
 fi
 if [[ $WHICH == all ]]; then
   cmp -s "$WORK/answers-single.json" "$WORK/answers-mpi.json" ||
