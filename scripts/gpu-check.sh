@@ -332,6 +332,27 @@ JSON
     --init-weights "$root/tests/golden/tiny_weights.safetensors" \
     --output-weights "$e2e/trained.safetensors"
   cd "$root"
+  # Weight-only quantization on the GPU: logits of the quantized generation model against the
+  # PyTorch reference's (tests/golden/quantize), quantizing at load (8 and 4 bits) and from a
+  # pre-quantized checkpoint (glmrt quantize: values moved to the device as saved).
+  qfwd=(forward --config "$root/tests/golden/generate/tiny.yaml" --input "$root/tests/golden/forward_plain.json"
+        --device cuda --dtype f32)
+  for bits in 8 4; do
+    e2e_check "fwd cuda int$bits" 1e-4 "$e2e/int$bits.safetensors" \
+      "$root/tests/golden/quantize/forward_int${bits}_tp1.logits.safetensors" \
+      "${qfwd[@]}" --weights "$root/tests/golden/generate/weights.safetensors" \
+      --quantization-bit-width "$bits" --output "$e2e/int$bits.safetensors"
+  done
+  if "$build/glmrt" quantize --config "$root/tests/golden/generate/tiny.yaml" \
+       --weights "$root/tests/golden/generate/weights.safetensors" --to "$e2e/q4" \
+       --quantization-bit-width 4 --tensor 1 --pipeline 1 >>"$logs/e2e.log" 2>&1; then
+    e2e_check "fwd cuda q4 ckpt" 1e-4 "$e2e/q4.safetensors" \
+      "$root/tests/golden/quantize/forward_int4_tp1.logits.safetensors" \
+      "${qfwd[@]}" --load "$e2e/q4" --output "$e2e/q4.safetensors"
+  else
+    note "fwd cuda q4 ckpt" "FAILED: glmrt quantize (see e2e.log)"
+    failed=1
+  fi
   # Generation on the GPU (KV cache, attention with a slot table, sampling, beam search): the
   # golden cases of the float64 reference, batched as in the CPU test; f32 must match them all,
   # bf16 is reported only (its rounding may flip a near tie).
