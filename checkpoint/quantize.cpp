@@ -6,10 +6,7 @@
 #include <map>
 #include <vector>
 
-#if defined(__AVX2__) && defined(__F16C__)
-#include <immintrin.h>
-#endif
-
+#include "kernels/cpu/vec_math.h"
 #include "kernels/error.h"
 #include "kernels/half.h"
 
@@ -17,75 +14,90 @@ namespace glmrt {
 
 namespace {
 
-inline float to_float(float v) { return v; }
-inline float to_float(f16 v) { return f16_to_float(v); }
-inline float to_float(bf16 v) { return bf16_to_float(v); }
+using cpu::widen;
 
-#if defined(__AVX2__) && defined(__F16C__)
-// Eight values widened to fp32 (exact for every storage type).
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8(const f16* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-inline __m256 load8(const bf16* p) {
-  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-}
-#endif
-
-// max |w[c]| of one row; *finite = false when the row holds a NaN or an infinity.
+// The scalar row loops (other CPUs and the tails of the vector ones).
+// max |w[c]| over [c0, cols); *finite = false when that part holds a NaN or an infinity.
 template <typename S>
-float row_absmax(const S* w, int64_t cols, bool* finite) {
+float row_absmax_scalar(const S* w, int64_t c0, int64_t cols, bool* finite) {
   float m = 0.0f;
-  bool ok = true;
-  int64_t c = 0;
-#if defined(__AVX2__) && defined(__F16C__)
+  for (int64_t c = c0; c < cols; ++c) {
+    const float v = widen(w[c]);
+    *finite = *finite && std::isfinite(v);
+    m = std::max(m, std::fabs(v));
+  }
+  return m;
+}
+// q[c] = clamp(round_half_even(w[c] / sf), ±qmax) over [c0, cols), the quotient first rounded to
+// fp16 when f16_quotient; sf > 0.
+template <typename S>
+void row_quantize_scalar(const S* w, int64_t c0, int64_t cols, float sf, float qmax, bool f16_quotient,
+                         int8_t* q) {
+  for (int64_t c = c0; c < cols; ++c) {
+    float v = widen(w[c]) / sf;
+    if (f16_quotient) v = round_to_f16(v);
+    v = std::nearbyint(v);  // the default rounding mode: to nearest, ties to even
+    q[c] = static_cast<int8_t>(std::min(qmax, std::max(-qmax, v)));
+  }
+}
+
+#ifdef GLMRT_VEC_MATH_X86
+// The same, 8 and 32 values at a time (AVX2/F16C, chosen at run time): the same IEEE operations
+// (division, the fp16 rounding of the quotient, round to nearest even), so the same bytes.
+template <typename S>
+GLMRT_VEC_MATH_TARGET float row_absmax_avx2(const S* w, int64_t cols, bool* finite) {
   const __m256 sign = _mm256_set1_ps(-0.0f), big = _mm256_set1_ps(3.40282347e38f);
   __m256 acc = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+  int64_t c = 0;
   for (; c + 8 <= cols; c += 8) {
-    const __m256 a = _mm256_andnot_ps(sign, load8(w + c));
+    const __m256 a = _mm256_andnot_ps(sign, cpu::load8(w + c));
     acc = _mm256_max_ps(acc, a);
     bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, big, _CMP_NLE_UQ));  // > FLT_MAX or NaN
   }
   alignas(32) float lanes[8];
   _mm256_store_ps(lanes, acc);
+  float m = 0.0f;
   for (const float l : lanes) m = std::max(m, l);
-  ok = _mm256_movemask_ps(bad) == 0;
-#endif
-  for (; c < cols; ++c) {
-    const float v = to_float(w[c]);
-    ok = ok && std::isfinite(v);
-    m = std::max(m, std::fabs(v));
-  }
-  *finite = ok;
-  return m;
+  *finite = _mm256_movemask_ps(bad) == 0;
+  return std::max(m, row_absmax_scalar(w, c, cols, finite));
 }
 
-// q[c] = clamp(round_half_even(w[c] / sf), ±qmax), the quotient first rounded to fp16 when
-// f16_quotient; sf > 0. The vector path computes the same IEEE operations (division, the fp16
-// rounding, round to nearest even), so both paths give the same bytes.
 template <typename S>
-void row_quantize(const S* w, int64_t cols, float sf, float qmax, bool f16_quotient, int8_t* q) {
-  int64_t c = 0;
-#if defined(__AVX2__) && defined(__F16C__)
+GLMRT_VEC_MATH_TARGET void row_quantize_avx2(const S* w, int64_t cols, float sf, float qmax, bool f16_quotient,
+                                             int8_t* q) {
   const __m256 s = _mm256_set1_ps(sf), hi = _mm256_set1_ps(qmax), lo = _mm256_set1_ps(-qmax);
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-  auto one = [&](int64_t at) {
-    __m256 v = _mm256_div_ps(load8(w + at), s);
+  auto one = [&](int64_t at) GLMRT_VEC_MATH_TARGET {
+    __m256 v = _mm256_div_ps(cpu::load8(w + at), s);
     if (f16_quotient) v = _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     return _mm256_cvtps_epi32(_mm256_min_ps(hi, _mm256_max_ps(lo, v)));
   };
+  int64_t c = 0;
   for (; c + 32 <= cols; c += 32) {
     const __m256i a = _mm256_packs_epi32(one(c), one(c + 8)), b = _mm256_packs_epi32(one(c + 16), one(c + 24));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + c),
                         _mm256_permutevar8x32_epi32(_mm256_packs_epi16(a, b), order));
   }
+  row_quantize_scalar(w, c, cols, sf, qmax, f16_quotient, q);
+}
 #endif
-  for (; c < cols; ++c) {
-    float v = to_float(w[c]) / sf;
-    if (f16_quotient) v = round_to_f16(v);
-    v = std::nearbyint(v);  // the default rounding mode: to nearest, ties to even
-    q[c] = static_cast<int8_t>(std::min(qmax, std::max(-qmax, v)));
-  }
+
+template <typename S>
+float row_absmax(const S* w, int64_t cols, bool* finite) {
+  *finite = true;
+#ifdef GLMRT_VEC_MATH_X86
+  if (cpu::vec_math_vectorized()) return row_absmax_avx2(w, cols, finite);
+#endif
+  return row_absmax_scalar(w, 0, cols, finite);
+}
+
+template <typename S>
+void row_quantize(const S* w, int64_t cols, float sf, float qmax, bool f16_quotient, int8_t* q) {
+#ifdef GLMRT_VEC_MATH_X86
+  if (cpu::vec_math_vectorized()) return row_quantize_avx2(w, cols, sf, qmax, f16_quotient, q);
+#endif
+  row_quantize_scalar(w, 0, cols, sf, qmax, f16_quotient, q);
 }
 
 }  // namespace
@@ -134,7 +146,7 @@ QuantizedTensor quantize_weight(const Tensor& w, int bits, const std::string& na
     }
     if (bad_row < rows) {
       for (int64_t c = 0; c < cols; ++c) {
-        const float v = to_float(data[bad_row * cols + c]);
+        const float v = widen(data[bad_row * cols + c]);
         if (!std::isfinite(v))
           throw InputError("quantization of " + name + ": row " + std::to_string(bad_row) + ", column " +
                            std::to_string(c) + " holds " + std::to_string(v) + " (not finite)");
@@ -252,7 +264,7 @@ QuantizedTensor shard_quantized(const std::function<QuantizedTensor(int)>& piece
                      std::to_string(tp_size) + " would split the 4-bit pairs packed in one byte");
   QuantizedTensor q = checked(tp_rank / split);
   out.values = shard_tensor(q.values, ShardRule::Columns, tp_rank % split, split);
-  out.scale = std::move(q.scale);
+  out.scale = q.scale.clone();  // owned, like the values: never a view of a saved piece
   return out;
 }
 

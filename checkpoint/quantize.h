@@ -44,6 +44,7 @@ QuantizedTensor quantize_weight(const Tensor& w, int bits, const std::string& na
 // the rank's weight (values · scale) is exactly the saved model's: a pre-quantized checkpoint is
 // the same model on every layout it loads into. Throws CheckpointError naming the tensor when a
 // saved piece has the wrong dtype or shape, InputError when a 4-bit shard would split a byte.
+// The result owns its data (never a view of a piece).
 QuantizedTensor shard_quantized(const std::function<QuantizedTensor(int)>& piece, int saved_tp,
                                 int bits, const ParamSpec& spec, int tp_rank, int tp_size);
 

@@ -280,19 +280,14 @@ TEST(QuantizedCheckpoint, AFailureWhileWritingLeavesNothing) {
 // shard_quantized directly: splitting a row-parallel weight's saved shard keeps its scales, so
 // values · scale of the new shards are the columns of the saved weight.
 TEST(QuantizedCheckpoint, ShardingAColumnSplitWeightKeepsItsScales) {
-  GlmConfig config;
-  config.num_layers = 1;
-  config.hidden_size = 8;
-  config.num_attention_heads = 2;
-  config.ffn_hidden_size = 8;
-  config.vocab_size = 16;
+  const GlmConfig config = testing::small_glm_config(1);  // h 32: attention.dense [32, 32]
   ParamSpec dense;
   for (const ParamSpec& s : glm_param_specs(config))
     if (s.name == "transformer.layers.0.attention.dense.weight") dense = s;
   ASSERT_EQ(dense.rule, ShardRule::Columns);
-  std::vector<float> values(64);
+  std::vector<float> values(32 * 32);
   for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>((static_cast<int>(i) * 37) % 19) - 9.0f;
-  const Tensor w = Tensor::from_floats(values, {8, 8});
+  const Tensor w = Tensor::from_floats(values, {32, 32});
   for (const int bits : {8, 4}) {
     SCOPED_TRACE(std::to_string(bits) + " bits");
     const QuantizedTensor saved = quantize_weight(w, bits, dense.name);  // saved at TP 1

@@ -407,8 +407,6 @@ class ShardedCheckpointReader {
           return q;
         },
         m_.layout.tensor, m_.weight_bits, spec, shard.tp_rank, shard.tp_size);
-    // shard_quantized copies the values; the scales may still view the map.
-    out.scale = out.scale.clone();
     for (const int t : read) reader(model_file(t, stage)).release(spec.name);  // one tensor resident at a time
     return out;
   }
@@ -521,9 +519,9 @@ std::string write_checkpoint(const std::string& to_dir, const CheckpointManifest
           }
           for (const std::string& tensor_name : writer.names()) {
             const std::string base = optimizer ? tensor_name.substr(0, tensor_name.rfind('.')) : tensor_name;
-            if (!optimizer && bits && !by_name.count(base)) continue;  // NAME_scale: written above
+            // Quantized shards (and their NAME_scale) were written above.
+            if (!optimizer && bits && (!by_name.count(base) || is_linear_weight(base))) continue;
             const ParamSpec& spec = *by_name.at(base);
-            if (!optimizer && bits && is_linear_weight(base)) continue;
             Tensor piece = shard_tensor(full(spec, tensor_name), spec.rule, t, tensor);
             const DType want = optimizer ? DType::F32 : weight_dtype;
             writer.write(tensor_name, piece.dtype() == want ? piece : piece.to(want));
