@@ -374,7 +374,8 @@ struct GenerationEngine::Impl {
           res.error = kCancelled;
           if (held[i].on_done) held[i].on_done(res);
         } else {
-          held[still_held++] = std::move(held[i]);
+          if (still_held != i) held[still_held] = std::move(held[i]);  // (a self-move empties it)
+          ++still_held;
         }
       }
       held.resize(still_held);
@@ -401,7 +402,8 @@ struct GenerationEngine::Impl {
         }
         const int64_t need = rows_needed(r.request.params);
         if (need > free || static_cast<size_t>(count) + active.size() >= static_cast<size_t>(opt.max_batch)) {
-          held[kept++] = std::move(r);
+          if (kept != i) held[kept] = std::move(r);  // (a self-move would empty its prompt)
+          ++kept;
           continue;
         }
         free -= need;
