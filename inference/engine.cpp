@@ -11,12 +11,16 @@
 
 #include "inference/blank_filling.h"
 #include "inference/pipeline_forward.h"
+#include "inference/replicas.h"
 #include "inference/strategies.h"
+#include "inference/wire.h"
 #include "kernels/ops.h"
 
 namespace glmrt {
 
 namespace {
+
+using namespace wire;
 
 // One query in flight. Every rank holds the same copy; only the deciding rank (the last
 // stage's tensor-parallel rank 0) runs its beam search.
@@ -45,66 +49,6 @@ int64_t rows_needed(const GenerationParams& p) {
   return p.strategy == Strategy::Beam ? p.num_beams : 1;
 }
 
-// ---- I64 payloads for broadcasts (doubles bit-cast, so nothing is lost).
-void put_double(std::vector<int64_t>& v, double x) {
-  int64_t bits;
-  std::memcpy(&bits, &x, 8);
-  v.push_back(bits);
-}
-double get_double(int64_t bits) {
-  double x;
-  std::memcpy(&x, &bits, 8);
-  return x;
-}
-// ---- fp32 values in the I32 decision records (their bits).
-int32_t fp32_bits(float x) { return static_cast<int32_t>(float_bits(x)); }
-float fp32_from_bits(int32_t bits) { return bits_float(static_cast<uint32_t>(bits)); }
-
-void put_params(std::vector<int64_t>& v, const GenerationParams& p) {
-  v.push_back(static_cast<int64_t>(p.strategy));
-  v.push_back(p.out_seq_length);
-  v.push_back(p.min_gen_length);
-  put_double(v, p.temperature);
-  v.push_back(p.top_k);
-  put_double(v, p.top_p);
-  v.push_back(static_cast<int64_t>(p.seed));
-  v.push_back(p.num_beams);
-  put_double(v, p.length_penalty);
-  v.push_back(p.no_repeat_ngram_size);
-  v.push_back(p.deterministic ? 1 : 0);
-  put_double(v, p.presence_penalty);
-  put_double(v, p.frequency_penalty);
-  v.push_back(p.logprobs);
-  v.push_back(static_cast<int64_t>(p.logit_bias.size()));
-  for (const auto& [token, bias] : p.logit_bias) {
-    v.push_back(token);
-    put_double(v, bias);
-  }
-}
-GenerationParams get_params(const int64_t*& q) {
-  GenerationParams p;
-  p.strategy = static_cast<Strategy>(*q++);
-  p.out_seq_length = *q++;
-  p.min_gen_length = *q++;
-  p.temperature = get_double(*q++);
-  p.top_k = *q++;
-  p.top_p = get_double(*q++);
-  p.seed = static_cast<uint64_t>(*q++);
-  p.num_beams = *q++;
-  p.length_penalty = get_double(*q++);
-  p.no_repeat_ngram_size = *q++;
-  p.deterministic = *q++ != 0;
-  p.presence_penalty = get_double(*q++);
-  p.frequency_penalty = get_double(*q++);
-  p.logprobs = *q++;
-  p.logit_bias.resize(static_cast<size_t>(*q++));
-  for (auto& [token, bias] : p.logit_bias) {
-    token = static_cast<int32_t>(*q++);
-    bias = get_double(*q++);
-  }
-  return p;
-}
-
 template <class T>
 void broadcast_vector(Communicator& comm, std::vector<T>& v, int root, DType dtype) {
   Tensor size = Tensor::empty({1}, DType::I64);
@@ -117,60 +61,6 @@ void broadcast_vector(Communicator& comm, std::vector<T>& v, int root, DType dty
   comm.broadcast(t, root);
 }
 
-// ---- Queries and results between world rank 0 and the other replicas' roots (I64 payloads).
-void put_ints(std::vector<int64_t>& v, const std::vector<int32_t>& ids) {
-  v.push_back(static_cast<int64_t>(ids.size()));
-  v.insert(v.end(), ids.begin(), ids.end());
-}
-std::vector<int32_t> get_ints(const int64_t*& q) {
-  const int64_t n = *q++;
-  std::vector<int32_t> ids(q, q + n);
-  q += n;
-  return ids;
-}
-void put_string(std::vector<int64_t>& v, const std::string& s) {
-  v.push_back(static_cast<int64_t>(s.size()));
-  for (const char c : s) v.push_back(static_cast<unsigned char>(c));
-}
-std::string get_string(const int64_t*& q) {
-  const int64_t n = *q++;
-  std::string s;
-  for (int64_t i = 0; i < n; ++i) s += static_cast<char>(*q++);
-  return s;
-}
-void put_result(std::vector<int64_t>& v, const GenerationResult& r) {
-  put_string(v, r.error);
-  put_ints(v, r.output_ids);
-  v.push_back(static_cast<int64_t>(r.spans.size()));
-  for (const auto& span : r.spans) put_ints(v, span);
-  v.push_back(r.generated_tokens);
-  put_string(v, r.finish_reason);
-  v.push_back(static_cast<int64_t>(r.logprobs.size()));
-  for (const TokenLogprobs& lp : r.logprobs) {
-    v.insert(v.end(), {lp.token, fp32_bits(lp.logprob), static_cast<int64_t>(lp.top.size())});
-    for (const auto& [id, value] : lp.top) v.insert(v.end(), {id, fp32_bits(value)});
-  }
-}
-GenerationResult get_result(const int64_t*& q) {
-  GenerationResult r;
-  r.error = get_string(q);
-  r.output_ids = get_ints(q);
-  r.spans.resize(static_cast<size_t>(*q++));
-  for (auto& span : r.spans) span = get_ints(q);
-  r.generated_tokens = *q++;
-  r.finish_reason = get_string(q);
-  r.logprobs.resize(static_cast<size_t>(*q++));
-  for (TokenLogprobs& lp : r.logprobs) {
-    lp.token = static_cast<int32_t>(*q++);
-    lp.logprob = fp32_from_bits(static_cast<int32_t>(*q++));
-    lp.top.resize(static_cast<size_t>(*q++));
-    for (auto& [id, value] : lp.top) {
-      id = static_cast<int32_t>(*q++);
-      value = fp32_from_bits(static_cast<int32_t>(*q++));
-    }
-  }
-  return r;
-}
 void send_vector(MpiCommunicator& comm, const std::vector<int64_t>& v, int peer) {
   Tensor size = Tensor::empty({1}, DType::I64);
   size.data_as<int64_t>()[0] = static_cast<int64_t>(v.size());
@@ -231,6 +121,7 @@ struct GenerationEngine::Impl {
   struct Source {
     std::function<std::vector<PendingRequest>(size_t max, bool idle)> take;
     std::function<bool()> exhausted;  // no query will come any more
+    std::function<void()> pump;       // may be empty: called at the start of every step
   };
 
   GlmModel& model;
@@ -292,6 +183,7 @@ struct GenerationEngine::Impl {
   void deliver(uint64_t id, const GenerationResult& r) {
     auto it = callbacks.find(id);
     if (it == callbacks.end()) return;
+    ++stats.queries;
     if (it->second.on_done) it->second.on_done(r);
     callbacks.erase(it);
   }
@@ -361,6 +253,7 @@ struct GenerationEngine::Impl {
   bool exchange_control(Source& src) {
     std::vector<int64_t> ctl;
     if (root) {
+      if (src.pump) src.pump();
       std::vector<int64_t> cancelled;
       for (const auto& q : active) {
         const auto it = callbacks.find(q->id);
@@ -372,6 +265,7 @@ struct GenerationEngine::Impl {
         if (held[i].cancelled && held[i].cancelled()) {
           GenerationResult res;
           res.error = kCancelled;
+          ++stats.queries;
           if (held[i].on_done) held[i].on_done(res);
         } else {
           if (still_held != i) held[still_held] = std::move(held[i]);  // (a self-move empties it)
@@ -397,6 +291,7 @@ struct GenerationEngine::Impl {
         if (!problem.empty()) {
           GenerationResult res;
           res.error = problem;
+          ++stats.queries;
           if (r.on_done) r.on_done(res);
           continue;
         }
@@ -819,18 +714,44 @@ std::vector<GenerationResult> GenerationEngine::generate_here(
   return results;
 }
 
-void GenerationEngine::serve(RequestQueue* queue) {
-  const Layout& L = impl_->g.topo.layout();
-  if (L.data != 1) throw ConfigError("serve runs one model replica: use --data 1 (the layout is " + L.str() + ")");
+std::vector<int64_t> GenerationEngine::serve(RequestQueue* queue) {
+  ProcessGroups& g = impl_->g;
+  const bool world_root = g.topo.rank() == 0;
+  GLMRT_CHECK(!world_root || queue != nullptr, "serve: world rank 0 needs the request queue");
   Impl::Source src;
+  const int64_t answered_before = impl_->stats.queries;
+  if (g.topo.layout().data == 1) {
+    if (world_root) {
+      src.take = [queue](size_t max, bool idle) {
+        return queue->take(max, std::chrono::milliseconds(idle ? 100 : 0));
+      };
+      src.exhausted = [queue] { return queue->closed() && queue->size() == 0; };
+    }
+    impl_->run(src);
+    if (!world_root) return {};
+    return {impl_->stats.queries - answered_before};
+  }
+  // Data-parallel replicas (inference/replicas.h): rank 0 routes the requests, every other
+  // replica's root takes its share from rank 0 and reports back.
+  ReplicaChannel channel(g);
+  if (world_root) {
+    ReplicaRouter router(channel, *queue, impl_->opt.max_batch);
+    src.take = [&router](size_t max, bool idle) { return router.take(max, idle); };
+    src.exhausted = [&router] { return router.exhausted(); };
+    src.pump = [&router] { router.pump(); };
+    impl_->run(src);
+    return router.answered();
+  }
   if (impl_->root) {
-    GLMRT_CHECK(queue != nullptr, "serve: world rank 0 needs the request queue");
-    src.take = [queue](size_t max, bool idle) {
-      return queue->take(max, std::chrono::milliseconds(idle ? 100 : 0));
-    };
-    src.exhausted = [queue] { return queue->closed() && queue->size() == 0; };
+    ReplicaClient client(channel);
+    src.take = [&client](size_t max, bool idle) { return client.take(max, idle); };
+    src.exhausted = [&client] { return client.exhausted(); };
+    impl_->run(src);
+    client.finish();
+    return {};
   }
   impl_->run(src);
+  return {};
 }
 
 }  // namespace glmrt

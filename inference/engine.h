@@ -7,7 +7,8 @@
 // same state; the step runs as a forward-only pipeline over micro-batches of rows; the last
 // stage picks the next tokens and broadcasts its decisions, which every rank applies. So all
 // ranks hold the same bookkeeping and no rank ever waits on a message that is not coming.
-// Data-parallel replicas generate independently (generate() shares the queries out).
+// Data-parallel replicas generate independently (generate() shares the queries out; serve()
+// routes them as they come, inference/replicas.h).
 #pragma once
 
 #include <functional>
@@ -36,6 +37,7 @@ struct EngineStats {
   double prefill_seconds = 0;
   int64_t decode_steps = 0, decode_tokens = 0;
   double decode_seconds = 0;
+  int64_t queries = 0;  // queries answered (results delivered, errors included) by this replica
 };
 
 // KV cache rows for `max_batch` queries in flight whose parameters default to `defaults`: one row
@@ -61,10 +63,12 @@ class GenerationEngine {
 
   // Collective over the job: serves the queries pushed into `queue` (world rank 0 passes it,
   // every other rank passes nullptr) until the queue is closed and every query in flight has
-  // ended. Queries are admitted between steps, up to max_batch at once. Between queries rank 0
-  // keeps the other ranks informed at least every 100 ms, so an idle server never trips the
-  // communicators' deadlines.
-  void serve(RequestQueue* queue);
+  // ended. Queries are admitted between steps, up to max_batch at once per replica. With
+  // data-parallel replicas rank 0 routes each query to the replica with the fewest in flight
+  // (inference/replicas.h). Between queries each replica's root keeps its ranks informed at
+  // least every 100 ms, so an idle server never trips the communicators' deadlines. Returns, on
+  // world rank 0, the number of queries each replica answered (empty elsewhere).
+  std::vector<int64_t> serve(RequestQueue* queue);
 
   // Checks a query against the model before it is queued (prompt length, ids in the
   // vocabulary, parameters); returns "" when it is fine, else a message naming the problem.

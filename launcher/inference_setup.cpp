@@ -14,7 +14,7 @@ void add_inference_options(po::options_description& desc) {
     ("config", po::value<std::string>()->required(), "model config (YAML)")
     ("weights", po::value<std::string>(), "full (TP=1) weights, safetensors")
     ("load", po::value<std::string>(), "or: the latest checkpoint in this folder (any layout)")
-    ("max-batch", po::value<int64_t>()->default_value(16), "queries in flight at once")
+    ("max-batch", po::value<int64_t>()->default_value(16), "queries in flight at once (per data-parallel replica)")
     ("max-rows", po::value<int64_t>()->default_value(0),
      "KV cache rows (a beam query takes num_beams); 0 = max-batch (x num-beams with --strategy "
      "beam), at least num-beams")

@@ -1,5 +1,6 @@
 // glmrt serve: an HTTP server (inference/http_server.h) on world rank 0 of the job in front of
-// the generation engine, which every rank runs (GenerationEngine::serve). SIGTERM, SIGUSR1 or
+// the generation engine, which every rank runs (GenerationEngine::serve); with data-parallel
+// replicas rank 0 shares the requests out among them (inference/replicas.h). SIGTERM, SIGUSR1 or
 // SIGINT on rank 0 closes the request queue: queries in flight are answered, then every rank
 // leaves the engine loop together and the job exits 0.
 #include <atomic>
@@ -7,6 +8,7 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <string>
 #include <thread>
 
 #include "inference/http_server.h"
@@ -80,9 +82,6 @@ int run_serve(const Args& args) {
   const GenerationParams defaults = generation_params(vm);  // checked: InputError naming the flag
 
   InferenceSetup setup = setup_inference(vm, "serve");
-  if (const Layout& L = setup.rt.groups->topo.layout(); L.data != 1)  // every rank throws the same
-    throw ConfigError("serve runs one model replica (one HTTP endpoint): use --data 1, got the layout " +
-                      L.str() + "; for more throughput run one server per replica");
   http.model_name = std::filesystem::path(setup.rc.source).stem().string();
   if (http.model_name.empty()) http.model_name = "glm";
   http.max_prompt_tokens = setup.rc.model.max_sequence_length;
@@ -104,11 +103,18 @@ int run_serve(const Args& args) {
   const int port = server.start();
   std::fprintf(stderr, "glmrt serve: listening on http://%s:%d\n", http.host.c_str(), port);
   std::fflush(stderr);
+  std::vector<int64_t> answered;
   {
     SignalWatcher watcher(queue);
-    setup.engine->serve(&queue);
+    answered = setup.engine->serve(&queue);
   }
   server.stop();
+  if (answered.size() > 1) {
+    std::string counts;
+    for (size_t d = 0; d < answered.size(); ++d)
+      counts += (d ? ", " : "") + std::to_string(answered[d]);
+    std::fprintf(stderr, "glmrt serve: queries answered per replica: %s\n", counts.c_str());
+  }
   std::fprintf(stderr, "glmrt serve: stopped\n");
   return 0;
 }

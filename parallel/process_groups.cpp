@@ -20,7 +20,7 @@ std::unique_ptr<ProcessGroups> ProcessGroups::create(const Layout& layout,
   int world = 1, rank = 0;
   MPI_Comm_size(MPI_COMM_WORLD, &world);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  auto g = std::unique_ptr<ProcessGroups>(new ProcessGroups{Topology(layout, world, rank), {}, {}, {}, {}, {}, {}});
+  auto g = std::unique_ptr<ProcessGroups>(new ProcessGroups{Topology(layout, world, rank), {}, {}, {}, {}, {}, {}, timeout});
   const Coordinates c = g->topo.coords();
   const int T = layout.tensor, D = layout.data;
   MPI_Comm dup;

@@ -21,6 +21,8 @@ struct ProcessGroups {
   // index; replica rank = tp + tensor · pp): the generation engine's control and decisions, so
   // that data-parallel replicas generate independently.
   std::unique_ptr<MpiCommunicator> replica;
+  // How long a rank waits on a peer before failing by name (parallel.timeout_s).
+  std::chrono::seconds timeout{0};
 
   // Splits MPI_COMM_WORLD (collective over every rank); on a CUDA `device` every group also gets
   // an NCCL communicator for device tensors. Throws ConfigError when the layout does not match

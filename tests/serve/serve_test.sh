@@ -12,15 +12,16 @@
 # The 4-rank server's greedy answers must equal the single rank's. A server on 2 ranks started from a
 # pre-quantized checkpoint (`glmrt quantize`, INT8 for tensor 2) gives the log-probabilities of
 # `glmrt generate` quantizing the full weights at load on the same layout, to the last bit (and
-# not those of the unquantized model).
+# not those of the unquantized model). A server of two data-parallel replicas on 2 ranks passes
+# the same checks, gives the single rank's answers, and both replicas answer their share.
 #
-#   tests/serve/serve_test.sh PATH/TO/glmrt [single|mpi|quantized|all]     (default all)
+#   tests/serve/serve_test.sh PATH/TO/glmrt [single|mpi|replicas|quantized|all]     (default all)
 #
 # Everything lives in a temporary directory (GLMRT_SERVE_KEEP=1 keeps it); a server still running
 # on exit is killed by PID (trap). Every client call runs under `timeout`.
 set -euo pipefail
 
-GLMRT=${1:?usage: serve_test.sh PATH/TO/glmrt [single|mpi|quantized|all]}
+GLMRT=${1:?usage: serve_test.sh PATH/TO/glmrt [single|mpi|replicas|quantized|all]}
 WHICH=${2:-all}
 PYTHON=${PYTHON:-python3}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -413,6 +414,21 @@ if [[ $WHICH == mpi || $WHICH == all ]]; then
   [[ -n $pid ]] || fail "mpi: cannot find world rank 0 among mpiexec's children"
   stop_and_check mpi "$pid"
 fi
+if [[ $WHICH == replicas || $WHICH == all ]]; then
+  # Two data-parallel replicas behind rank 0's endpoint: the same checks (requests one at a time
+  # alternate between the replicas, so streaming, n, best_of and the client that goes away are
+  # served by both), then every replica has answered its share.
+  start_server replicas mpiexec -n 2 --oversubscribe -- --data 2
+  checks replicas
+  pid=$(rank0_pid)
+  [[ -n $pid ]] || fail "replicas: cannot find world rank 0 among mpiexec's children"
+  stop_and_check replicas "$pid"
+  counts=$(grep -o 'queries answered per replica: [0-9]*, [0-9]*' "$LOG" | sed 's/.*: //') ||
+    fail "replicas: no 'queries answered per replica' line in the log"
+  [[ ${counts%%,*} -ge 30 && ${counts##*, } -ge 30 ]] ||
+    fail "replicas: the queries were not shared out: answered per replica $counts"
+  pass "replicas: two replicas behind one endpoint answered $counts queries"
+fi
 if [[ $WHICH == quantized || $WHICH == all ]]; then
   "$GLMRT" quantize --config "$WORK/serve.yaml" --weights "$WORK/weights.safetensors" --to "$WORK/q8" \
     --quantization-bit-width 8 --tensor 2 --pipeline 1 >"$WORK/quantize.log" 2>&1 ||
@@ -443,5 +459,8 @@ if [[ $WHICH == all ]]; then
   cmp -s "$WORK/answers-single.json" "$WORK/answers-mpi.json" ||
     fail "greedy answers on 4 ranks differ from 1 rank: $(cat "$WORK/answers-single.json") vs $(cat "$WORK/answers-mpi.json")"
   pass "greedy answers on tensor 2 × pipeline 2 equal the single rank's"
+  cmp -s "$WORK/answers-single.json" "$WORK/answers-replicas.json" ||
+    fail "answers of two replicas differ from one rank: $(cat "$WORK/answers-single.json") vs $(cat "$WORK/answers-replicas.json")"
+  pass "the answers of two data-parallel replicas equal the single rank's"
 fi
 echo "PASS: glmrt serve end to end ($WHICH)"

@@ -1,0 +1,134 @@
+// Data-parallel replicas behind one `glmrt serve` endpoint.
+//
+// World rank 0 (replica 0's root) holds the HTTP request queue. Its ReplicaRouter hands each
+// request to the replica with the fewest queries in flight that still has room under max_batch
+// (ties in turn), either to replica 0's own engine or, as a message, to another replica's root.
+// There a ReplicaClient feeds the request to that replica's engine and sends back each generated
+// token (for streaming, with its log-probabilities when asked) and the result. A cancellation (a
+// streaming client gone) travels the other way. Requests wait in the queue while every replica
+// is full.
+//
+// The messages are host MPI on a duplicate of the world communicator, sent and received on the
+// engine's thread between steps (MPI is initialised MPI_THREAD_FUNNELED): rank 0 relays the
+// other replicas' tokens once per step of its own replica, so a streamed token from replica
+// d > 0 reaches its client at most one replica-0 step late; the replicas' steps never wait on
+// each other.
+//
+// Shutdown: once the queue is closed and drained, rank 0 sends every other root CLOSE. A root
+// that has it finishes its queries, sends FINISHED after its last result and waits for BYE,
+// which rank 0 sends when it reads FINISHED. Replica 0's engine ends once every replica has
+// finished, so no result is lost and no message is left unread.
+#pragma once
+
+#include <mpi.h>
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <list>
+#include <map>
+#include <memory>
+#include <set>
+#include <vector>
+
+#include "inference/request_queue.h"
+#include "parallel/process_groups.h"
+
+namespace glmrt {
+
+// The message channel between world rank 0 and the replicas' roots. Every rank of the job
+// constructs one (MPI_Comm_dup is collective) and destroys it (waiting for its sends; when an
+// exception is unwinding, it neither waits nor frees: the job is about to be aborted).
+class ReplicaChannel {
+ public:
+  explicit ReplicaChannel(ProcessGroups& g);
+  ~ReplicaChannel();
+  ReplicaChannel(const ReplicaChannel&) = delete;
+  ReplicaChannel& operator=(const ReplicaChannel&) = delete;
+
+  // Non-blocking send of `msg` (kept until delivered) to world rank `peer` with `tag`.
+  void send(int peer, int tag, std::vector<int64_t> msg);
+  // Receives one waiting message with `tag` from `source` (MPI_ANY_SOURCE: any); false if none.
+  bool poll(int source, int tag, std::vector<int64_t>& msg, int& from);
+  // Waits for every send; throws naming the peers when one is still pending after the timeout.
+  void flush();
+
+  ProcessGroups& groups() { return g_; }
+
+ private:
+  struct Pending {
+    MPI_Request request;
+    std::vector<int64_t> data;
+    int peer;
+  };
+  void progress();  // drops completed sends
+
+  ProcessGroups& g_;
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  std::list<Pending> pending_;
+};
+
+// World rank 0's side: the engine Source of replica 0.
+class ReplicaRouter {
+ public:
+  ReplicaRouter(ReplicaChannel& channel, RequestQueue& queue, int64_t max_batch);
+
+  // Relays the other replicas' tokens and results, their clients' cancellations, and routes
+  // queued requests. Non-blocking.
+  void pump();
+  // Replica 0's next requests (up to `max`). `idle` (replica 0 has nothing to run): pumps for up
+  // to 100 ms, returning as soon as replica 0 has a request or everything is finished.
+  std::vector<PendingRequest> take(size_t max, bool idle);
+  // The queue is closed and drained, and every replica has finished.
+  bool exhausted() const;
+  // Queries each replica has answered so far.
+  const std::vector<int64_t>& answered() const { return answered_; }
+
+ private:
+  struct Remote {
+    int replica = 0;
+    PendingRequest request;  // its callbacks
+    bool cancel_sent = false;
+  };
+  void read_events();
+  void route(std::chrono::milliseconds wait);
+  int pick_replica();  // -1 when every replica is full
+
+  ReplicaChannel& ch_;
+  RequestQueue& queue_;
+  int64_t max_batch_;
+  int replicas_;
+  std::vector<int> roots_;  // world rank of each replica's root
+  std::vector<int64_t> in_flight_, answered_;
+  std::vector<bool> finished_;
+  int turn_ = 0;  // where the next tie goes
+  uint64_t next_id_ = 0;
+  std::deque<PendingRequest> local_;
+  std::map<uint64_t, Remote> remote_;
+  bool close_sent_ = false;
+};
+
+// The root of replica d > 0: the engine Source of its replica.
+class ReplicaClient {
+ public:
+  explicit ReplicaClient(ReplicaChannel& channel);
+
+  // Sends the events since the last call, then reads rank 0's commands; `idle`: waits up to
+  // 100 ms for a request (or CLOSE).
+  std::vector<PendingRequest> take(size_t max, bool idle);
+  bool exhausted() const { return closed_ && pending_.empty(); }
+  // After the engine ended: sends the last events and FINISHED, then waits for BYE.
+  void finish();
+
+ private:
+  void read_commands();
+  void send_events();
+
+  ReplicaChannel& ch_;
+  std::deque<PendingRequest> pending_;
+  std::set<uint64_t> cancelled_;
+  std::vector<int64_t> events_;
+  bool closed_ = false, bye_ = false;
+};
+
+}  // namespace glmrt
