@@ -2,7 +2,10 @@
 # End-to-end Slurm test: starts a private Slurm cluster of one node on localhost (munged, slurmctld,
 # slurmd), submits slurm/tiny.sbatch with `sbatch --wait` (8 ranks, TP 2 × PP 2 × DP 2, launched
 # by `srun --mpi=pmix`), and checks that the tiny model trained: 5 metric lines with finite losses,
-# rank 0 saw 8 ranks in layout (t=2, p=2, d=2), the job COMPLETED with exit code 0.
+# rank 0 saw 8 ranks in layout (t=2, p=2, d=2), the job COMPLETED with exit code 0. Then it submits
+# slurm/glm130b_serve.sbatch on 4 CPU ranks (two replicas of tensor 2, the tiny weights), sends
+# requests to the endpoint, stops the job with SIGUSR1 as Slurm does before a time limit, and
+# checks that it COMPLETED with exit code 0 and that both replicas answered.
 #
 #   tests/slurm/slurm_test.sh PATH/TO/glmrt
 #
@@ -237,3 +240,64 @@ awk '
   END { exit bad }' "$METRICS" >&2 || die "bad metrics in $METRICS"
 echo "slurm_test: OK: job $JOB_ID trained $STEPS steps on 8 ranks (t=2, p=2, d=2) under Slurm:"
 grep -F " iteration " "$LOG" || true
+
+# --- the serving job: slurm/glm130b_serve.sbatch on 4 CPU ranks, two replicas of tensor 2 -------
+# Submitted as a copy without its GPU-node #SBATCH lines (8 tasks and 8 GPUs per node, 14 CPUs per
+# task: this node has 2 CPUs and no GPUs, and sbatch cannot take a directive back), as 4 tasks.
+# Checks: the endpoint answers /health, a greedy /generate and 8 concurrent requests; SIGUSR1 to
+# the batch shell (what Slurm sends before the time limit) stops every rank cleanly, the job
+# COMPLETES with exit code 0, and both replicas answered.
+echo "slurm_test: submitting slurm/glm130b_serve.sbatch (4 ranks: 2 replicas of tensor 2)"
+sed -E '/^#SBATCH --(ntasks-per-node|gpus-per-node|cpus-per-task|exclusive|mem)=?/d' \
+  "$REPO/slurm/glm130b_serve.sbatch" >"$WORK/serve.sbatch"
+JOB_ID=$(CONFIG=$REPO/tests/golden/train_config.yaml WEIGHTS=$REPO/tests/golden/tiny_weights.safetensors \
+  LOAD="" TENSOR=2 PIPELINE=1 DATA=2 DEVICE=cpu HOST=127.0.0.1 PORT=0 OMP_NUM_THREADS=1 \
+  timeout 30 sbatch --parsable --chdir="$WORK" --output="$WORK/job-%j.out" --time=5 --nodes=1 \
+  --ntasks=4 --overcommit "$WORK/serve.sbatch") || die "sbatch of slurm/glm130b_serve.sbatch failed"
+JOB_ID=${JOB_ID%%;*}
+LOG=$WORK/job-$JOB_ID.out
+port=""
+for ((i = 0; i < 600; i++)); do
+  port=$(grep -o 'glmrt serve: listening on http://127\.0\.0\.1:[0-9]*' "$LOG" 2>/dev/null | sed 's/.*://') || true
+  [[ -n $port ]] && break
+  [[ -n $(timeout 5 squeue -h -j "$JOB_ID" -o %i 2>/dev/null) ]] || die "serve job $JOB_ID ended before listening"
+  sleep 0.2
+done
+[[ -n $port ]] || die "serve job $JOB_ID: no 'listening on' line within 120 s"
+grep -q 'glm-130b-serve: serving on localhost (world rank 0)' "$LOG" ||
+  die "the serve script did not announce its endpoint"
+post() {  # post BODY: prints the status, then the body
+  timeout 60 curl -s -o "$WORK/post.out" -w '%{http_code}\n' -H 'Content-Type: application/json' \
+    --data-binary "$1" "http://127.0.0.1:$port/generate" && cat "$WORK/post.out"
+}
+health=$(timeout 10 curl -s "http://127.0.0.1:$port/health") || true
+[[ $health == *'"status":"ok"'* ]] || die "serve job: /health answered '$health'"
+answer=$(post '{"prompt_ids": [5, 9, 17, 33], "sampling_strategy": "greedy", "out_seq_length": 16}')
+[[ $answer == 200* && $answer == *'"output_ids"'* ]] || die "serve job: /generate answered '$answer'"
+pids=()
+for k in 1 2 3 4 5 6 7 8; do
+  timeout 120 curl -s -o "$WORK/concurrent-$k.out" -w '%{http_code}' -H 'Content-Type: application/json' \
+    --data-binary "{\"prompt_ids\": [$k, 12, 20], \"seed\": $k, \"temperature\": 0.9, \"out_seq_length\": 20}" \
+    "http://127.0.0.1:$port/generate" >"$WORK/concurrent-$k.code" &
+  pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid" || true; done
+for k in 1 2 3 4 5 6 7 8; do
+  [[ $(cat "$WORK/concurrent-$k.code") == 200 ]] ||
+    die "serve job: concurrent request $k got $(cat "$WORK/concurrent-$k.code"): $(head -c 300 "$WORK/concurrent-$k.out")"
+done
+timeout 10 scancel --signal=USR1 --batch "$JOB_ID" || die "scancel --signal=USR1 --batch $JOB_ID failed"
+for ((i = 0; i < 300; i++)); do
+  [[ -z $(timeout 5 squeue -h -j "$JOB_ID" -o %i 2>/dev/null) ]] && break
+  sleep 0.2
+done
+[[ -z $(timeout 5 squeue -h -j "$JOB_ID" -o %i 2>/dev/null) ]] || die "serve job $JOB_ID still running 60 s after SIGUSR1"
+job=$(timeout 10 scontrol show job "$JOB_ID" 2>/dev/null || true)
+[[ $job == *"JobState=COMPLETED"* && $job == *"ExitCode=0:0"* ]] ||
+  die "serve job $JOB_ID did not complete cleanly: $(grep -o 'JobState=[^ ]*\|ExitCode=[^ ]*' <<<"$job" | tr '\n' ' ')"
+grep -q 'glmrt serve: stopped' "$LOG" || die "serve job: no 'glmrt serve: stopped' line"
+counts=$(grep -o 'queries answered per replica: [0-9]*, [0-9]*' "$LOG" | sed 's/.*: //') ||
+  die "serve job: no 'queries answered per replica' line"
+[[ ${counts%%,*} -ge 1 && ${counts##*, } -ge 1 ]] || die "serve job: a replica answered nothing ($counts)"
+JOB_ID=""
+echo "slurm_test: OK: serve job answered 9 requests on 2 replicas ($counts) and stopped on SIGUSR1"
