@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "data/tokenizer.h"
+#include "inference/connection_watch.h"
 #include "inference/http_api.h"
 #include "kernels/error.h"
 
@@ -126,7 +127,9 @@ struct HttpServer::Impl {
   void models(httplib::Response& res);
 
   std::shared_ptr<Query> submit(GenerationRequest r, bool stream);
-  const GenerationResult& wait(Query& q);
+  // Waits for the query's result (its error: an HttpError). `client`: the request's connection;
+  // when its client has gone away the query is cancelled and an HttpError (499) thrown.
+  const GenerationResult& wait(Query& q, ConnectionWatch& client);
   // A completion's text, ended at its first stop sequence when there is one (the tokens are
   // watched as they come, and the engine drops the query once a stop appears).
   struct StoppedText {
@@ -136,7 +139,7 @@ struct HttpServer::Impl {
     std::vector<std::vector<int32_t>> blanks;  // the generated tokens behind `text`, per blank
     std::vector<TokenLogprobs> logprobs;       // with logprobs: one per token of `blanks`
   };
-  StoppedText wait_text(Query& q, const StopSequences& stop);
+  StoppedText wait_text(Query& q, const StopSequences& stop, ConnectionWatch& client);
   std::string spans_text(const std::vector<std::vector<int32_t>>& spans) const {
     std::string s;
     for (const auto& span : spans) s += tokenizer->decode(span);
@@ -281,20 +284,38 @@ std::shared_ptr<Query> HttpServer::Impl::submit(GenerationRequest r, bool stream
   return q;
 }
 
-const GenerationResult& HttpServer::Impl::wait(Query& q) {
+namespace {
+
+ConnectionWatch watch(const httplib::Request& req) {
+  return ConnectionWatch(req.local_addr, req.local_port, req.remote_addr, req.remote_port);
+}
+
+// A client that went away before its answer: the query is dropped (the 499 reaches nobody).
+[[noreturn]] void client_gone(Query& q) {
+  q.cancel("a client went away before its answer");
+  throw HttpError{499, "the client closed the connection", "client_closed_request"};
+}
+
+}  // namespace
+
+const GenerationResult& HttpServer::Impl::wait(Query& q, ConnectionWatch& client) {
   std::unique_lock<std::mutex> lock(q.mu);
   while (!q.cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return q.done; })) {
     if (stopping.load())
       throw HttpError{503, "the server stopped before the query was answered", "unavailable"};
+    lock.unlock();
+    if (client.gone()) client_gone(q);
+    lock.lock();
   }
   if (!q.result.error.empty())
     throw HttpError{400, "generation failed: " + q.result.error, "generation_failed"};
   return q.result;
 }
 
-HttpServer::Impl::StoppedText HttpServer::Impl::wait_text(Query& q, const StopSequences& stop) {
+HttpServer::Impl::StoppedText HttpServer::Impl::wait_text(Query& q, const StopSequences& stop,
+                                                          ConnectionWatch& client) {
   if (stop.empty()) {
-    const GenerationResult& result = wait(q);
+    const GenerationResult& result = wait(q, client);
     return {spans_text(result.spans), finish_reason(result), result.generated_tokens, false,
             result.spans, result.logprobs};
   }
@@ -309,6 +330,8 @@ HttpServer::Impl::StoppedText HttpServer::Impl::wait_text(Query& q, const StopSe
       if (q.version == seen) {
         if (stopping.load())
           throw HttpError{503, "the server stopped before the query was answered", "unavailable"};
+        lock.unlock();
+        if (client.gone()) client_gone(q);
         continue;
       }
       seen = q.version;
@@ -323,7 +346,7 @@ HttpServer::Impl::StoppedText HttpServer::Impl::wait_text(Query& q, const StopSe
       return {text.substr(0, at), "stop", tokens, true, std::move(blanks), std::move(logprobs)};
     }
   }
-  const GenerationResult& result = wait(q);  // done: its result, or its error as an HttpError
+  const GenerationResult& result = wait(q, client);  // done: its result, or its error as an HttpError
   const std::string text = spans_text(result.spans);
   if (const size_t at = stop.find(text); at != std::string::npos)
     return {text.substr(0, at), "stop", result.generated_tokens, true, result.spans, result.logprobs};
@@ -336,7 +359,8 @@ void HttpServer::Impl::generate(const httplib::Request& req, httplib::Response& 
   ActiveGuard counted(active);
   GenerationRequest r = api.parse_generate(req.body);
   auto q = submit(std::move(r), false);
-  const GenerationResult& result = wait(*q);
+  ConnectionWatch client = watch(req);
+  const GenerationResult& result = wait(*q, client);
   res.set_content(api.generate_response(result), "application/json");
 }
 
@@ -631,9 +655,10 @@ void HttpServer::Impl::completions(const httplib::Request& req, httplib::Respons
   if (!c.stream) {
     std::vector<CompletionChoice> choices;
     int64_t tokens = 0;
+    ConnectionWatch client = watch(req);
     try {
       for (auto& q : queries) {
-        const StoppedText answer = wait_text(*q, c.stop);
+        const StoppedText answer = wait_text(*q, c.stop, client);
         choices.push_back({c.echo_text + answer.text, answer.finish_reason, std::nullopt});
         if (c.request.params.logprobs >= 0) {
           // Tokens past a stop sequence's cut are left out; otherwise every token is listed.
@@ -644,7 +669,8 @@ void HttpServer::Impl::completions(const httplib::Request& req, httplib::Respons
         tokens += answer.generated_tokens;
       }
     } catch (...) {
-      for (auto& q : queries) q->cancel("another choice of the same request failed");
+      for (auto& q : queries)
+        if (!q->cancelled) q->cancel("another choice of the same request failed");
       throw;
     }
     if (c.best_of > c.n) choices = best_choices(std::move(choices), c.n, c.show_logprobs);

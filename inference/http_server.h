@@ -21,6 +21,10 @@
 // Threads: cpp-httplib serves every connection on a pool of `threads` workers; a handler pushes
 // its query and blocks until the engine thread calls on_done, so the pool bounds the queries in
 // flight over HTTP (≥ 100 concurrent clients with the default 128).
+//
+// A client that goes away cancels its queries: a stream when an event cannot be written, a
+// waiting non-streamed request when its connection is closed or reset (inference/
+// connection_watch.h, checked every 250 ms).
 #pragma once
 
 #include <chrono>

@@ -6,7 +6,13 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <functional>
 #include <atomic>
 #include <filesystem>
 #include <mutex>
@@ -15,6 +21,7 @@
 #include <vector>
 
 #include "data/tokenizer.h"
+#include "inference/connection_watch.h"
 #include "inference/http_api.h"
 #include "inference/http_server.h"
 #include "launcher/commands.h"
@@ -58,12 +65,16 @@ class FakeEngine {
         thread_([this] { run(); }) {}
   ~FakeEngine() {
     paused = false;
+    hold = false;
     queue_.close();
     thread_.join();
   }
   std::atomic<bool> paused{false};
+  // Takes queries but answers none: each is dropped (on_done with kCancelled) once its
+  // `cancelled` turns true, and answered when `hold` is cleared.
+  std::atomic<bool> hold{false};
   std::atomic<size_t> largest_batch{0};
-  std::atomic<int64_t> answered{0};
+  std::atomic<int64_t> answered{0}, dropped{0};
   // The sampling seed of every query answered, in order.
   std::vector<uint64_t> seeds() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -78,9 +89,23 @@ class FakeEngine {
         continue;
       }
       std::vector<PendingRequest> batch = queue_.take(128, std::chrono::milliseconds(30));
-      if (batch.empty() && queue_.closed()) return;
+      if (batch.empty() && held_.empty() && queue_.closed()) return;
       largest_batch = std::max(largest_batch.load(), batch.size());
-      for (auto& p : batch) answer(p);
+      for (auto& p : batch) held_.push_back(std::move(p));
+      std::vector<PendingRequest> still;
+      for (auto& p : held_) {
+        if (p.cancelled && p.cancelled()) {
+          GenerationResult r;
+          r.error = kCancelled;
+          p.on_done(r);
+          ++dropped;
+        } else if (hold.load()) {
+          still.push_back(std::move(p));
+        } else {
+          answer(p);
+        }
+      }
+      held_ = std::move(still);
     }
   }
   void answer(PendingRequest& p) {
@@ -117,6 +142,7 @@ class FakeEngine {
 
   std::mutex mu_;
   std::vector<uint64_t> seeds_;
+  std::vector<PendingRequest> held_;  // the engine thread's
   RequestQueue& queue_;
   GlmConfig config_;
   std::vector<int32_t> answer_;
@@ -138,6 +164,12 @@ struct Fixture {
   }
   httplib::Result post(const std::string& path, const std::string& body) {
     return client.Post(path.c_str(), body, "application/json");
+  }
+  // /health's count of requests being answered (-1: no answer).
+  int64_t server_active() {
+    httplib::Client c("127.0.0.1", port);
+    const auto r = c.Get("/health");
+    return r && r->status == 200 ? json::parse(r->body)["active"].get<int64_t>() : -1;
   }
   GlmConfig config;
   RequestQueue queue;
@@ -629,6 +661,99 @@ TEST(ServeHttp, ClosedQueueAndStop) {
   f.server.stop(std::chrono::milliseconds(200));  // the paused query is answered 503
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
   waiting.join();
+}
+
+// ---- A client that goes away before a non-streamed answer ----------------------------------------
+
+TEST(ConnectionWatch, ReadsTheKernelsTcpTables) {
+  // 127.0.0.1:8000 <- 127.0.0.1:51234 established, <- :51235 closed by the peer; the server of an
+  // IPv6 socket sees an IPv4 client as ::ffff:10.1.2.3 and ::1 as itself.
+  const std::string v4 =
+      "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+      "   0: 00000000:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1\n"
+      "   1: 0100007F:1F40 0100007F:C822 01 00000000:00000000 00:00000000 00000000     0        0 2 1\n"
+      "   2: 0100007F:1F40 0100007F:C823 08 00000000:00000000 00:00000000 00000000     0        0 3 1\n";
+  const auto state = [](const std::string& t, bool v6, const char* l, int lp, const char* r, int rp) {
+    return tcp_lookup(t, v6, l, lp, r, rp).state;
+  };
+  EXPECT_EQ(state(v4, false, "127.0.0.1", 8000, "127.0.0.1", 51234), kTcpEstablished);
+  EXPECT_EQ(state(v4, false, "127.0.0.1", 8000, "127.0.0.1", 51235), kTcpCloseWait);
+  EXPECT_EQ(state(v4, false, "127.0.0.1", 8000, "127.0.0.1", 51236), std::nullopt);
+  EXPECT_TRUE(tcp_lookup(v4, false, "127.0.0.1", 8000, "127.0.0.1", 51236).listening);
+  EXPECT_EQ(state(v4, false, "127.0.0.1", 8000, "127.0.0.2", 51234), std::nullopt);
+  EXPECT_EQ(state(v4, false, "127.0.0.1", 8001, "127.0.0.1", 51234), std::nullopt);
+  EXPECT_FALSE(tcp_lookup(v4, false, "127.0.0.1", 8001, "127.0.0.1", 51234).listening);
+  EXPECT_EQ(state(v4, false, "not an address", 8000, "127.0.0.1", 51234), std::nullopt);
+  const std::string v6 =
+      "  sl  local_address                         remote_address                        st\n"
+      "   0: 0000000000000000FFFF00000100007F:1F40 0000000000000000FFFF00000302010A:C822 08 0\n"
+      "   1: 00000000000000000000000001000000:1F40 00000000000000000000000001000000:C824 01 0\n";
+  EXPECT_EQ(state(v6, true, "::ffff:127.0.0.1", 8000, "::ffff:10.1.2.3", 51234), kTcpCloseWait);
+  EXPECT_EQ(state(v6, true, "127.0.0.1", 8000, "10.1.2.3", 51234), kTcpCloseWait);
+  EXPECT_EQ(state(v6, true, "::1", 8000, "::1", 51236), kTcpEstablished);
+  EXPECT_EQ(state(v6, true, "::1", 8000, "::1", 51234), std::nullopt);
+  EXPECT_FALSE(tcp_lookup(v6, true, "::1", 8000, "::1", 51234).listening);
+}
+
+// A raw HTTP/1.1 POST on its own connection, which the test closes without reading the answer
+// (`reset`: with SO_LINGER 0, so the server's side sees a reset instead of a FIN).
+int post_and_leave(int port, const std::string& path, const std::string& body) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return -1;
+  const std::string request = "POST " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                              "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  if (::send(fd, request.data(), request.size(), 0) != static_cast<ssize_t>(request.size())) return -1;
+  return fd;
+}
+void leave(int fd, bool reset) {
+  if (reset) {
+    linger l{1, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+  }
+  ::close(fd);
+}
+
+bool wait_until(const std::function<bool()>& ok, std::chrono::seconds limit) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (!ok()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
+}
+
+TEST(ServeHttp, ClientThatGoesAwayBeforeItsAnswerHasItsQueryDropped) {
+  Fixture f;
+  f.engine.hold = true;
+  // /generate, closed with a FIN, then /v1/completions with n = 2, closed with a reset: every query
+  // of theirs is dropped, within about a second each.
+  const int a = post_and_leave(f.port, "/generate", R"({"text": "Light travels", "sampling_strategy": "greedy"})");
+  ASSERT_GE(a, 0);
+  ASSERT_TRUE(wait_until([&] { return f.queue.size() == 0 && f.server_active() == 1; }, std::chrono::seconds(10)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));  // still connected: still running
+  EXPECT_EQ(f.engine.dropped.load(), 0);
+  leave(a, false);
+  EXPECT_TRUE(wait_until([&] { return f.engine.dropped.load() == 1; }, std::chrono::seconds(5)));
+  const int b = post_and_leave(f.port, "/v1/completions", R"({"prompt": "Light travels", "n": 2, "seed": 3})");
+  ASSERT_GE(b, 0);
+  ASSERT_TRUE(wait_until([&] { return f.queue.size() == 0 && f.server_active() == 1; }, std::chrono::seconds(10)));
+  leave(b, true);
+  EXPECT_TRUE(wait_until([&] { return f.engine.dropped.load() == 3; }, std::chrono::seconds(5)));
+
+  // A client that stays gets its answer once the engine answers; nothing else was dropped.
+  std::thread release([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(800));
+    f.engine.hold = false;
+  });
+  auto [status, body] = call(f.post("/generate", R"({"text": "Light travels", "sampling_strategy": "greedy"})"));
+  release.join();
+  EXPECT_EQ(status, 200) << body.dump();
+  EXPECT_EQ(f.engine.dropped.load(), 3);
+  EXPECT_TRUE(wait_until([&] { return f.server_active() == 0; }, std::chrono::seconds(5)));
 }
 
 }  // namespace
