@@ -746,6 +746,7 @@ std::vector<int64_t> GenerationEngine::serve(RequestQueue* queue) {
     ReplicaClient client(channel);
     src.take = [&client](size_t max, bool idle) { return client.take(max, idle); };
     src.exhausted = [&client] { return client.exhausted(); };
+    src.pump = [&client] { client.pump(); };
     impl_->run(src);
     client.finish();
     return {};

@@ -280,10 +280,14 @@ void ReplicaClient::read_commands() {
   }
 }
 
-std::vector<PendingRequest> ReplicaClient::take(size_t max, bool idle) {
+void ReplicaClient::pump() {
   send_events();
-  const auto deadline = Clock::now() + (idle ? kIdleWait : std::chrono::milliseconds(0));
   read_commands();
+}
+
+std::vector<PendingRequest> ReplicaClient::take(size_t max, bool idle) {
+  const auto deadline = Clock::now() + (idle ? kIdleWait : std::chrono::milliseconds(0));
+  pump();
   while (idle && pending_.empty() && !closed_ && Clock::now() < deadline) {
     std::this_thread::sleep_for(kPollInterval);
     read_commands();

@@ -113,8 +113,12 @@ class ReplicaClient {
  public:
   explicit ReplicaClient(ReplicaChannel& channel);
 
-  // Sends the events since the last call, then reads rank 0's commands; `idle`: waits up to
-  // 100 ms for a request (or CLOSE).
+  // Sends the tokens and results since the last call, then reads rank 0's commands (requests,
+  // cancellations, CLOSE). Non-blocking; the engine calls it at the start of every step, also
+  // when its replica is too full to take requests.
+  void pump();
+  // pump(), then up to `max` of the requests received. `idle`: waits up to 100 ms for one (or
+  // for CLOSE).
   std::vector<PendingRequest> take(size_t max, bool idle);
   bool exhausted() const { return closed_ && pending_.empty(); }
   // After the engine ended: sends the last events and FINISHED, then waits for BYE.

@@ -4,8 +4,9 @@
 // every query is answered exactly as GenerationEngine::generate answers it on the same layout
 // (output ids, spans, log-probabilities), the streamed tokens add up to the spans in order with
 // the same log-probabilities, every replica answers its share, a query whose client goes away is
-// dropped with kCancelled on whichever replica holds it, a query the engine refuses gets its
-// error, and serve() returns on every rank once the queue is closed and drained.
+// dropped with kCancelled on whichever replica holds it (also while that replica is full), a
+// query the engine refuses gets its error, and serve() returns on every rank once the queue is
+// closed and drained.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -91,8 +92,12 @@ TEST(ServeReplicas, EveryQueryAnsweredAsGenerateAnswersIt) {
   GlmParams params = GlmParams::allocate(c, DType::F32, Device::cpu(), shard);
   init_glm_params(params, c, 9);
   GlmModel model(c, std::move(params), {groups->tp.get(), shard.tp_rank, shard.tp_size});
+  // One query in flight per replica (two cache rows, for the beam queries): a replica is full
+  // while it streams, and its tokens must still reach rank 0 step by step (the cancelled queries
+  // below run to their end otherwise).
   EngineOptions opt;
-  opt.max_batch = 3;
+  opt.max_batch = 1;
+  opt.max_rows = 2;
   GenerationEngine engine(model, *groups, opt);
 
   const std::vector<GenerationRequest> reqs = queries();
