@@ -3,8 +3,8 @@
 // token's key and value into its cache slot; then one block of warps per (token, head) walks the
 // visible keys of its row through the slot table, the keys split among the warps, each with the
 // online softmax of attention.cu (every lane holds head dims lane, lane + 32, ...). Scores follow
-// attention_common.cuh, including the F16 query-scaling trick. The table is read per key, so beams that share a context read it from
-// the one slot that holds it.
+// attention_common.cuh, including the F16 query-scaling trick. The table is read per key, so
+// beams that share a context read it from the one slot that holds it.
 #include "kernels/cuda/attention_common.cuh"
 
 namespace glmrt::cuda {
@@ -17,15 +17,18 @@ __global__ void kv_store_kernel(const T* __restrict__ qkv, const int32_t* __rest
                                 int64_t head_dim, int64_t capacity, T* __restrict__ k_cache,
                                 T* __restrict__ v_cache) {
   const int64_t hl = num_heads * head_dim;
-  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (i >= n * hl) return;
-  const int64_t t = i / hl, c = i % hl, h = c / head_dim, e = c % head_dim;
-  const int64_t row = index[3 * t], pos = index[3 * t + 1];
-  const int64_t slot = table[row * capacity + pos];
-  const T* k = qkv + t * 3 * hl + 3 * h * head_dim + head_dim;
-  const int64_t dst = (slot * capacity + pos) * hl + c;
-  k_cache[dst] = k[e];
-  v_cache[dst] = k[head_dim + e];
+  // A grid-stride loop: grid_for caps the grid (a prefill of 11 × 2048 tokens of h 12288 has more
+  // values than the capped grid has threads).
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n * hl;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t t = i / hl, c = i % hl, h = c / head_dim, e = c % head_dim;
+    const int64_t row = index[3 * t], pos = index[3 * t + 1];
+    const int64_t slot = table[row * capacity + pos];
+    const T* k = qkv + t * 3 * hl + 3 * h * head_dim + head_dim;
+    const int64_t dst = (slot * capacity + pos) * hl + c;
+    k_cache[dst] = k[e];
+    v_cache[dst] = k[head_dim + e];
+  }
 }
 
 // One block of kCachedWarps warps per (token, head): warp w takes keys w·U .. w·U + U - 1, then
@@ -76,8 +79,10 @@ __global__ void __launch_bounds__(kCachedWarps * 32)
       s[u] = j0 + u < visible ? attention_score<T, R>(q, k[u], score_coeff) : -INFINITY;
       block_max = fmaxf(block_max, s[u]);
     }
-    // block_max is finite (key j0 is visible); exp(-inf) = 0 drops the empty start and the
-    // keys past the end.
+    // exp(-inf) = 0 drops the empty start and the keys past the end. block_max is -inf only
+    // when every score so far is (F16 scores of a dot product below -65504): nothing to add yet,
+    // where exp(-inf - -inf) would be NaN.
+    if (block_max == -INFINITY) continue;
     const float correction = expf(m - block_max);
     l *= correction;
 #pragma unroll
@@ -148,6 +153,8 @@ void attention_cached_forward(const Tensor& qkv, const Tensor& token_index, cons
   // The indices are built on the host by the engine, which checks them there; the kernels trust
   // them (reading them back here would synchronise every decoding step).
   const bool half_scores = qkv.dtype() == DType::F16;
+  GLMRT_CHECK(!half_scores || (std::isfinite(query_scale_coeff) && query_scale_coeff > 0), op,
+              ": query_scale_coeff must be finite and > 0, got ", query_scale_coeff);
   const double sqrt_d = std::sqrt(static_cast<double>(head_dim));
   const float q_divisor = static_cast<float>(half_scores ? sqrt_d * query_scale_coeff : sqrt_d);
   DeviceGuard guard(device);
