@@ -733,14 +733,20 @@ std::vector<int64_t> GenerationEngine::serve(RequestQueue* queue) {
   }
   // Data-parallel replicas (inference/replicas.h): rank 0 routes the requests, every other
   // replica's root takes its share from rank 0 and reports back.
+  int thread_level = MPI_THREAD_SINGLE;
+  MPI_Query_thread(&thread_level);
+  if (thread_level < MPI_THREAD_MULTIPLE)  // every rank throws the same
+    throw ConfigError(detail::concat(
+        "serving ", g.topo.layout().data, " data-parallel replicas needs MPI_THREAD_MULTIPLE (world rank 0 "
+        "routes requests on a thread of its own); this MPI was initialised at thread level ",
+        thread_level));
   ReplicaChannel channel(g);
   if (world_root) {
     ReplicaRouter router(channel, *queue, impl_->opt.max_batch);
     src.take = [&router](size_t max, bool idle) { return router.take(max, idle); };
     src.exhausted = [&router] { return router.exhausted(); };
-    src.pump = [&router] { router.pump(); };
     impl_->run(src);
-    return router.answered();
+    return router.finish();
   }
   if (impl_->root) {
     ReplicaClient client(channel);

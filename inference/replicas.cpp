@@ -109,41 +109,59 @@ ReplicaRouter::ReplicaRouter(ReplicaChannel& channel, RequestQueue& queue, int64
   in_flight_.assign(static_cast<size_t>(replicas_), 0);
   answered_.assign(static_cast<size_t>(replicas_), 0);
   finished_.assign(static_cast<size_t>(replicas_), false);
-  finished_[0] = true;  // replica 0 is this engine: it ends when exhausted() says so
+  finished_[0] = true;  // replica 0 is the caller's engine: finish() is called when it has ended
+  thread_ = std::thread([this] { run(); });
 }
 
+ReplicaRouter::~ReplicaRouter() {
+  stop_ = true;
+  if (thread_.joinable()) thread_.join();
+}
+
+void ReplicaRouter::rethrow() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (error_) std::rethrow_exception(error_);
+}
+
+// Each replica takes up to 2 · max_batch: max_batch in flight and as many waiting at its root, so
+// that a replica finds its next request at hand when a query ends instead of a message later.
 int ReplicaRouter::pick_replica() {
   int best = -1;
+  int64_t best_load = 0;
   for (int i = 0; i < replicas_; ++i) {
     const int d = (turn_ + i) % replicas_;
-    const int64_t load = in_flight_[static_cast<size_t>(d)];
-    if (load < max_batch_ && (best < 0 || load < in_flight_[static_cast<size_t>(best)])) best = d;
+    const int64_t load = d == 0 ? local_in_flight_.load() : in_flight_[static_cast<size_t>(d)];
+    if (load < 2 * max_batch_ && (best < 0 || load < best_load)) {
+      best = d;
+      best_load = load;
+    }
   }
   if (best >= 0) turn_ = (best + 1) % replicas_;
   return best;
 }
 
 void ReplicaRouter::route(std::chrono::milliseconds wait) {
-  int64_t room = 0;
-  for (const int64_t load : in_flight_) room += std::max<int64_t>(0, max_batch_ - load);
+  int64_t room = std::max<int64_t>(0, 2 * max_batch_ - local_in_flight_.load());
+  for (int d = 1; d < replicas_; ++d) room += std::max<int64_t>(0, 2 * max_batch_ - in_flight_[static_cast<size_t>(d)]);
   if (room == 0 || close_sent_) {
-    if (wait.count() > 0) std::this_thread::sleep_for(wait);
+    std::this_thread::sleep_for(wait);
     return;
   }
   std::vector<std::vector<int64_t>> out(static_cast<size_t>(replicas_));
+  std::vector<PendingRequest> mine;
   for (PendingRequest& r : queue_.take(static_cast<size_t>(room), wait)) {
     const int d = pick_replica();  // room was counted above: there is one
-    ++in_flight_[static_cast<size_t>(d)];
     if (d == 0) {
-      // Counted out when replica 0's engine answers it.
+      ++local_in_flight_;  // counted out when replica 0's engine answers it (on its thread)
       r.on_done = [this, done = std::move(r.on_done)](const GenerationResult& res) {
-        --in_flight_[0];
-        ++answered_[0];
+        --local_in_flight_;
+        ++local_answered_;
         if (done) done(res);
       };
-      local_.push_back(std::move(r));
+      mine.push_back(std::move(r));
       continue;
     }
+    ++in_flight_[static_cast<size_t>(d)];
     const uint64_t id = next_id_++;
     std::vector<int64_t>& msg = out[static_cast<size_t>(d)];
     msg.insert(msg.end(), {kNew, static_cast<int64_t>(id)});
@@ -154,6 +172,13 @@ void ReplicaRouter::route(std::chrono::milliseconds wait) {
   for (int d = 1; d < replicas_; ++d)
     if (!out[static_cast<size_t>(d)].empty())
       ch_.send(roots_[static_cast<size_t>(d)], kCommandTag, std::move(out[static_cast<size_t>(d)]));
+  if (!mine.empty()) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (PendingRequest& r : mine) local_.push_back(std::move(r));
+    }
+    cv_.notify_all();
+  }
 }
 
 void ReplicaRouter::read_events() {
@@ -194,9 +219,8 @@ void ReplicaRouter::read_events() {
   }
 }
 
-void ReplicaRouter::pump() {
-  read_events();
-  // A client gone: its replica drops the query between two steps and answers kCancelled.
+// A client gone: its replica drops the query between two steps and answers kCancelled.
+void ReplicaRouter::send_cancels() {
   std::vector<std::vector<int64_t>> cancels(static_cast<size_t>(replicas_));
   for (auto& [id, remote] : remote_)
     if (!remote.cancel_sent && remote.request.cancelled && remote.request.cancelled()) {
@@ -207,20 +231,41 @@ void ReplicaRouter::pump() {
   for (int d = 1; d < replicas_; ++d)
     if (!cancels[static_cast<size_t>(d)].empty())
       ch_.send(roots_[static_cast<size_t>(d)], kCommandTag, std::move(cancels[static_cast<size_t>(d)]));
-  route(std::chrono::milliseconds(0));
-  if (!close_sent_ && queue_.closed() && queue_.size() == 0) {
-    close_sent_ = true;
-    for (int d = 1; d < replicas_; ++d) ch_.send(roots_[static_cast<size_t>(d)], kCommandTag, {kClose});
+}
+
+void ReplicaRouter::run() {
+  try {
+    while (!stop_.load()) {
+      read_events();
+      send_cancels();
+      route(kPollInterval);  // waits on the queue up to 1 ms (or sleeps when every replica is full)
+      if (!close_sent_ && queue_.closed() && queue_.size() == 0) {
+        close_sent_ = true;
+        for (int d = 1; d < replicas_; ++d) ch_.send(roots_[static_cast<size_t>(d)], kCommandTag, {kClose});
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          local_closed_ = true;
+        }
+        cv_.notify_all();
+      }
+      bool all_finished = close_sent_;
+      for (const bool f : finished_) all_finished = all_finished && f;
+      if (all_finished) return;
+    }
+  } catch (...) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      error_ = std::current_exception();
+    }
+    cv_.notify_all();
   }
 }
 
 std::vector<PendingRequest> ReplicaRouter::take(size_t max, bool idle) {
-  const auto deadline = Clock::now() + (idle ? kIdleWait : std::chrono::milliseconds(0));
-  pump();
-  while (idle && local_.empty() && !exhausted() && Clock::now() < deadline) {
-    route(kPollInterval);  // waits on the queue (or sleeps when every replica is full)
-    pump();
-  }
+  std::unique_lock<std::mutex> lock(mu_);
+  if (idle)
+    cv_.wait_for(lock, kIdleWait, [&] { return !local_.empty() || local_closed_ || error_; });
+  if (error_) std::rethrow_exception(error_);
   std::vector<PendingRequest> out;
   while (!local_.empty() && out.size() < max) {
     out.push_back(std::move(local_.front()));
@@ -229,11 +274,18 @@ std::vector<PendingRequest> ReplicaRouter::take(size_t max, bool idle) {
   return out;
 }
 
-bool ReplicaRouter::exhausted() const {
-  if (!close_sent_ || !local_.empty()) return false;
-  for (const bool f : finished_)
-    if (!f) return false;
-  return true;
+bool ReplicaRouter::exhausted() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (error_) std::rethrow_exception(error_);
+  return local_closed_ && local_.empty();
+}
+
+std::vector<int64_t> ReplicaRouter::finish() {
+  if (thread_.joinable()) thread_.join();
+  rethrow();
+  std::vector<int64_t> out = answered_;
+  out[0] = local_answered_.load();
+  return out;
 }
 
 // ---- ReplicaClient (the root of replica d > 0) --------------------------------------------------

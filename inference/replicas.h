@@ -8,11 +8,9 @@
 // streaming client gone) travels the other way. Requests wait in the queue while every replica
 // is full.
 //
-// The messages are host MPI on a duplicate of the world communicator, sent and received on the
-// engine's thread between steps (MPI is initialised MPI_THREAD_FUNNELED): rank 0 relays the
-// other replicas' tokens once per step of its own replica, so a streamed token from replica
-// d > 0 reaches its client at most one replica-0 step late; the replicas' steps never wait on
-// each other.
+// The messages are host MPI on a duplicate of the world communicator. On rank 0 a thread of
+// its own handles them (MPI_THREAD_MULTIPLE), polling every millisecond; another replica's root
+// sends and reads them between its own steps. Neither side ever waits for the other's steps.
 //
 // Shutdown: once the queue is closed and drained, rank 0 sends every other root CLOSE. A root
 // that has it finishes its queries, sends FINISHED after its last result and waits for BYE,
@@ -22,13 +20,18 @@
 
 #include <mpi.h>
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <exception>
 #include <list>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <set>
+#include <thread>
 #include <vector>
 
 #include "inference/request_queue.h"
@@ -68,21 +71,28 @@ class ReplicaChannel {
   std::list<Pending> pending_;
 };
 
-// World rank 0's side: the engine Source of replica 0.
+// World rank 0's side. A thread of its own routes the queued requests, relays the other
+// replicas' tokens and results to their callbacks (which must be thread-safe: the HTTP server's
+// are), and sends their clients' cancellations; replica 0's engine takes its share through the
+// Source calls below. So routing never waits for a step of replica 0 (a long prefill there would
+// otherwise leave the other replicas idle). The thread makes MPI calls while the engine's thread
+// makes its own: MPI must provide MPI_THREAD_MULTIPLE.
 class ReplicaRouter {
  public:
+  // Starts the routing thread.
   ReplicaRouter(ReplicaChannel& channel, RequestQueue& queue, int64_t max_batch);
+  ~ReplicaRouter();  // stops and joins the thread (also when an exception unwinds)
+  ReplicaRouter(const ReplicaRouter&) = delete;
+  ReplicaRouter& operator=(const ReplicaRouter&) = delete;
 
-  // Relays the other replicas' tokens and results, their clients' cancellations, and routes
-  // queued requests. Non-blocking.
-  void pump();
-  // Replica 0's next requests (up to `max`). `idle` (replica 0 has nothing to run): pumps for up
-  // to 100 ms, returning as soon as replica 0 has a request or everything is finished.
+  // Replica 0's next requests (up to `max`); `idle`: waits up to 100 ms for one. Rethrows the
+  // routing thread's failure.
   std::vector<PendingRequest> take(size_t max, bool idle);
-  // The queue is closed and drained, and every replica has finished.
-  bool exhausted() const;
-  // Queries each replica has answered so far.
-  const std::vector<int64_t>& answered() const { return answered_; }
+  // No request will come to replica 0 any more: the queue is closed and drained.
+  bool exhausted();
+  // After replica 0's engine has ended: waits until every other replica has finished, then
+  // returns the queries each replica answered. Rethrows the routing thread's failure.
+  std::vector<int64_t> finish();
 
  private:
   struct Remote {
@@ -90,22 +100,34 @@ class ReplicaRouter {
     PendingRequest request;  // its callbacks
     bool cancel_sent = false;
   };
+  void run();  // the routing thread
   void read_events();
+  void send_cancels();
   void route(std::chrono::milliseconds wait);
   int pick_replica();  // -1 when every replica is full
+  void rethrow();
 
   ReplicaChannel& ch_;
   RequestQueue& queue_;
   int64_t max_batch_;
   int replicas_;
   std::vector<int> roots_;  // world rank of each replica's root
+  // The routing thread's; replica 0's counts are atomics (its engine answers on its own thread).
   std::vector<int64_t> in_flight_, answered_;
+  std::atomic<int64_t> local_in_flight_{0}, local_answered_{0};
   std::vector<bool> finished_;
   int turn_ = 0;  // where the next tie goes
   uint64_t next_id_ = 0;
-  std::deque<PendingRequest> local_;
   std::map<uint64_t, Remote> remote_;
   bool close_sent_ = false;
+
+  std::mutex mu_;  // guards local_, local_closed_, error_
+  std::condition_variable cv_;
+  std::deque<PendingRequest> local_;
+  bool local_closed_ = false;
+  std::exception_ptr error_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
 };
 
 // The root of replica d > 0: the engine Source of its replica.

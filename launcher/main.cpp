@@ -76,7 +76,9 @@ int main(int argc, char** argv) {
   const std::string command = argv[1];
   const glmrt::Args args(argv + 2, argv + argc);
   int provided = 0, rank = 0, size = 1;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+  // serve's world rank 0 routes requests to data-parallel replicas on a thread of its own (MPI
+  // calls from two threads); every other command calls MPI from its main thread only.
+  MPI_Init_thread(&argc, &argv, command == "serve" ? MPI_THREAD_MULTIPLE : MPI_THREAD_FUNNELED, &provided);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   const std::string who = size > 1 ? "rank " + std::to_string(rank) + ": " : "";
