@@ -367,6 +367,15 @@ JSON
   timeout -k 5 300 python3 scripts/gpu_generate_check.py "$build/glmrt" "$e2e/generate-bf16" \
     --device cuda --dtype bf16 >"$logs/generate-bf16.log" 2>&1 || true
   note "gen cuda bf16" "$(tail -1 "$logs/generate-bf16.log") (reported only)"
+  # The same cases through `glmrt serve --device cuda`: 17 concurrent POST /generate requests,
+  # batched by the server's engine.
+  if timeout -k 5 300 python3 scripts/gpu_generate_check.py "$build/glmrt" "$e2e/serve" --serve \
+       --device cuda --dtype f32 >"$logs/serve.log" 2>&1; then
+    note "serve cuda f32" "$(tail -1 "$logs/serve.log")"
+  else
+    note "serve cuda f32" "FAILED: $(tail -1 "$logs/serve.log") (see serve.log)"
+    failed=1
+  fi
 fi
 
 # ---- Benchmark -------------------------------------------------------------------------------
