@@ -36,13 +36,7 @@ ParallelRuntime setup_parallel(RunConfig& rc, const po::variables_map& vm, Devic
   ParallelRuntime rt;
   rt.groups = ProcessGroups::create(layout, std::chrono::seconds(p.timeout_s), device);
   const Topology& t = rt.groups->topo;
-  rt.shard.tp_rank = t.tp_rank();
-  rt.shard.tp_size = layout.tensor;
-  rt.shard.first_layer = 0;
-  for (int s = 0; s < t.pp_rank(); ++s) rt.shard.first_layer += counts[static_cast<size_t>(s)];
-  rt.shard.num_layers = counts[static_cast<size_t>(t.pp_rank())];
-  rt.shard.first_stage = t.is_first_stage();
-  rt.shard.last_stage = t.is_last_stage();
+  rt.shard = ModelShard::of_rank(t, counts);
   glm_param_specs(rc.model, rt.shard);  // validates that the model splits tensor-ways
   rt.tp = {rt.groups->tp.get(), t.tp_rank(), layout.tensor};
   rt.stage_layers = counts;

@@ -5,6 +5,17 @@
 
 namespace glmrt {
 
+ModelShard ModelShard::of_rank(const Topology& topo, const std::vector<int64_t>& stage_layers) {
+  ModelShard s;
+  s.tp_rank = topo.tp_rank();
+  s.tp_size = topo.layout().tensor;
+  for (int stage = 0; stage < topo.pp_rank(); ++stage) s.first_layer += stage_layers[static_cast<size_t>(stage)];
+  s.num_layers = stage_layers[static_cast<size_t>(topo.pp_rank())];
+  s.first_stage = topo.is_first_stage();
+  s.last_stage = topo.is_last_stage();
+  return s;
+}
+
 const char* shard_rule_name(ShardRule rule) {
   switch (rule) {
     case ShardRule::Replicated: return "replicated";

@@ -13,6 +13,7 @@
 
 #include "kernels/tensor.h"
 #include "model/glm_config.h"
+#include "parallel/topology.h"
 
 namespace glmrt {
 
@@ -33,6 +34,9 @@ struct ModelShard {
   bool first_stage = true, last_stage = true;  // holds the embedding / the final LN and head
 
   static ModelShard whole() { return {}; }
+  // The shard of the rank `topo` describes, its pipeline stage holding stage_layers[stage] layers
+  // (stage_layer_counts).
+  static ModelShard of_rank(const Topology& topo, const std::vector<int64_t>& stage_layers);
   int64_t layer_count(const GlmConfig& c) const { return num_layers < 0 ? c.num_layers : num_layers; }
   bool holds_embedding() const { return first_stage || last_stage; }
 };

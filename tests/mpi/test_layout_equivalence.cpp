@@ -109,13 +109,7 @@ TEST_P(LayoutEquivalence, TrainingStepsEqualTheSingleRankRun) {
   auto groups = ProcessGroups::create(g_layout, std::chrono::seconds(60));
   const Topology& topo = groups->topo;
   const auto counts = stage_layer_counts(c.num_layers, g_layout.pipeline, {});
-  ModelShard shard;
-  shard.tp_rank = topo.tp_rank();
-  shard.tp_size = g_layout.tensor;
-  for (int s = 0; s < topo.pp_rank(); ++s) shard.first_layer += counts[static_cast<size_t>(s)];
-  shard.num_layers = counts[static_cast<size_t>(topo.pp_rank())];
-  shard.first_stage = topo.is_first_stage();
-  shard.last_stage = topo.is_last_stage();
+  const ModelShard shard = ModelShard::of_rank(topo, counts);
   const int64_t pad = zero ? g_layout.data * 64 : 1;
   GlmParams params = GlmParams::allocate(c, DType::F32, Device::cpu(), shard, pad);
   init_glm_params(params, c, 5);
@@ -178,9 +172,7 @@ TEST(LayoutForward, LogitsEqualTheSingleRankRun) {
   auto groups = ProcessGroups::create(g_layout, std::chrono::seconds(60));
   const Topology& topo = groups->topo;
   const auto counts = stage_layer_counts(c.num_layers, g_layout.pipeline, {});
-  ModelShard shard{topo.tp_rank(), g_layout.tensor, 0, counts[static_cast<size_t>(topo.pp_rank())],
-                   topo.is_first_stage(), topo.is_last_stage()};
-  for (int s = 0; s < topo.pp_rank(); ++s) shard.first_layer += counts[static_cast<size_t>(s)];
+  const ModelShard shard = ModelShard::of_rank(topo, counts);
   GlmParams params = GlmParams::allocate(c, DType::F32, Device::cpu(), shard);
   init_glm_params(params, c, 9);
   GlmModel model(c, std::move(params), {groups->tp.get(), shard.tp_rank, shard.tp_size});
@@ -211,9 +203,7 @@ TEST(MemoryAccount, PeakAllocationMatchesTheAccount) {
   auto groups = ProcessGroups::create(g_layout, std::chrono::seconds(60));
   const Topology& topo = groups->topo;
   const auto counts = stage_layer_counts(c.num_layers, g_layout.pipeline, {});
-  ModelShard shard{topo.tp_rank(), g_layout.tensor, 0, counts[static_cast<size_t>(topo.pp_rank())],
-                   topo.is_first_stage(), topo.is_last_stage()};
-  for (int s = 0; s < topo.pp_rank(); ++s) shard.first_layer += counts[static_cast<size_t>(s)];
+  const ModelShard shard = ModelShard::of_rank(topo, counts);
   for (bool zero : {false, true}) {
     const size_t before = allocated_bytes(Device::Kind::CPU);
     reset_peak_allocated_bytes(Device::Kind::CPU);

@@ -89,9 +89,7 @@ TEST(ServeReplicas, EveryQueryAnsweredAsGenerateAnswersIt) {
   auto groups = ProcessGroups::create(g_layout, std::chrono::seconds(60));
   const Topology& topo = groups->topo;
   const auto counts = stage_layer_counts(c.num_layers, g_layout.pipeline, {});
-  ModelShard shard{topo.tp_rank(), g_layout.tensor, 0, counts[static_cast<size_t>(topo.pp_rank())],
-                   topo.is_first_stage(), topo.is_last_stage()};
-  for (int s = 0; s < topo.pp_rank(); ++s) shard.first_layer += counts[static_cast<size_t>(s)];
+  const ModelShard shard = ModelShard::of_rank(topo, counts);
   GlmParams params = GlmParams::allocate(c, DType::F32, Device::cpu(), shard);
   init_glm_params(params, c, 9);
   GlmModel model(c, std::move(params), {groups->tp.get(), shard.tp_rank, shard.tp_size});
