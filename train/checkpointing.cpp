@@ -1,11 +1,14 @@
 #include "train/checkpointing.h"
 
 #include <fcntl.h>
+#include <mpi.h>
 #include <unistd.h>
 #include <xxhash.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
+#include <functional>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -65,6 +68,51 @@ uint64_t file_hash(const std::string& path, uint64_t* size) {
   ::close(fd);
   *size = total;
   return XXH3_64bits_digest(state.get());
+}
+
+// The message of the first of n files whose check fails ("" when none does), the files shared
+// out over `comm`'s ranks: rank r checks files r, r + size, ... So a job reads each file of a
+// checkpoint once in all, in parallel, not once per rank (GLM-130B's 768 ranks would each read
+// its terabytes). Collective over comm; every rank returns the same. MPI_COMM_NULL: this process
+// checks them all.
+std::string first_failure(MPI_Comm comm, size_t n, const std::function<std::string(size_t)>& check) {
+  int rank = 0, ranks = 1;
+  if (comm != MPI_COMM_NULL) {
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &ranks);
+  }
+  int first = INT_MAX;
+  std::string message;
+  for (size_t i = static_cast<size_t>(rank); i < n; i += static_cast<size_t>(ranks)) {
+    try {
+      message = check(i);
+    } catch (const std::exception& e) {
+      message = e.what();
+    }
+    if (!message.empty()) {
+      first = static_cast<int>(i);
+      break;
+    }
+  }
+  if (ranks == 1) return message;
+  struct {
+    int index, rank;
+  } local{first, rank}, global{INT_MAX, 0};
+  MPI_Allreduce(&local, &global, 1, MPI_2INT, MPI_MINLOC, comm);
+  if (global.index == INT_MAX) return "";
+  int length = rank == global.rank ? static_cast<int>(message.size()) : 0;
+  MPI_Bcast(&length, 1, MPI_INT, global.rank, comm);
+  message.resize(static_cast<size_t>(length));
+  MPI_Bcast(message.data(), length, MPI_CHAR, global.rank, comm);
+  return message;
+}
+
+// Every process of the job, when MPI runs (all of them call find_checkpoint), else this one.
+MPI_Comm job_comm() {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  return initialized && !finalized ? MPI_COMM_WORLD : MPI_COMM_NULL;
 }
 
 void fsync_path(const std::string& path) {
@@ -204,6 +252,24 @@ std::string CheckpointSaver::commit(ProcessGroups& g) {
   g.world->barrier();
   const Topology& topo = g.topo;
   const bool root = topo.rank() == 0;
+  // Every file as its writer wrote it (size and XXH3 in its .sum), read back by a rank that may
+  // sit on another node; the files are shared out over the ranks (first_failure).
+  std::vector<std::string> written;
+  for (int p = 0; p < topo.layout().pipeline; ++p)
+    for (int t = 0; t < topo.layout().tensor; ++t)
+      for (const std::string& file : {model_file(t, p), optim_file(t, p)}) written.push_back(file);
+  const auto read_sum = [this](const std::string& file, uint64_t& hash, uint64_t& size) {
+    std::ifstream in(tmp_dir_ + "/" + file + ".sum");
+    if (!(in >> hash >> size)) throw CheckpointError(tmp_dir_ + ": " + file + " was not written");
+  };
+  const std::string bad = first_failure(g.world->comm(), written.size(), [&](size_t i) -> std::string {
+    uint64_t hash = 0, size = 0, actual = 0;
+    read_sum(written[i], hash, size);
+    if (file_hash(tmp_dir_ + "/" + written[i], &actual) != hash || actual != size)
+      return tmp_dir_ + ": " + written[i] + " does not match what its writer wrote";
+    return "";
+  });
+  if (!bad.empty()) throw CheckpointError(bad);
   const Trainer::State& st = state_;
   const std::string& tmp_dir = tmp_dir_;
   const std::string& final_dir = final_dir_;
@@ -216,19 +282,12 @@ std::string CheckpointSaver::commit(ProcessGroups& g) {
   const GlmConfig& model_config = model_config_;
   if (root) {
     nlohmann::json files = nlohmann::json::object();
-    for (int p = 0; p < topo.layout().pipeline; ++p)
-      for (int t = 0; t < topo.layout().tensor; ++t)
-        for (const std::string& file : {model_file(t, p), optim_file(t, p)}) {
-          const std::string sum = tmp_dir + "/" + file + ".sum";
-          std::ifstream in(sum);
-          uint64_t hash = 0, size = 0;
-          if (!(in >> hash >> size)) throw CheckpointError(tmp_dir + ": " + file + " was not written");
-          uint64_t actual = 0;
-          if (file_hash(tmp_dir + "/" + file, &actual) != hash || actual != size)
-            throw CheckpointError(tmp_dir + ": " + file + " does not match what its writer wrote");
-          files[file] = {{"bytes", size}, {"xxh3_64", std::to_string(hash)}};
-          fs::remove(sum);
-        }
+    for (const std::string& file : written) {
+      uint64_t hash = 0, size = 0;
+      read_sum(file, hash, size);
+      files[file] = {{"bytes", size}, {"xxh3_64", std::to_string(hash)}};
+      fs::remove(tmp_dir + "/" + file + ".sum");
+    }
     const nlohmann::json manifest = {
         {"format", "glmrt-checkpoint"},
         {"version", 1},
@@ -316,17 +375,26 @@ CheckpointManifest read_and_verify(const std::string& path, const GlmConfig& con
         throw CheckpointError(mpath + ": saved from another model: model." + key + " is " +
                               j.at("model").at(key).dump() + ", the config says " + value.dump());
     m.model = config;
-    for (const auto& [file, info] : j.at("files").items()) {
-      const std::string fpath = path + "/" + file;
-      if (!fs::exists(fpath)) throw CheckpointError(fpath + ": missing");
+    struct Expected {
+      std::string path, hash;
+      uint64_t bytes;
+    };
+    std::vector<Expected> files;
+    for (const auto& [file, info] : j.at("files").items())
+      files.push_back({path + "/" + file, info.at("xxh3_64").get<std::string>(), info.at("bytes").get<uint64_t>()});
+    // Size and checksum of every file, each read by one rank of the job.
+    const std::string bad = first_failure(job_comm(), files.size(), [&](size_t i) -> std::string {
+      const Expected& f = files[i];
+      if (!fs::exists(f.path)) return f.path + ": missing";
       uint64_t size = 0;
-      const uint64_t hash = file_hash(fpath, &size);
-      if (size != info.at("bytes").get<uint64_t>())
-        throw CheckpointError(fpath + ": " + std::to_string(size) + " bytes, the manifest says " +
-                              info.at("bytes").dump() + " (truncated or replaced)");
-      if (std::to_string(hash) != info.at("xxh3_64").get<std::string>())
-        throw CheckpointError(fpath + ": checksum mismatch (corrupted)");
-    }
+      const uint64_t hash = file_hash(f.path, &size);
+      if (size != f.bytes)
+        return f.path + ": " + std::to_string(size) + " bytes, the manifest says " + std::to_string(f.bytes) +
+               " (truncated or replaced)";
+      if (std::to_string(hash) != f.hash) return f.path + ": checksum mismatch (corrupted)";
+      return "";
+    });
+    if (!bad.empty()) throw CheckpointError(bad);
   } catch (const nlohmann::json::exception& e) {
     throw CheckpointError(mpath + ": incomplete manifest: " + e.what());
   }
