@@ -101,7 +101,7 @@ int run_train(const Args& args) {
   bool resumed = false;
   if (!rc.checkpoint.load.empty()) {
     std::string note;
-    const CheckpointManifest ckpt = find_checkpoint(rc.checkpoint.load, rc.model, &note);
+    const CheckpointManifest ckpt = find_checkpoint(rc.checkpoint.load, rc.model, &note, rt.groups->world->comm());
     if (root && !note.empty()) std::printf("glmrt train: %s\n", note.c_str());
     load_checkpoint(ckpt, model, trainer);
     resumed = true;

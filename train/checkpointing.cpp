@@ -107,14 +107,6 @@ std::string first_failure(MPI_Comm comm, size_t n, const std::function<std::stri
   return message;
 }
 
-// Every process of the job, when MPI runs (all of them call find_checkpoint), else this one.
-MPI_Comm job_comm() {
-  int initialized = 0, finalized = 0;
-  MPI_Initialized(&initialized);
-  MPI_Finalized(&finalized);
-  return initialized && !finalized ? MPI_COMM_WORLD : MPI_COMM_NULL;
-}
-
 void fsync_path(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd >= 0) {
@@ -340,7 +332,7 @@ std::string save_checkpoint(const std::string& dir, const TrainConfig& train, bo
 
 namespace {
 
-CheckpointManifest read_and_verify(const std::string& path, const GlmConfig& config) {
+CheckpointManifest read_and_verify(const std::string& path, const GlmConfig& config, MPI_Comm job) {
   const std::string mpath = path + "/manifest.json";
   std::ifstream in(mpath);
   if (!in) throw CheckpointError(mpath + ": missing (an incomplete checkpoint)");
@@ -383,7 +375,7 @@ CheckpointManifest read_and_verify(const std::string& path, const GlmConfig& con
     for (const auto& [file, info] : j.at("files").items())
       files.push_back({path + "/" + file, info.at("xxh3_64").get<std::string>(), info.at("bytes").get<uint64_t>()});
     // Size and checksum of every file, each read by one rank of the job.
-    const std::string bad = first_failure(job_comm(), files.size(), [&](size_t i) -> std::string {
+    const std::string bad = first_failure(job, files.size(), [&](size_t i) -> std::string {
       const Expected& f = files[i];
       if (!fs::exists(f.path)) return f.path + ": missing";
       uint64_t size = 0;
@@ -403,7 +395,8 @@ CheckpointManifest read_and_verify(const std::string& path, const GlmConfig& con
 
 }  // namespace
 
-CheckpointManifest find_checkpoint(const std::string& dir, const GlmConfig& config, std::string* note) {
+CheckpointManifest find_checkpoint(const std::string& dir, const GlmConfig& config, std::string* note,
+                                   MPI_Comm job) {
   if (!fs::is_directory(dir)) throw CheckpointError(dir + ": no checkpoint folder");
   std::string latest;
   std::ifstream in((fs::path(dir) / "latest").string());
@@ -421,7 +414,7 @@ CheckpointManifest find_checkpoint(const std::string& dir, const GlmConfig& conf
   std::string refused;
   for (const std::string& c : candidates) {
     try {
-      CheckpointManifest m = read_and_verify((fs::path(dir) / c).string(), config);
+      CheckpointManifest m = read_and_verify((fs::path(dir) / c).string(), config, job);
       if (note && !refused.empty())
         *note = refused + "; loading " + m.path + " instead";
       return m;

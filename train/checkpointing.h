@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include <mpi.h>
+
 #include "model/glm_model.h"
 #include "parallel/process_groups.h"
 #include "train/trainer.h"
@@ -83,8 +85,12 @@ std::string save_checkpoint(const std::string& dir, const TrainConfig& train, bo
 // The checkpoint to resume from in `dir`: the one `latest` names when it is complete and intact,
 // else the newest complete one (then `note` says which was refused and why). Checks the manifest,
 // the presence, size and checksum of every file, and that the model config matches `config`.
-// Throws CheckpointError when no checkpoint in `dir` can be loaded.
-CheckpointManifest find_checkpoint(const std::string& dir, const GlmConfig& config, std::string* note);
+// Throws CheckpointError when no checkpoint in `dir` can be loaded. Collective over `job` when it
+// is given (every rank of it calls this with the same arguments): the files' checksums are shared
+// out over its ranks, each file read by one of them, and every rank returns the same checkpoint
+// or throws the same error. MPI_COMM_NULL: this process checks every file.
+CheckpointManifest find_checkpoint(const std::string& dir, const GlmConfig& config, std::string* note,
+                                   MPI_Comm job = MPI_COMM_NULL);
 
 // Loads a checkpoint into this rank's model and trainer, whatever the layout it was saved in:
 // every tensor is rebuilt from the saved shards it overlaps (reshard_pieces) and re-split through

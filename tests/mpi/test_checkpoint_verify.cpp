@@ -71,7 +71,7 @@ TEST(CheckpointVerify, EveryFileIsHashedByOneRankAndEveryRankAgrees) {
   const int64_t before = read_bytes();
   ASSERT_GE(before, 0) << "no /proc/self/io";
   std::string note;
-  const CheckpointManifest m = find_checkpoint(dir, c, &note);
+  const CheckpointManifest m = find_checkpoint(dir, c, &note, MPI_COMM_WORLD);
   const int64_t read = read_bytes() - before;
   EXPECT_EQ(m.iteration, 2);
   EXPECT_TRUE(note.empty()) << note;
@@ -104,7 +104,7 @@ TEST(CheckpointVerify, EveryFileIsHashedByOneRankAndEveryRankAgrees) {
   }
   MPI_Barrier(MPI_COMM_WORLD);
   note.clear();
-  const CheckpointManifest older = find_checkpoint(dir, c, &note);
+  const CheckpointManifest older = find_checkpoint(dir, c, &note, MPI_COMM_WORLD);
   EXPECT_EQ(older.iteration, 1);
   EXPECT_NE(note.find(last + ": checksum mismatch (corrupted)"), std::string::npos) << note;
   EXPECT_NE(note.find("iter_0000001 instead"), std::string::npos) << note;
