@@ -19,6 +19,7 @@
 #include "data/tokenizer.h"
 #include "inference/connection_watch.h"
 #include "inference/http_api.h"
+#include "inference/metrics.h"
 #include "kernels/error.h"
 
 namespace glmrt {
@@ -112,6 +113,8 @@ struct HttpServer::Impl {
   bool started = false, stopped = false;
   std::atomic<bool> stopping{false};
   ActiveCount active;
+  // Shared with the queries' callbacks, which may run after the server is gone.
+  std::shared_ptr<ServerMetrics> metrics = std::make_shared<ServerMetrics>();
 
   Impl(HttpServerOptions o, RequestQueue& q, const Tokenizer* t, const GlmConfig& c,
        const GenerationParams& d)
@@ -147,6 +150,12 @@ struct HttpServer::Impl {
   }
 };
 
+// When the request this worker thread serves was routed (ServerMetrics' durations).
+std::chrono::steady_clock::time_point& request_start() {
+  thread_local std::chrono::steady_clock::time_point start{};
+  return start;
+}
+
 // Runs a handler body: HttpErrors and exceptions become JSON errors; the server keeps serving.
 template <class F>
 void guarded(httplib::Response& res, F&& body) {
@@ -168,6 +177,12 @@ void HttpServer::Impl::routes() {
   using httplib::Response;
   svr.Get("/health", [this](const Request&, Response& res) { guarded(res, [&] { health(res); }); });
   svr.Get("/v1/models", [this](const Request&, Response& res) { guarded(res, [&] { models(res); }); });
+  svr.Get("/metrics", [this](const Request&, Response& res) {
+    guarded(res, [&] {
+      res.set_content(metrics->render(static_cast<int64_t>(queue.size()), active.get()),
+                      "text/plain; version=0.0.4; charset=utf-8");
+    });
+  });
   svr.Post("/generate", [this](const Request& req, Response& res) {
     guarded(res, [&] { generate(req, res); });
   });
@@ -183,7 +198,7 @@ void HttpServer::Impl::routes() {
                       "method_not_allowed"});
     };
   };
-  for (const char* path : {"/health", "/v1/models"}) {
+  for (const char* path : {"/health", "/v1/models", "/metrics"}) {
     svr.Post(path, not_allowed("GET"));
     svr.Put(path, not_allowed("GET"));
     svr.Patch(path, not_allowed("GET"));
@@ -205,7 +220,8 @@ void HttpServer::Impl::routes() {
     std::string message, code;
     switch (res.status) {
       case 404: message = "no such endpoint: " + req.method + " " + req.path +
-                          " (endpoints: GET /health, POST /generate, POST /v1/completions, GET /v1/models)";
+                          " (endpoints: GET /health, POST /generate, POST /v1/completions, GET /v1/models, "
+                          "GET /metrics)";
                 code = "not_found"; break;
       case 413: message = "the request body is over the limit of " + std::to_string(max_body) +
                           " bytes (form-encoded bodies: 8192; send Content-Type: application/json)";
@@ -228,6 +244,21 @@ void HttpServer::Impl::routes() {
     } catch (...) {
     }
     set_error(res, {500, "internal error: " + what, "internal_error"});
+  });
+  // Every response is counted (ServerMetrics), timed from its request's routing (on the worker
+  // thread that serves it) to the logger call after its last byte. Responses the library gives
+  // before routing (a malformed request, a body over the limit) count with a time of 0.
+  svr.set_pre_routing_handler([](const Request&, Response&) {
+    request_start() = std::chrono::steady_clock::now();
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+  svr.set_logger([metrics = metrics](const Request& req, const Response& res) {
+    auto& start = request_start();
+    const double seconds = start == std::chrono::steady_clock::time_point{}
+                               ? 0.0
+                               : std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    start = {};
+    metrics->request(req.path, res.status, seconds);
   });
   // A client that announces a large body (Expect: 100-continue) is refused before sending it.
   svr.set_expect_100_continue_handler([max_body](const Request& req, Response& res) {
@@ -269,7 +300,8 @@ std::shared_ptr<Query> HttpServer::Impl::submit(GenerationRequest r, bool stream
     };
   }
   p.cancelled = [q] { return q->cancelled.load(); };
-  p.on_done = [q](const GenerationResult& result) {
+  p.on_done = [q, metrics = metrics](const GenerationResult& result) {
+    metrics->query_ended(result);
     if (result.error == kCancelled)
       std::fprintf(stderr, "glmrt serve: %s; the engine dropped its query\n", q->cancel_reason.load());
     {
@@ -279,8 +311,10 @@ std::shared_ptr<Query> HttpServer::Impl::submit(GenerationRequest r, bool stream
     }
     q->cv.notify_all();
   };
+  const auto prompt_tokens = static_cast<int64_t>(p.request.prompt_ids.size());
   if (!queue.push(std::move(p)))
     throw HttpError{503, "the server is shutting down (the request queue is closed)", "unavailable"};
+  metrics->query_submitted(prompt_tokens);
   return q;
 }
 

@@ -12,6 +12,7 @@
 //                         server-sent events; GLM blank filling on the prompt (a prompt without a
 //                         mask is continued: the engine appends [gMASK]).
 //   GET  /v1/models       the one model, for OpenAI clients that list models.
+//   GET  /metrics         Prometheus' text format (inference/metrics.h).
 //
 // Errors are JSON in OpenAI's shape {"error": {"message", "type", "param", "code"}}: 400 for bad
 // JSON, wrong types, out-of-range values, unknown fields and over-long prompts (each naming the

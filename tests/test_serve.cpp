@@ -15,7 +15,10 @@
 #include <functional>
 #include <atomic>
 #include <filesystem>
+#include <map>
 #include <mutex>
+#include <regex>
+#include <sstream>
 #include <nlohmann/json.hpp>
 #include <thread>
 #include <vector>
@@ -23,6 +26,7 @@
 #include "data/tokenizer.h"
 #include "inference/connection_watch.h"
 #include "inference/http_api.h"
+#include "inference/metrics.h"
 #include "inference/http_server.h"
 #include "launcher/commands.h"
 #include "test_util.h"
@@ -754,6 +758,55 @@ TEST(ServeHttp, ClientThatGoesAwayBeforeItsAnswerHasItsQueryDropped) {
   EXPECT_EQ(status, 200) << body.dump();
   EXPECT_EQ(f.engine.dropped.load(), 3);
   EXPECT_TRUE(wait_until([&] { return f.server_active() == 0; }, std::chrono::seconds(5)));
+}
+
+TEST(ServeHttp, MetricsCountRequestsQueriesAndTokens) {
+  Fixture f;
+  auto [s1, g1] = call(f.post("/generate", R"({"prompt_ids": [10, 11, 12], "sampling_strategy": "greedy"})"));
+  ASSERT_EQ(s1, 200) << g1.dump();
+  auto [s2, c2] = call(f.post("/v1/completions", R"({"prompt": "Light travels", "max_tokens": 5})"));
+  ASSERT_EQ(s2, 200) << c2.dump();
+  expect_error(f.post("/generate", R"({"text": )"), 400, "JSON");
+  expect_error(f.client.Get("/nowhere"), 404, "no such endpoint");
+  const int64_t generated = static_cast<int64_t>(g1["spans"][0].size()) + c2["usage"]["completion_tokens"].get<int64_t>();
+  const int64_t prompt = 3 + c2["usage"]["prompt_tokens"].get<int64_t>();
+
+  const auto r = f.client.Get("/metrics");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  EXPECT_EQ(r->get_header_value("Content-Type").rfind("text/plain; version=0.0.4", 0), 0u);
+  std::map<std::string, double> values;
+  std::istringstream lines(r->body);
+  const std::regex sample(R"(^([a-z_]+(\{[^}]*\})?) (-?[0-9.]+(e[-+]?[0-9]+)?)$)");
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind("# HELP ", 0) == 0 || line.rfind("# TYPE ", 0) == 0) continue;
+    std::smatch m;
+    ASSERT_TRUE(std::regex_match(line, m, sample)) << "not a Prometheus sample: " << line;
+    values[m[1]] = std::stod(m[3]);
+  }
+  EXPECT_EQ(values[R"(glmrt_http_requests_total{path="/generate",status="200"})"], 1);
+  EXPECT_EQ(values[R"(glmrt_http_requests_total{path="/generate",status="400"})"], 1);
+  EXPECT_EQ(values[R"(glmrt_http_requests_total{path="/v1/completions",status="200"})"], 1);
+  EXPECT_EQ(values[R"(glmrt_http_requests_total{path="other",status="404"})"], 1);
+  EXPECT_EQ(values[R"(glmrt_queries_total{outcome="ok"})"], 2);
+  EXPECT_EQ(values[R"(glmrt_queries_total{outcome="error"})"], 0);
+  EXPECT_EQ(values["glmrt_generated_tokens_total"], generated);
+  EXPECT_EQ(values["glmrt_prompt_tokens_total"], prompt);
+  EXPECT_EQ(values["glmrt_queue_length"], 0);
+  EXPECT_EQ(values["glmrt_requests_active"], 0);
+  // The duration histogram of /generate: two requests, cumulative buckets ending at the count.
+  EXPECT_EQ(values[R"(glmrt_http_request_duration_seconds_count{path="/generate"})"], 2);
+  EXPECT_EQ(values[R"(glmrt_http_request_duration_seconds_bucket{path="/generate",le="+Inf"})"], 2);
+  double last = 0;
+  for (const double le : ServerMetrics::duration_buckets()) {
+    char key[160];
+    std::snprintf(key, sizeof key, R"(glmrt_http_request_duration_seconds_bucket{path="/generate",le="%.10g"})", le);
+    ASSERT_TRUE(values.count(key)) << key;
+    EXPECT_GE(values[key], last);
+    last = values[key];
+  }
+  EXPECT_GT(values[R"(glmrt_http_request_duration_seconds_sum{path="/generate"})"], 0);
+  expect_error(f.post("/metrics", "{}"), 405, "not allowed");
 }
 
 }  // namespace

@@ -221,6 +221,11 @@ json.dump([b for _, b in solo], open(out, "w"), ensure_ascii=False)
 print("ok: 100 concurrent requests answered 200; greedy and seeded answers equal the solo ones")
 PY
   expect 200 '"status":"ok"' GET /health
+  # The Prometheus counters saw them (and the 400s above).
+  expect 200 'glmrt_http_requests_total{path="/generate",status="400"}' GET /metrics
+  local served
+  served=$(grep -o 'glmrt_http_requests_total{path="/generate",status="200"} [0-9]*' <<<"$BODY" | awk '{print $2}')
+  [[ ${served:-0} -ge 88 ]] || fail "$label: /metrics counts ${served:-no} answered /generate requests, expected >= 88"
 
   # The openai client: plain and streamed completions; the chunks add up to the plain text.
   timeout 120 "$PYTHON" - "$PORT" <<'PY' || fail "$label: openai client"
