@@ -1,5 +1,6 @@
 #include "inference/replicas.h"
 
+#include <cstdio>
 #include <exception>
 #include <optional>
 #include <string>
@@ -48,8 +49,9 @@ ReplicaChannel::~ReplicaChannel() {
   if (std::uncaught_exceptions() > 0) return;  // the job is being aborted: do not wait on peers
   try {
     flush();
-  } catch (const std::exception&) {
-    return;  // a peer that never received: freeing would wait on it
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "glmrt serve: %s\n", e.what());  // freeing would wait on that peer
+    return;
   }
   MPI_Comm_free(&comm_);
 }
