@@ -280,6 +280,12 @@ print(f"Decoding: {P}-token prompts + sop, {G} greedy tokens per query (prefill 
       f"GEMM peak {peak['sgemm_gflops']:.1f} GFLOP/s (fp32 sgemm {peak['gemm_size']}³, "
       f"torch.matmul/OpenBLAS; before / after: {peaks[0]['sgemm_gflops']:.1f} / "
       f"{peaks[1]['sgemm_gflops']:.1f}).")
+flags = set(open("/proc/cpuinfo").read().split())
+bf16_units = ("this CPU has bf16 units (" + ", ".join(sorted(flags & {"avx512_bf16", "amx_bf16"})) +
+              "): glmrt's bf16 prefill runs on them through oneDNN, as PyTorch's does, so bf16 "
+              "prefill can exceed the fp32 peak; glmrt's bf16 decoding widens to fp32"
+              if flags & {"avx512_bf16", "amx_bf16"} else
+              "glmrt's bf16 computes in fp32; this CPU has no bf16 units")
 print("\n".join(markdown_table(hdr, table)))
 print()
 for n in notes:
@@ -289,7 +295,7 @@ print("Each side: the median of its runs (decoding: glmrt's by its ratio to its 
       "floor = (all weights in the dtype + the KV cache read per step, averaged over the steps) / "
       "read bandwidth, the better of the measurements just before and just after the glmrt run "
       "(GB/s before / after; 'at the best GB/s' takes the best bandwidth of the whole benchmark "
-      "instead); % GEMM peak = prefill FLOPs / prefill time / the fp32 sgemm rate (glmrt's "
-      "bf16 computes in fp32; this CPU has no bf16 units); tokens/s = batch / decoding step time.")
+      "instead); % GEMM peak = prefill FLOPs / prefill time / the fp32 sgemm rate (" + bf16_units + "); "
+      "tokens/s = batch / decoding step time.")
 print(f"Wall time of this benchmark: {wall // 60} min {wall % 60} s.")
 EOF
