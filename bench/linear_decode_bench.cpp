@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/small_gemm.h"
 #include "kernels/ops.h"
 
 namespace {
@@ -201,6 +202,10 @@ int main(int argc, char** argv) {
       for (int i = 0; i < copies; ++i) call();  // warm-up: thread pool, page tables
       const std::string what = std::string(dtype_name(dt)) + " n=" + std::to_string(n);
       print_row(what, time_calls(iterations, call), w_bytes, floor_s, n, m, k);
+      if (cpu::small_gemm_avx512()) {  // the same kernels at 8 lanes, as on a CPU without AVX-512
+        auto avx2 = [&] { cpu::small_linear_forward(x, weights[next++ % copies], nullptr, y, true, false); };
+        print_row("  (AVX2 kernels)", time_calls(iterations, avx2), w_bytes, floor_s, n, m, k);
+      }
       // The general path on the same shape, for reference.
       Tensor x32 = x.to(DType::F32), y32 = Tensor::empty({n, m}, DType::F32);
       auto general = [&] {

@@ -34,13 +34,14 @@ bool same_bits(const Tensor& a, const Tensor& b) {
 }
 
 // Checks an F32 result against the exact (double) x·wᵀ + bias: per element within the worst-case
-// bound of fp32 accumulation in 8 lanes (⌈k/8⌉ fused steps, 3 horizontal adds, the bias add).
+// bound of fp32 accumulation in 8 lanes (⌈k/8⌉ fused steps, 3 horizontal adds, the bias add) or
+// in 16 (⌈k/16⌉ steps and 4 adds), whichever is larger.
 void expect_near_reference(const Tensor& x, const Tensor& w, const Tensor* bias, const Tensor& y,
                            const char* what) {
   const int64_t n = x.rows(), k = w.dim(1), m = w.dim(0);
   const std::vector<double> xv = values(x), wv = values(w), yv = values(y);
   const std::vector<double> bv = bias ? values(*bias) : std::vector<double>(m, 0.0);
-  const double u = std::ldexp(1.0, -24), steps = static_cast<double>((k + 7) / 8 + 4);
+  const double u = std::ldexp(1.0, -24), steps = static_cast<double>(std::max((k + 7) / 8 + 4, (k + 15) / 16 + 5));
   const double gamma = steps * u / (1 - steps * u);
   int failures = 0;
   for (int64_t i = 0; i < n; ++i)
@@ -65,8 +66,9 @@ class SmallGemm : public ::testing::TestWithParam<DType> {
   DType dt() const { return GetParam(); }
 };
 
-// Every size and bias combination, on the vectorized kernels (or the portable loop).
-void check_sizes(DType dt, bool allow_vectorized) {
+// Every size and bias combination, on the vectorized kernels (AVX-512 where the CPU has it unless
+// `allow_avx512` is false) or the portable loop.
+void check_sizes(DType dt, bool allow_vectorized, bool allow_avx512 = true) {
   const Case cases[] = {{1, 72, 33},  {2, 100, 257}, {3, 2053, 33}, {7, 72, 257}, {16, 100, 33},
                         {17, 2053, 1}, {32, 72, 1},   {1, 2053, 257}, {16, 2053, 257},
                         {32, 100, 257}, {2, 72, 1},   {3, 100, 1},    {7, 2053, 33},
@@ -81,13 +83,14 @@ void check_sizes(DType dt, bool allow_vectorized) {
       Tensor x = random_tensor({c.n, c.k}, seed++, dt), w = random_tensor({c.m, c.k}, seed++, dt);
       Tensor bias = random_tensor({c.m}, seed++, dt);
       Tensor y = Tensor::empty({c.n, c.m}, dt);
-      ASSERT_TRUE(cpu::small_linear_forward(x, w, with_bias ? &bias : nullptr, y, allow_vectorized))
+      ASSERT_TRUE(cpu::small_linear_forward(x, w, with_bias ? &bias : nullptr, y, allow_vectorized,
+                                            allow_avx512))
           << "the fast path declined";
       // The F32 kernel on the same values: the 16-bit result must be exactly its rounding.
       Tensor x32 = widened(x), w32 = widened(w), b32 = widened(bias);
       Tensor y32 = Tensor::empty({c.n, c.m}, DType::F32);
-      ASSERT_TRUE(
-          cpu::small_linear_forward(x32, w32, with_bias ? &b32 : nullptr, y32, allow_vectorized));
+      ASSERT_TRUE(cpu::small_linear_forward(x32, w32, with_bias ? &b32 : nullptr, y32, allow_vectorized,
+                                            allow_avx512));
       expect_near_reference(x32, w32, with_bias ? &b32 : nullptr, y32, "F32 kernel");
       if (dt != DType::F32) {
         EXPECT_TRUE(same_bits(y, y32.to(dt))) << "not the RNE of the fp32 sum";
@@ -99,6 +102,13 @@ TEST_P(SmallGemm, MatchesReferenceForOddSizes) { check_sizes(dt(), true); }
 
 TEST_P(SmallGemm, PortableLoopMatchesReference) { check_sizes(dt(), false); }
 
+// A CPU with AVX-512 runs the 16-lane kernels; the 8-lane ones (every CPU with AVX2) are checked
+// on it too.
+TEST_P(SmallGemm, Avx2KernelsMatchReferenceWhereAvx512Runs) {
+  if (!cpu::small_gemm_avx512()) GTEST_SKIP() << "no AVX-512: MatchesReferenceForOddSizes ran the AVX2 kernels";
+  check_sizes(dt(), true, false);
+}
+
 TEST_P(SmallGemm, BiasInF32WithSixteenBitTensors) {
   Tensor x = random_tensor({3, 100}, 40, dt()), w = random_tensor({33, 100}, 41, dt());
   Tensor bias16 = random_tensor({33}, 42, dt()), bias32 = widened(bias16);
@@ -108,27 +118,36 @@ TEST_P(SmallGemm, BiasInF32WithSixteenBitTensors) {
   EXPECT_TRUE(same_bits(a, b));
 }
 
-// Bit-identical on 1 and 2 threads, and a row's result is the same whatever n and tile it is in.
-TEST_P(SmallGemm, IndependentOfThreadCountAndBatch) {
+void check_batch_independence(DType dt, bool allow_avx512) {
   const int saved = omp_get_max_threads();
   for (const Case& c : {Case{1, 2053, 257}, Case{16, 2053, 257}, Case{7, 1000, 301},
                         Case{13, 1037, 31}}) {
     SCOPED_TRACE(::testing::Message() << "n=" << c.n << " k=" << c.k << " m=" << c.m);
-    Tensor x = random_tensor({c.n, c.k}, 50, dt()), w = random_tensor({c.m, c.k}, 51, dt());
-    Tensor bias = random_tensor({c.m}, 52, dt());
-    Tensor one = Tensor::empty({c.n, c.m}, dt()), two = Tensor::empty({c.n, c.m}, dt());
+    Tensor x = random_tensor({c.n, c.k}, 50, dt), w = random_tensor({c.m, c.k}, 51, dt);
+    Tensor bias = random_tensor({c.m}, 52, dt);
+    Tensor one = Tensor::empty({c.n, c.m}, dt), two = Tensor::empty({c.n, c.m}, dt);
     omp_set_num_threads(1);
-    ASSERT_TRUE(cpu::small_linear_forward(x, w, &bias, one));
+    ASSERT_TRUE(cpu::small_linear_forward(x, w, &bias, one, true, allow_avx512));
     omp_set_num_threads(2);
-    ASSERT_TRUE(cpu::small_linear_forward(x, w, &bias, two));
+    ASSERT_TRUE(cpu::small_linear_forward(x, w, &bias, two, true, allow_avx512));
     EXPECT_TRUE(same_bits(one, two));
     // The last row alone (n = 1 uses other tiles than n > 2).
-    Tensor last = Tensor::empty({1, c.m}, dt());
-    ASSERT_TRUE(cpu::small_linear_forward(x.slice_rows(c.n - 1, c.n), w, &bias, last));
+    Tensor last = Tensor::empty({1, c.m}, dt);
+    ASSERT_TRUE(cpu::small_linear_forward(x.slice_rows(c.n - 1, c.n), w, &bias, last, true, allow_avx512));
     EXPECT_TRUE(same_bits(last, one.slice_rows(c.n - 1, c.n).clone()));
   }
   omp_set_num_threads(saved);
 }
+
+// Bit-identical on 1 and 2 threads, and a row's result is the same whatever n and tile it is in
+// (on the AVX-512 kernels where they run, and on the AVX2 ones).
+TEST_P(SmallGemm, IndependentOfThreadCountAndBatch) {
+  for (const bool avx512 : {true, false}) {
+    SCOPED_TRACE(avx512 && cpu::small_gemm_avx512() ? "AVX-512" : "AVX2");
+    check_batch_independence(dt(), avx512);
+  }
+}
+
 
 // linear_forward (the op) takes this path for a few rows: same bits as the kernel called directly,
 // on a 3-D input; more rows than small_gemm_max_rows go to BLAS / oneDNN and still agree.

@@ -16,7 +16,9 @@
 //
 // The AVX2/FMA/F16C kernels are compiled with target attributes and chosen at run time, so the
 // file builds without -march flags; other CPUs take a scalar loop with the same per-element order
-// (a product rounded before the add where the vector code fuses them).
+// (a product rounded before the add where the vector code fuses them). CPUs with AVX-512 take
+// 16-lane twins of the tiles instead (and 4 × 6 tiles for F32 with more rows in place of the
+// chunked assembly tile): one order again on such a CPU (see the AVX-512 section).
 #include "kernels/cpu/small_gemm.h"
 
 #include <algorithm>
@@ -53,6 +55,9 @@ template <>
 bf16 narrow<bf16>(float v) { return float_to_bf16(v); }
 template <>
 f16 narrow<f16>(float v) { return float_to_f16(v); }
+
+// Which kernels a call runs.
+enum class Path { Portable, Avx2, Avx512 };
 
 // One call's operands: x as F32 rows (the caller's, or a converted copy), w and y in T.
 template <class T>
@@ -189,10 +194,95 @@ GLMRT_AVX2_FMA void tile_avx2(const float* x, int64_t ldx, const T* w, int64_t k
     for (int j = 0; j < RW; ++j) sums[i * RW + j] = horizontal_sum(acc[i][j]);
 }
 
+// ---- AVX-512 path ------------------------------------------------------------------------------
+// Where the CPU has AVX-512 (F, BW, VL, DQ) every path takes 16 fp32 lanes over k in steps of 16
+// (the k % 16 tail through masked loads, which read nothing past the row), then adds lanes j and
+// j + 8 and sums the 8 lanes as the AVX2 path does: again one fixed order for every n, tile and
+// thread count on such a CPU (its results differ from an AVX2 CPU's in the last bits). Half the
+// instructions per weight: at 50-84 GB/s two AVX2 cores widening 16-bit weights fall behind
+// memory (a Zen 5 host, bench/RESULTS.md).
+#define GLMRT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+
+GLMRT_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+GLMRT_AVX512 inline __m512 widen16(__m256i bf16_bits) {
+  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, _mm512_maskz_cvtepu16_epi32(0xFFFF, bf16_bits), 16));
+}
+GLMRT_AVX512 inline __m512 load16(const bf16* p) {
+  return widen16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+GLMRT_AVX512 inline __m512 load16(const f16* p) {
+  return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+// The first r < 16 values, zeros after them.
+GLMRT_AVX512 inline __m512 load16_first(const float* p, int64_t r) {
+  return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << r) - 1), p);
+}
+GLMRT_AVX512 inline __m512 load16_first(const bf16* p, int64_t r) {
+  return widen16(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << r) - 1), p));
+}
+GLMRT_AVX512 inline __m512 load16_first(const f16* p, int64_t r) {
+  return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << r) - 1), p));
+}
+GLMRT_AVX512 inline float horizontal_sum16(__m512 v) {
+  // (The maskz forms of these intrinsics: the plain ones trip GCC 12's -Wmaybe-uninitialized.)
+  return horizontal_sum(
+      _mm256_add_ps(_mm512_maskz_extractf32x8_ps(0xFF, v, 0), _mm512_maskz_extractf32x8_ps(0xFF, v, 1)));
+}
+
+// acc[i][j] += x row i · w row j over the 16 values at l (r < 16: the first r, zero-padded).
+template <int RX, int RW, class T>
+GLMRT_AVX512 inline void fma_step16(__m512 (&acc)[RX][RW], const float* x, int64_t ldx, const T* w,
+                                    int64_t k, int64_t l, int64_t r = 16) {
+  __m512 wv[RW];
+  for (int j = 0; j < RW; ++j) {
+    wv[j] = r == 16 ? load16(w + j * k + l) : load16_first(w + j * k + l, r);
+    if constexpr (RX > 1) asm("" : "+v"(wv[j]));  // as in fma_step
+  }
+  for (int i = 0; i < RX; ++i) {
+    const __m512 xv = r == 16 ? _mm512_loadu_ps(x + i * ldx + l) : load16_first(x + i * ldx + l, r);
+    for (int j = 0; j < RW; ++j) acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
+  }
+}
+
+// tile_avx2 with 16 lanes: sums[i·RW + j] = x row i · w row j, the same prefetching.
+template <int RX, int RW, class T>
+GLMRT_AVX512 void tile_avx512(const float* x, int64_t ldx, const T* w, int64_t k, float* sums,
+                              Prefetch pf) {
+  constexpr int64_t line = 64 / sizeof(T), ahead = rows_ahead_bytes / sizeof(T);
+  const int64_t line_steps = std::max<int64_t>(1, k / line);
+  const int64_t per_line = (pf.lines + line_steps - 1) / line_steps;
+  const char* p = pf.begin;
+  const char* const p_end = pf.begin + pf.lines * 64;
+  __m512 acc[RX][RW];
+  for (int i = 0; i < RX; ++i)
+    for (int j = 0; j < RW; ++j) acc[i][j] = _mm512_setzero_ps();
+  int64_t l = 0;
+  for (; l + line <= k; l += line) {
+    for (int64_t q = 0; q < per_line && p < p_end; ++q, p += 64) _mm_prefetch(p, _MM_HINT_T1);
+    if (pf.rows_ahead && (l + ahead < k || pf.into_next_block)) {
+      const int64_t a = l + ahead < k ? l + ahead : l + ahead + (RW - 1) * k;
+      for (int j = 0; j < RW; ++j)
+        _mm_prefetch(reinterpret_cast<const char*>(w + j * k + a), _MM_HINT_T0);
+    }
+    for (int64_t s = 0; s < line; s += 16) fma_step16(acc, x, ldx, w, k, l + s);
+  }
+  for (; l + 16 <= k; l += 16) fma_step16(acc, x, ldx, w, k, l);
+  if (l < k) fma_step16(acc, x, ldx, w, k, l, k - l);
+  for (int i = 0; i < RX; ++i)
+    for (int j = 0; j < RW; ++j) sums[i * RW + j] = horizontal_sum16(acc[i][j]);
+}
+
+// One tile through the AVX2 or (Wide) the AVX-512 kernel.
+template <bool Wide, int RX, int RW, class T>
+inline void tile_vec(const float* x, int64_t ldx, const T* w, int64_t k, float* sums, Prefetch pf) {
+  if constexpr (Wide) tile_avx512<RX, RW>(x, ldx, w, k, sums, pf);
+  else tile_avx2<RX, RW>(x, ldx, w, k, sums, pf);
+}
+
 // Weight rows [j0, j0 + RW) against every row of x, in tiles of up to RX_MAX x rows.
 // `prefetch_next`: the next RW weight rows are this thread's next block, worth prefetching.
-template <int RW, int RX_MAX, class T>
-GLMRT_AVX2_FMA void block_avx2(const Operands<T>& op, int64_t j0, bool prefetch_next) {
+template <int RW, int RX_MAX, bool Wide, class T>
+void block_vec(const Operands<T>& op, int64_t j0, bool prefetch_next) {
   const int64_t k = op.k, tiles = (op.n + RX_MAX - 1) / RX_MAX;
   const T* w = op.w + j0 * k;
   // Several tiles share out the next block's lines, from the one holding its first byte.
@@ -214,7 +304,7 @@ GLMRT_AVX2_FMA void block_avx2(const Operands<T>& op, int64_t j0, bool prefetch_
   float sums[RX_MAX * RW];
   int64_t i = 0;
   for (; i + RX_MAX <= op.n; i += RX_MAX) {
-    tile_avx2<RX_MAX, RW>(op.x + i * op.ldx, op.ldx, w, k, sums, share(i / RX_MAX));
+    tile_vec<Wide, RX_MAX, RW>(op.x + i * op.ldx, op.ldx, w, k, sums, share(i / RX_MAX));
     store_tile(op, i, RX_MAX, j0, RW, sums);
   }
   const int rest = static_cast<int>(op.n - i);
@@ -222,12 +312,12 @@ GLMRT_AVX2_FMA void block_avx2(const Operands<T>& op, int64_t j0, bool prefetch_
   const float* x = op.x + i * op.ldx;
   const Prefetch pf = share(i / RX_MAX);
   if constexpr (RX_MAX > 3) {
-    if (rest == 3) tile_avx2<3, RW>(x, op.ldx, w, k, sums, pf);
+    if (rest == 3) tile_vec<Wide, 3, RW>(x, op.ldx, w, k, sums, pf);
   }
   if constexpr (RX_MAX > 2) {
-    if (rest == 2) tile_avx2<2, RW>(x, op.ldx, w, k, sums, pf);
+    if (rest == 2) tile_vec<Wide, 2, RW>(x, op.ldx, w, k, sums, pf);
   }
-  if (rest == 1) tile_avx2<1, RW>(x, op.ldx, w, k, sums, pf);
+  if (rest == 1) tile_vec<Wide, 1, RW>(x, op.ldx, w, k, sums, pf);
   store_tile(op, i, rest, j0, RW, sums);
 }
 
@@ -406,25 +496,33 @@ constexpr bool f32_chunked_path = false;
 
 // Weight rows [j0, j0 + rw) against every row of x; rw is 6 (n = 1), 3 (n > 1) or 1.
 template <class T>
-void run_block(const Operands<T>& op, int64_t j0, int rw, bool prefetch_next, bool vectorized) {
+void run_block(const Operands<T>& op, int64_t j0, int rw, bool prefetch_next, Path path) {
 #ifdef GLMRT_SMALL_GEMM_X86
-  if (vectorized) {
-    if (rw == 6) return block_avx2<6, 1>(op, j0, prefetch_next);
+  if (path == Path::Avx512) {
+    if (rw == 6 && op.n == 1) return block_vec<6, 1, true>(op, j0, prefetch_next);
+    if (rw == 6) return block_vec<6, 4, true>(op, j0, prefetch_next);  // 24 accumulators of 32
+    if (rw == 3) return block_vec<3, 4, true>(op, j0, prefetch_next);
+    return block_vec<1, 4, true>(op, j0, false);
+  }
+  if (path == Path::Avx2) {
+    if (rw == 6) return block_vec<6, 1, false>(op, j0, prefetch_next);
 #ifdef GLMRT_SMALL_GEMM_F32_CHUNKED
     if constexpr (std::is_same_v<T, float>) {
       if (rw == 3 && op.n > 4) return block_f32_chunked(op, j0, prefetch_next);
     }
 #endif
-    if (rw == 3) return block_avx2<3, 4>(op, j0, prefetch_next);
-    return block_avx2<1, 4>(op, j0, false);
+    if (rw == 3) return block_vec<3, 4, false>(op, j0, prefetch_next);
+    return block_vec<1, 4, false>(op, j0, false);
   }
 #endif
   block_scalar(op, j0, rw);
 }
 
 template <class T>
-void run(const Operands<T>& op, bool vectorized) {
-  const int rw = op.n == 1 ? 6 : 3;
+void run(const Operands<T>& op, Path path) {
+  // Weight rows per block: 6 for one x row; 3 for more (6 with AVX-512's 32 registers and F32
+  // weights: 4 × 6 tiles, each weight load used 4 times, each x load 6 times).
+  const int rw = op.n == 1 || (path == Path::Avx512 && std::is_same_v<T, float>) ? 6 : 3;
   const int64_t blocks = op.m / rw;                  // full blocks of rw weight rows
   const int64_t units = blocks + op.m - blocks * rw;  // then one unit per remaining row
   const int64_t per_chunk =
@@ -432,8 +530,8 @@ void run(const Operands<T>& op, bool vectorized) {
   const bool parallel = op.n * op.m * op.k >= parallel_min_work;
 #pragma omp parallel for schedule(dynamic, per_chunk) if (parallel)
   for (int64_t u = 0; u < units; ++u) {
-    if (u < blocks) run_block(op, u * rw, rw, u + 1 < blocks, vectorized);
-    else run_block(op, blocks * rw + (u - blocks), 1, false, vectorized);
+    if (u < blocks) run_block(op, u * rw, rw, u + 1 < blocks, path);
+    else run_block(op, blocks * rw + (u - blocks), 1, false, path);
   }
 }
 
@@ -449,8 +547,19 @@ bool small_gemm_vectorized() {
 #endif
 }
 
+bool small_gemm_avx512() {
+#ifdef GLMRT_SMALL_GEMM_X86
+  static const bool supported = small_gemm_vectorized() && __builtin_cpu_supports("avx512f") &&
+                                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                                __builtin_cpu_supports("avx512dq");
+  return supported;
+#else
+  return false;
+#endif
+}
+
 bool small_linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y,
-                          bool allow_vectorized) {
+                          bool allow_vectorized, bool allow_avx512) {
   const DType dt = w.dtype();
   if (!x.defined() || !w.defined() || !y.defined() || !is_small_gemm_dtype(dt) ||
       x.dtype() != dt || y.dtype() != dt)
@@ -467,12 +576,14 @@ bool small_linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, 
     return false;
 
   const bool vectorized = allow_vectorized && small_gemm_vectorized();
+  const Path path = !vectorized ? Path::Portable
+                    : allow_avx512 && small_gemm_avx512() ? Path::Avx512 : Path::Avx2;
   // 16-bit x: one F32 copy per call, in a buffer the calling thread keeps between calls. F32 x
   // of more than 4 rows (block_f32_chunked): a copy 64-byte aligned with padded rows.
   thread_local std::vector<float> x_f32;
   const float* px;
   int64_t ldx = k;
-  if (dt == DType::F32 && !(f32_chunked_path && vectorized && n > 4)) {
+  if (dt == DType::F32 && !(f32_chunked_path && path == Path::Avx2 && n > 4)) {
     px = x.data_as<float>();
   } else if (dt == DType::F32) {
     ldx = (k + 15) / 16 * 16 + 16;
@@ -491,15 +602,15 @@ bool small_linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, 
   switch (dt) {
     case DType::F32:
       run(Operands<float>{px, w.data_as<float>(), y.data_as<float>(), pb, bias_dtype, n, m, k, ldx},
-          vectorized);
+          path);
       break;
     case DType::BF16:
       run(Operands<bf16>{px, w.data_as<bf16>(), y.data_as<bf16>(), pb, bias_dtype, n, m, k, ldx},
-          vectorized);
+          path);
       break;
     default:
       run(Operands<f16>{px, w.data_as<f16>(), y.data_as<f16>(), pb, bias_dtype, n, m, k, ldx},
-          vectorized);
+          path);
       break;
   }
   return true;

@@ -4,9 +4,10 @@
 // cores (OpenMP over blocks of output columns = weight rows), and each loaded weight vector is
 // used for every row of x. Computes and accumulates in fp32 and rounds y once, to nearest even.
 //
-// Every output element has one fixed summation order (8 fp32 lanes over k in steps of 8, then a
-// fixed horizontal sum, then + bias), whatever the thread count, the tile it falls in, n or m: the
-// results are bit-identical for any number of OpenMP threads.
+// Every output element has one fixed summation order (8 fp32 lanes over k in steps of 8, or 16
+// lanes in steps of 16 on a CPU with AVX-512, then a fixed horizontal sum, then + bias), whatever
+// the thread count, the tile it falls in, n or m: on one CPU the results are bit-identical for any
+// number of OpenMP threads and any batch.
 #pragma once
 
 #include <cstdint>
@@ -22,12 +23,15 @@ inline constexpr int64_t small_gemm_max_rows = 32;
 // BF16 or all F16, w 2-D [m, k] with k > 0, x [.., k] with 1..small_gemm_max_rows rows, y [.., m]
 // with as many rows, bias (optional) [m] in F32 or in y's dtype. Returns false, computing nothing,
 // otherwise (the caller then takes its general path, which also reports malformed shapes).
-// `allow_vectorized = false` takes the portable loop even where the AVX2 kernels run (tests).
+// `allow_vectorized = false` takes the portable loop even where the AVX2 kernels run, and
+// `allow_avx512 = false` the AVX2 kernels where the AVX-512 ones would (tests, benchmarks).
 bool small_linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y,
-                          bool allow_vectorized = true);
+                          bool allow_vectorized = true, bool allow_avx512 = true);
 
 // True when the AVX2/FMA/F16C kernels run on this CPU (otherwise a portable scalar loop with the
 // same blocking does).
 bool small_gemm_vectorized();
+// True when the AVX-512 kernels (F, BW, VL, DQ) run on this CPU.
+bool small_gemm_avx512();
 
 }  // namespace glmrt::cpu
