@@ -164,27 +164,42 @@ struct Prefetch {
   bool into_next_block = false;
 };
 
+// A tile's prefetching as it walks k a cache line of each weight row at a time (the part shared
+// by the AVX2 and AVX-512 tiles): `at(l)` before the line at l.
+template <int RW, class T>
+struct PrefetchWalk {
+  static constexpr int64_t line = 64 / sizeof(T), ahead = rows_ahead_bytes / sizeof(T);
+  const T* w;
+  int64_t k;
+  Prefetch pf;
+  int64_t per_line;  // L2 prefetches per line step
+  const char* p;
+  const char* p_end;
+  PrefetchWalk(const T* w_, int64_t k_, Prefetch pf_)
+      : w(w_), k(k_), pf(pf_), per_line((pf_.lines + std::max<int64_t>(1, k_ / line) - 1) / std::max<int64_t>(1, k_ / line)),
+        p(pf_.begin), p_end(pf_.begin + pf_.lines * 64) {}
+  void at(int64_t l) {
+    for (int64_t q = 0; q < per_line && p < p_end; ++q, p += 64) _mm_prefetch(p, _MM_HINT_T1);
+    if (pf.rows_ahead && (l + ahead < k || pf.into_next_block)) {
+      const int64_t a = l + ahead < k ? l + ahead : l + ahead + (RW - 1) * k;
+      for (int j = 0; j < RW; ++j) _mm_prefetch(reinterpret_cast<const char*>(w + j * k + a), _MM_HINT_T0);
+    }
+  }
+};
+
 // sums[i·RW + j] = x row i · w row j for RX rows of x (stride ldx) and RW rows of w (stride k).
 // Steps along k go a cache line of each weight row at a time (16 F32 or 32 16-bit weights).
 template <int RX, int RW, class T>
 GLMRT_AVX2_FMA void tile_avx2(const float* x, int64_t ldx, const T* w, int64_t k, float* sums,
                               Prefetch pf) {
-  constexpr int64_t line = 64 / sizeof(T), ahead = rows_ahead_bytes / sizeof(T);
-  const int64_t line_steps = std::max<int64_t>(1, k / line);
-  const int64_t per_line = (pf.lines + line_steps - 1) / line_steps;  // L2 prefetches per step
-  const char* p = pf.begin;
-  const char* const p_end = pf.begin + pf.lines * 64;
+  constexpr int64_t line = PrefetchWalk<RW, T>::line;
+  PrefetchWalk<RW, T> prefetch(w, k, pf);
   __m256 acc[RX][RW];
   for (int i = 0; i < RX; ++i)
     for (int j = 0; j < RW; ++j) acc[i][j] = _mm256_setzero_ps();
   int64_t l = 0;
   for (; l + line <= k; l += line) {
-    for (int64_t q = 0; q < per_line && p < p_end; ++q, p += 64) _mm_prefetch(p, _MM_HINT_T1);
-    if (pf.rows_ahead && (l + ahead < k || pf.into_next_block)) {
-      const int64_t a = l + ahead < k ? l + ahead : l + ahead + (RW - 1) * k;
-      for (int j = 0; j < RW; ++j)
-        _mm_prefetch(reinterpret_cast<const char*>(w + j * k + a), _MM_HINT_T0);
-    }
+    prefetch.at(l);
 #pragma GCC unroll 1  // unrolled, the 4 × 3 tiles run out of registers
     for (int64_t s = 0; s < line; s += 8) fma_step(acc, x, ldx, w, k, l + s);
   }
@@ -248,22 +263,14 @@ GLMRT_AVX512 inline void fma_step16(__m512 (&acc)[RX][RW], const float* x, int64
 template <int RX, int RW, class T>
 GLMRT_AVX512 void tile_avx512(const float* x, int64_t ldx, const T* w, int64_t k, float* sums,
                               Prefetch pf) {
-  constexpr int64_t line = 64 / sizeof(T), ahead = rows_ahead_bytes / sizeof(T);
-  const int64_t line_steps = std::max<int64_t>(1, k / line);
-  const int64_t per_line = (pf.lines + line_steps - 1) / line_steps;
-  const char* p = pf.begin;
-  const char* const p_end = pf.begin + pf.lines * 64;
+  constexpr int64_t line = PrefetchWalk<RW, T>::line;
+  PrefetchWalk<RW, T> prefetch(w, k, pf);
   __m512 acc[RX][RW];
   for (int i = 0; i < RX; ++i)
     for (int j = 0; j < RW; ++j) acc[i][j] = _mm512_setzero_ps();
   int64_t l = 0;
   for (; l + line <= k; l += line) {
-    for (int64_t q = 0; q < per_line && p < p_end; ++q, p += 64) _mm_prefetch(p, _MM_HINT_T1);
-    if (pf.rows_ahead && (l + ahead < k || pf.into_next_block)) {
-      const int64_t a = l + ahead < k ? l + ahead : l + ahead + (RW - 1) * k;
-      for (int j = 0; j < RW; ++j)
-        _mm_prefetch(reinterpret_cast<const char*>(w + j * k + a), _MM_HINT_T0);
-    }
+    prefetch.at(l);
     for (int64_t s = 0; s < line; s += 16) fma_step16(acc, x, ldx, w, k, l + s);
   }
   for (; l + 16 <= k; l += 16) fma_step16(acc, x, ldx, w, k, l);
