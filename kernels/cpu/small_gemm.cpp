@@ -1,16 +1,21 @@
 // Linear layers on a few rows (decoding) at the memory-bandwidth floor: see small_gemm.h.
 //
-// Work split: the weight rows (output columns) are cut into blocks of rw rows (6 for n = 1, 3
-// otherwise, then single rows for the remainder), which the OpenMP threads take in chunks of
-// about 128 KiB of consecutive weights, so that each weight is streamed from memory once. A block
-// is multiplied with the rows of x in tiles of up to 4 x rows: the tile keeps rx × rw accumulators
-// of 8 fp32 lanes in registers and, for each step of 8 along k, loads rw weight vectors (widening
-// BF16 / F16 in registers) and one x vector per x row, so each weight load feeds rx FMAs and each
-// x load rw. x is F32 (16-bit x is converted once per call: n·k values, small next to m·k).
+// Work split: the weight rows (output columns) are cut into blocks of rw rows (6 or 3, see run;
+// then single rows for the remainder), which the OpenMP threads take in chunks of consecutive
+// weights (up to 1 MiB for n ≤ 4, 128 KiB otherwise), so that each weight is streamed from
+// memory once. A block is multiplied with the rows of x in tiles of up to 4 x rows: the tile
+// keeps rx × rw accumulators of 8 fp32 lanes in registers and, for each step of 8 along k, loads
+// rw weight vectors (widening BF16 / F16 in registers) and one x vector per x row, so each weight
+// load feeds rx FMAs and each x load rw. x is F32 (16-bit x is converted once per call: n·k values, small next to m·k).
 //
-// n = 1..4 (one tile of x rows) is bound by memory: the tile prefetches its weight rows a little
-// ahead, on into the next block. With more rows each block is read by several tiles and the call
-// is bound by feeding the FMAs; the tiles of a block then prefetch the next block into L2, so
+// n = 1..4 (one tile of x rows) is bound by memory. The tile reads its rw rows side by side, but
+// memory delivers a single sequential stream faster than rw interleaved ones (on a Zen 5 host,
+// 48 against 31-35 GB/s for plain reads of 6 rows of 4 KiB, prefetched a few lines ahead or not;
+// bench/RESULTS.md). So where two blocks fit in L1 the tile prefetches the thread's next block
+// from start to end, into L1, spread over its steps, and works on a block that is already in
+// cache: memory sees one stream. The first block of a thread's chunk, which nothing prefetched,
+// and blocks too large for this prefetch each of their rows a few lines ahead instead. With more rows each block is read by several tiles and the call is bound
+// by feeding the FMAs; the tiles of a block then share out the next block's lines into L2, so
 // that the first tile of a block does not wait on memory. F32 weights with more rows go through
 // block_f32_chunked instead (k in L1-sized chunks, an assembly tile; see there).
 //
@@ -20,6 +25,9 @@
 // 16-lane twins of the tiles instead (and 4 × 6 tiles for F32 with more rows in place of the
 // chunked assembly tile): one order again on such a CPU (see the AVX-512 section).
 #include "kernels/cpu/small_gemm.h"
+
+#include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -43,9 +51,22 @@ namespace {
 constexpr int64_t parallel_min_work = int64_t{1} << 18;
 // Threads take the weight rows in chunks of about this many bytes: long enough sequential runs
 // for the memory system, short enough that a thread the OS delays does not hold up the call.
+// Memory-bound calls (n ≤ 4) take longer chunks while each thread still gets four or more: a
+// chunk's first block is read without the next-block prefetch (one with 1 MiB chunks of
+// 8192 × 2048 BF16 weights took 0.92-0.94× the time of 128 KiB ones).
 constexpr int64_t chunk_bytes = int64_t{128} << 10;
+constexpr int64_t chunk_bytes_memory_bound = int64_t{1} << 20;
 // How far ahead of its loads a memory-bound tile prefetches each weight row.
 constexpr int64_t rows_ahead_bytes = 256;
+
+// Whether two blocks of this many bytes fit in the L1 data cache (32 KiB where unknown).
+bool fits_l1_twice(int64_t block_bytes) {
+  static const int64_t l1 = [] {
+    const long v = ::sysconf(_SC_LEVEL1_DCACHE_SIZE);
+    return v > 0 ? int64_t{v} : int64_t{32} << 10;
+  }();
+  return 2 * block_bytes <= l1;
+}
 
 template <class T>
 T narrow(float v);
@@ -154,12 +175,15 @@ GLMRT_AVX2_FMA inline void fma_tail(__m256 (&acc)[RX][RW], const float* x, int64
 
 // What a tile prefetches while it computes.
 struct Prefetch {
-  // Lines of the next block, into L2, spread over the tile's steps (blocks of several tiles).
+  // Lines of the next block, in order, spread over the tile's steps: into L1 (`to_l1`: the
+  // block's only tile, bound by memory) or L2 (one of several tiles of a block).
   const char* begin = nullptr;
   int64_t lines = 0;
-  // Each weight row a few lines ahead of the loads (the only tile of a block: bound by memory),
-  // running on into the same row of the next block near the row's end when `into_next_block`.
-  // The hardware prefetcher stops at every 4 KiB page, and a row of 2048 16-bit weights is one.
+  bool to_l1 = false;
+  // Each weight row of this block a few lines ahead of the loads (a block nothing prefetched,
+  // or one too large to be prefetched whole), running on into the same row of the next block
+  // near the row's end when `into_next_block`. The hardware prefetcher stops at every 4 KiB
+  // page, and a row of 2048 16-bit weights is one.
   bool rows_ahead = false;
   bool into_next_block = false;
 };
@@ -179,7 +203,10 @@ struct PrefetchWalk {
       : w(w_), k(k_), pf(pf_), per_line((pf_.lines + std::max<int64_t>(1, k_ / line) - 1) / std::max<int64_t>(1, k_ / line)),
         p(pf_.begin), p_end(pf_.begin + pf_.lines * 64) {}
   void at(int64_t l) {
-    for (int64_t q = 0; q < per_line && p < p_end; ++q, p += 64) _mm_prefetch(p, _MM_HINT_T1);
+    if (pf.to_l1)
+      for (int64_t q = 0; q < per_line && p < p_end; ++q, p += 64) _mm_prefetch(p, _MM_HINT_T0);
+    else
+      for (int64_t q = 0; q < per_line && p < p_end; ++q, p += 64) _mm_prefetch(p, _MM_HINT_T1);
     if (pf.rows_ahead && (l + ahead < k || pf.into_next_block)) {
       const int64_t a = l + ahead < k ? l + ahead : l + ahead + (RW - 1) * k;
       for (int j = 0; j < RW; ++j) _mm_prefetch(reinterpret_cast<const char*>(w + j * k + a), _MM_HINT_T0);
@@ -288,20 +315,26 @@ inline void tile_vec(const float* x, int64_t ldx, const T* w, int64_t k, float* 
 
 // Weight rows [j0, j0 + RW) against every row of x, in tiles of up to RX_MAX x rows.
 // `prefetch_next`: the next RW weight rows are this thread's next block, worth prefetching.
+// `first`: the first block of the thread's chunk (no earlier block prefetched it).
 template <int RW, int RX_MAX, bool Wide, class T>
-void block_vec(const Operands<T>& op, int64_t j0, bool prefetch_next) {
+void block_vec(const Operands<T>& op, int64_t j0, bool prefetch_next, bool first) {
   const int64_t k = op.k, tiles = (op.n + RX_MAX - 1) / RX_MAX;
+  // One tile: the next block whole into L1 where it fits there beside this one, else each row a
+  // few lines ahead.
+  const bool sequential = tiles == 1 && fits_l1_twice(RW * k * static_cast<int64_t>(sizeof(T)));
   const T* w = op.w + j0 * k;
-  // Several tiles share out the next block's lines, from the one holding its first byte.
+  // The tiles share out the next block's lines, from the one holding its first byte.
   const auto next = reinterpret_cast<uintptr_t>(w + RW * k);
   const auto next_line = reinterpret_cast<const char*>(next & ~uintptr_t{63});
   const int64_t lines =
-      prefetch_next && tiles > 1
+      prefetch_next
           ? static_cast<int64_t>((next + RW * k * sizeof(T) - (next & ~uintptr_t{63}) + 63) / 64)
           : 0;
   auto share = [&](int64_t t) {  // tile t's prefetch
     const int64_t b = t * lines / tiles, e = (t + 1) * lines / tiles;
-    return Prefetch{next_line + b * 64, e - b, tiles == 1, prefetch_next};
+    if (tiles > 1) return Prefetch{next_line + b * 64, e - b, false, false, false};
+    if (!sequential) return Prefetch{nullptr, 0, false, true, prefetch_next};
+    return Prefetch{next_line, lines, true, first, false};
   };
   // The bias of the block after next: one cache line serves 16 or 32 blocks' worth of columns,
   // but left to its demand load each line is a full memory latency that nothing hides.
@@ -495,31 +528,26 @@ GLMRT_AVX2_FMA void block_f32_chunked(const Operands<float>& op, int64_t j0, boo
 
 #endif  // GLMRT_SMALL_GEMM_X86
 
-#ifdef GLMRT_SMALL_GEMM_F32_CHUNKED
-constexpr bool f32_chunked_path = true;
-#else
-constexpr bool f32_chunked_path = false;
-#endif
 
-// Weight rows [j0, j0 + rw) against every row of x; rw is 6 (n = 1), 3 (n > 1) or 1.
+// Weight rows [j0, j0 + rw) against every row of x; rw is 6, 3 or 1 (see run).
 template <class T>
-void run_block(const Operands<T>& op, int64_t j0, int rw, bool prefetch_next, Path path) {
+void run_block(const Operands<T>& op, int64_t j0, int rw, bool prefetch_next, bool first, Path path) {
 #ifdef GLMRT_SMALL_GEMM_X86
   if (path == Path::Avx512) {
-    if (rw == 6 && op.n == 1) return block_vec<6, 1, true>(op, j0, prefetch_next);
-    if (rw == 6) return block_vec<6, 4, true>(op, j0, prefetch_next);  // 24 accumulators of 32
-    if (rw == 3) return block_vec<3, 4, true>(op, j0, prefetch_next);
-    return block_vec<1, 4, true>(op, j0, false);
+    if (rw == 6 && op.n == 1) return block_vec<6, 1, true>(op, j0, prefetch_next, first);
+    if (rw == 6) return block_vec<6, 4, true>(op, j0, prefetch_next, first);  // 24 accumulators of 32
+    if (rw == 3) return block_vec<3, 4, true>(op, j0, prefetch_next, first);
+    return block_vec<1, 4, true>(op, j0, prefetch_next, first);
   }
   if (path == Path::Avx2) {
-    if (rw == 6) return block_vec<6, 1, false>(op, j0, prefetch_next);
+    if (rw == 6) return block_vec<6, 1, false>(op, j0, prefetch_next, first);
 #ifdef GLMRT_SMALL_GEMM_F32_CHUNKED
     if constexpr (std::is_same_v<T, float>) {
       if (rw == 3 && op.n > 4) return block_f32_chunked(op, j0, prefetch_next);
     }
 #endif
-    if (rw == 3) return block_vec<3, 4, false>(op, j0, prefetch_next);
-    return block_vec<1, 4, false>(op, j0, false);
+    if (rw == 3) return block_vec<3, 4, false>(op, j0, prefetch_next, first);
+    return block_vec<1, 4, false>(op, j0, prefetch_next, first);
   }
 #endif
   block_scalar(op, j0, rw);
@@ -527,18 +555,33 @@ void run_block(const Operands<T>& op, int64_t j0, int rw, bool prefetch_next, Pa
 
 template <class T>
 void run(const Operands<T>& op, Path path) {
-  // Weight rows per block: 6 for one x row; 3 for more (6 with AVX-512's 32 registers and F32
-  // weights: 4 × 6 tiles, each weight load used 4 times, each x load 6 times).
-  const int rw = op.n == 1 || (path == Path::Avx512 && std::is_same_v<T, float>) ? 6 : 3;
+  // Weight rows per block. One x row: 6, or 3 where only 3 leave room in L1 for the next block
+  // beside this one (F32 rows at k = 2048 on a 48 KiB L1: 3 rows took 0.96× the time of 6), 6
+  // again where neither does (rows of 8 KiB or more, read each a few lines ahead: at k = 5461,
+  // whole-block prefetching gained nothing that held over runs, BF16 0.86-1.02× the time of
+  // row by row, F32 1.05-1.17×).
+  // More x rows: 3 (6 with AVX-512's 32 registers and F32 weights: 4 × 6 tiles, each weight
+  // load used 4 times, each x load 6 times).
+  constexpr bool f32 = std::is_same_v<T, float>;
+  const int64_t row_bytes = op.k * static_cast<int64_t>(sizeof(T));
+  int rw = op.n > 1 ? (path == Path::Avx512 && f32 ? 6 : 3) : 6;
+  if (op.n == 1 && !fits_l1_twice(6 * row_bytes) && fits_l1_twice(3 * row_bytes)) rw = 3;
   const int64_t blocks = op.m / rw;                  // full blocks of rw weight rows
   const int64_t units = blocks + op.m - blocks * rw;  // then one unit per remaining row
-  const int64_t per_chunk =
-      std::max<int64_t>(1, chunk_bytes / (rw * op.k * static_cast<int64_t>(sizeof(T))));
+  const int64_t block_bytes = rw * row_bytes;
   const bool parallel = op.n * op.m * op.k >= parallel_min_work;
+  int64_t chunk = chunk_bytes;
+  if (op.n <= 4 && parallel)
+    chunk = std::clamp(blocks * block_bytes / (4 * omp_get_max_threads()), chunk_bytes,
+                       chunk_bytes_memory_bound);
+  const int64_t per_chunk = std::max<int64_t>(1, chunk / block_bytes);
+  // schedule(dynamic, c) hands out the units [i·c, (i + 1)·c): a block's successor is the same
+  // thread's next block unless it starts a chunk.
 #pragma omp parallel for schedule(dynamic, per_chunk) if (parallel)
   for (int64_t u = 0; u < units; ++u) {
-    if (u < blocks) run_block(op, u * rw, rw, u + 1 < blocks, path);
-    else run_block(op, blocks * rw + (u - blocks), 1, false, path);
+    const bool first = u % per_chunk == 0, next_is_mine = (u + 1) % per_chunk != 0;
+    if (u < blocks) run_block(op, u * rw, rw, u + 1 < blocks && next_is_mine, first, path);
+    else run_block(op, blocks * rw + (u - blocks), 1, false, first, path);
   }
 }
 
@@ -585,24 +628,24 @@ bool small_linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, 
   const bool vectorized = allow_vectorized && small_gemm_vectorized();
   const Path path = !vectorized ? Path::Portable
                     : allow_avx512 && small_gemm_avx512() ? Path::Avx512 : Path::Avx2;
-  // 16-bit x: one F32 copy per call, in a buffer the calling thread keeps between calls. F32 x
-  // of more than 4 rows (block_f32_chunked): a copy 64-byte aligned with padded rows.
+  // 16-bit x, and F32 x of more than 4 rows: one F32 copy per call, in a buffer the calling
+  // thread keeps between calls, 64-byte aligned, its rows padded so that their stride is not a
+  // multiple of 4 KiB. At k = 2048 unpadded rows all fall into the same L1 sets, beside the
+  // weight rows (4 KiB apart) and the next block prefetched under them: BF16 n = 16 calls took
+  // 1.5× the time or not from one process to the next, depending on where the buffer landed.
   thread_local std::vector<float> x_f32;
   const float* px;
   int64_t ldx = k;
-  if (dt == DType::F32 && !(f32_chunked_path && path == Path::Avx2 && n > 4)) {
+  if (dt == DType::F32 && n <= 4) {
     px = x.data_as<float>();
-  } else if (dt == DType::F32) {
+  } else {
     ldx = (k + 15) / 16 * 16 + 16;
     x_f32.resize(static_cast<size_t>(n * ldx + 16));
     float* base = x_f32.data() + (16 - reinterpret_cast<uintptr_t>(x_f32.data()) / 4 % 16) % 16;
+    const auto* src = static_cast<const char*>(x.data());
     for (int64_t i = 0; i < n; ++i)
-      std::copy(x.data_as<float>() + i * k, x.data_as<float>() + (i + 1) * k, base + i * ldx);
+      convert_host(dt, src + i * k * static_cast<int64_t>(dtype_size(dt)), DType::F32, base + i * ldx, k);
     px = base;
-  } else {
-    x_f32.resize(static_cast<size_t>(n * k));
-    convert_host(dt, x.data(), DType::F32, x_f32.data(), n * k);
-    px = x_f32.data();
   }
   const void* pb = has_bias ? bias->data() : nullptr;
   const DType bias_dtype = has_bias ? bias->dtype() : DType::F32;
