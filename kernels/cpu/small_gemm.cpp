@@ -555,17 +555,18 @@ void run_block(const Operands<T>& op, int64_t j0, int rw, bool prefetch_next, bo
 
 template <class T>
 void run(const Operands<T>& op, Path path) {
-  // Weight rows per block. One x row: 6, or 3 where only 3 leave room in L1 for the next block
-  // beside this one (F32 rows at k = 2048 on a 48 KiB L1: 3 rows took 0.96× the time of 6), 6
-  // again where neither does (rows of 8 KiB or more, read each a few lines ahead: at k = 5461,
-  // whole-block prefetching gained nothing that held over runs, BF16 0.86-1.02× the time of
-  // row by row, F32 1.05-1.17×).
+  // Weight rows per block. One x row: 3 where two blocks of 3 fit in L1 (this block and the
+  // next, prefetched beside it; on Zen 5 at k = 2048, 3 BF16 rows took 0.94-0.96× the time of
+  // 6, whose two blocks fill the 48 KiB L1, and 3 F32 rows 0.80-0.86× that of 6 read row by
+  // row), else 6 (rows of 8 KiB or more, read each a few lines ahead: at k = 5461, whole-block
+  // prefetching gained nothing that held over runs, BF16 0.86-1.02× the time of row by row,
+  // F32 1.05-1.17×).
   // More x rows: 3 (6 with AVX-512's 32 registers and F32 weights: 4 × 6 tiles, each weight
   // load used 4 times, each x load 6 times).
   constexpr bool f32 = std::is_same_v<T, float>;
   const int64_t row_bytes = op.k * static_cast<int64_t>(sizeof(T));
-  int rw = op.n > 1 ? (path == Path::Avx512 && f32 ? 6 : 3) : 6;
-  if (op.n == 1 && !fits_l1_twice(6 * row_bytes) && fits_l1_twice(3 * row_bytes)) rw = 3;
+  const int rw = op.n > 1 ? (path == Path::Avx512 && f32 ? 6 : 3)
+                           : (fits_l1_twice(3 * row_bytes) ? 3 : 6);
   const int64_t blocks = op.m / rw;                  // full blocks of rw weight rows
   const int64_t units = blocks + op.m - blocks * rw;  // then one unit per remaining row
   const int64_t block_bytes = rw * row_bytes;
