@@ -220,9 +220,9 @@ TEST(QuantizedLinear, PortableLoopMatchesReference) {
   check_all_sizes(DType::BF16, false);
 }
 
-// The portable loop (other CPUs) and the AVX2 kernel give the same bits.
-TEST(QuantizedLinear, PortableLoopSameBitsAsVectorized) {
-  if (!cpu::quantized_linear_vectorized()) GTEST_SKIP() << "no AVX2/FMA on this CPU";
+// The portable loop and the vector kernel of the same order give the same bits (8 lanes: the
+// AVX2 kernel; 16: the AVX-512 kernel, where the CPU has it and `allow_avx512`).
+void expect_portable_same_bits_as_vectorized(bool allow_avx512) {
   uint32_t seed = 2000;
   for (int bits : {8, 4})
     for (DType dt : {DType::F32, DType::BF16})
@@ -230,7 +230,8 @@ TEST(QuantizedLinear, PortableLoopSameBitsAsVectorized) {
                                     {3, 72, 37},
                                     {5, 2050, 37},
                                     {16, 64, 200},
-                                    {32, 2050, 37}}) {
+                                    {32, 2050, 37},
+                                    {2, 30, 11}}) {
         const Case c{bits, n, k, m, dt, 2};
         SCOPED_TRACE(describe(c));
         const QWeights w = random_weights(m, k, bits, seed += 10);
@@ -238,10 +239,29 @@ TEST(QuantizedLinear, PortableLoopSameBitsAsVectorized) {
         const Tensor x = random_tensor({n, k}, seed + 2, dt);
         const Tensor bias = random_tensor({m}, seed + 3, dt);
         Tensor fast = Tensor::empty({n, m}, dt), portable = Tensor::empty({n, m}, dt);
-        cpu::quantized_linear_forward_impl(x, w.q, scale, bits, &bias, fast, true);
-        cpu::quantized_linear_forward_impl(x, w.q, scale, bits, &bias, portable, false);
+        cpu::quantized_linear_forward_impl(x, w.q, scale, bits, &bias, fast, true, allow_avx512);
+        cpu::quantized_linear_forward_impl(x, w.q, scale, bits, &bias, portable, false, allow_avx512);
         EXPECT_TRUE(same_bits(fast, portable));
       }
+}
+
+// The portable loop (other CPUs) and this CPU's vector kernel give the same bits.
+TEST(QuantizedLinear, PortableLoopSameBitsAsVectorized) {
+  if (!cpu::quantized_linear_vectorized()) GTEST_SKIP() << "no AVX2/FMA on this CPU";
+  expect_portable_same_bits_as_vectorized(true);
+}
+
+// On a CPU with AVX-512 the AVX2 kernel (the 8-lane order of CPUs without it) still runs right:
+// the same bits as the portable loop in its order, and the reference's values.
+TEST(QuantizedLinear, Avx2KernelSameBitsAsPortableWhereAvx512Runs) {
+  if (!cpu::quantized_linear_avx512()) GTEST_SKIP() << "no AVX-512 on this CPU";
+  expect_portable_same_bits_as_vectorized(false);
+  const QWeights w = random_weights(37, 2050, 4, 2500);
+  const Tensor scale = random_scales(37, 2501, 3);
+  const Tensor x = random_tensor({3, 2050}, 2502);
+  Tensor y = Tensor::empty({3, 37}, DType::F32);
+  cpu::quantized_linear_forward_impl(x, w.q, scale, 4, nullptr, y, true, false);
+  expect_matches_reference(x, w, scale, nullptr, y, (2050 / 2 + 7) / 8 * 2);
 }
 
 // Bit-identical on 1 and 2 threads; a row's result is the same alone as in a batch (the few-rows

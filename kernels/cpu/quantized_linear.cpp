@@ -12,16 +12,18 @@
 // weights), zero-padded to whole steps; for INT4 it holds per step the 8 even columns times 2^-4,
 // then the 8 odd columns times 2^-28, so that the nibbles meet their x values lane for lane
 // without shuffles and each product is the same real number x·value (exact power-of-two scaling,
-// see lay_out_x). The only tile of a block (n ≤ 4, memory-bound) prefetches the weights
-// stream_ahead_bytes ahead (a chunk's first block also its first stream_ahead_bytes); several
-// tiles share out prefetching the next block into L2.
+// see lay_out_x). The only tile of a block (n ≤ 4, memory-bound) prefetches its thread's next
+// block whole into L1, in address order, where two blocks fit there (as in small_gemm.cpp: one
+// memory stream per thread), else each weight row stream_ahead_bytes ahead (a chunk's first
+// block also its first stream_ahead_bytes); several tiles share out prefetching the next block
+// into L2. CPUs with AVX-512 take 16-lane twins of the tiles (see the AVX-512 section).
 //
-// Per output element: 8 fp32 lanes; lane t takes the stored bytes c ≡ t (mod 8) in order, each
-// byte one fused multiply-add (INT8) or two (INT4: its even column, then its odd column); the
-// zero-padded tail of a row adds fma(0, 0, ·); then ((0+4)+(2+6))+((1+5)+(3+7)); then · scale[j]
-// (the F16 scale, exact in fp32); then + bias[j] in fp32; then one round-to-nearest-even to y's
-// dtype. The portable loop (other CPUs, and tests) does the same operations with std::fma on
-// the unscaled values: bit-identical results.
+// Per output element (the 8-lane order; the AVX-512 one is below): 8 fp32 lanes; lane t takes
+// the stored bytes c ≡ t (mod 8) in order, each byte one fused multiply-add (INT8) or two (INT4:
+// its even column, then its odd column); the zero-padded tail of a row adds fma(0, 0, ·); then
+// ((0+4)+(2+6))+((1+5)+(3+7)); then · scale[j] (the F16 scale, exact in fp32); then + bias[j] in
+// fp32; then one round-to-nearest-even to y's dtype. The portable loop (other CPUs, and tests)
+// does the same operations with std::fma on the unscaled values: bit-identical results.
 //
 // More rows (prefill) dequantize blocks of up to 512 weight rows (about 4 MiB of F32) to their
 // integer values in F32, multiply them with an F32 copy of x by BLAS sgemm (its own summation
@@ -57,7 +59,7 @@ constexpr const char* op_name = "quantized_linear_forward";
 // Below this many multiply-adds (n·m·k) a call runs on the calling thread.
 constexpr int64_t parallel_min_work = int64_t{1} << 18;
 // Threads take the weight rows in chunks of about this many stored bytes: each chunk starts a new
-// prefetch stream (see block_avx2's chunk_start), and n = 1 INT8 ran ~15% faster with chunks of
+// prefetch stream (see block_vec's chunk_start), and n = 1 INT8 ran ~15% faster with chunks of
 // 512 KiB than of 128 KiB (small_gemm.cpp's); still 32 chunks in a 16 MiB matrix to balance.
 constexpr int64_t chunk_bytes = int64_t{512} << 10;
 // How far ahead of its loads a memory-bound tile prefetches each weight row (into L1), in bytes
@@ -120,32 +122,39 @@ inline int nibble_low(int8_t b) {
 inline float lane_sum(const float (&lane)[8]) {
   return ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
 }
+// 16 lanes: lanes t and t + 8 added, then the 8-lane sum.
+inline float lane_sum(const float (&lane)[16]) {
+  float folded[8];
+  for (int t = 0; t < 8; ++t) folded[t] = lane[t] + lane[t + 8];
+  return lane_sum(folded);
+}
 
 // ---- Portable path: the vector kernels' operations, one lane at a time ---------------------
 
-template <int BITS>
+// L lanes (8: the AVX2 kernel's order, 16: the AVX-512 kernel's) over steps of L stored bytes.
+template <int BITS, int L>
 float dot_scalar(const float* x, const int8_t* q, int64_t kb) {
-  float lane[8] = {};
-  const int64_t steps = (kb + 7) / 8;
+  float lane[L] = {};
+  const int64_t steps = (kb + L - 1) / L;
   for (int64_t s = 0; s < steps; ++s)
-    for (int t = 0; t < 8; ++t) {
-      const int64_t c = s * 8 + t;
+    for (int t = 0; t < L; ++t) {
+      const int64_t c = s * L + t;
       const int8_t b = c < kb ? q[c] : int8_t{0};
       if constexpr (BITS == 8) {
         lane[t] = std::fma(x[c], static_cast<float>(b), lane[t]);
       } else {
-        lane[t] = std::fma(x[s * 16 + t], static_cast<float>(nibble_high(b)), lane[t]);
-        lane[t] = std::fma(x[s * 16 + 8 + t], static_cast<float>(nibble_low(b)), lane[t]);
+        lane[t] = std::fma(x[s * 2 * L + t], static_cast<float>(nibble_high(b)), lane[t]);
+        lane[t] = std::fma(x[s * 2 * L + L + t], static_cast<float>(nibble_low(b)), lane[t]);
       }
     }
   return lane_sum(lane);
 }
 
-template <int BITS>
+template <int BITS, int L>
 void block_scalar(const QOp& op, int64_t j0, int rw) {
   for (int64_t i = 0; i < op.n; ++i)
     for (int j = 0; j < rw; ++j) {
-      const float s = dot_scalar<BITS>(op.x + i * op.ldx, op.q + (j0 + j) * op.kb, op.kb);
+      const float s = dot_scalar<BITS, L>(op.x + i * op.ldx, op.q + (j0 + j) * op.kb, op.kb);
       store_tile(op, i, 1, j0 + j, 1, &s);
     }
 }
@@ -201,9 +210,12 @@ struct Prefetch {
   const char* begin = nullptr;
   int64_t lines = 0;
   // Each weight row `ahead` bytes ahead of the loads (0: not; the only tile of a block, bound
-  // by memory), while that stays before `end` (the end of the matrix).
+  // by memory, when the next block is not prefetched whole), while that stays before `end` (the
+  // end of the matrix).
   int64_t ahead = 0;
   const int8_t* end = nullptr;
+  // The lines above into L1 (the only tile of a block: the next block whole, in address order).
+  bool to_l1 = false;
 };
 
 // sums[i·RW + j] = x row i · q row j (unscaled) for RX rows of x and RW weight rows (kb bytes
@@ -222,7 +234,10 @@ GLMRT_QLINEAR_AVX2 void tile_avx2(const float* x, int64_t ldx, const int8_t* q, 
   const float* xc = x;  // x at the step of qc
   const int8_t* qc = q;
   for (const int8_t* const lines_end = q + kb / 64 * 64; qc < lines_end; qc += 64, xc += 8 * xs) {
-    for (int64_t t = 0; t < per_line && p < p_end; ++t, p += 64) _mm_prefetch(p, _MM_HINT_T1);
+    if (pf.to_l1)
+      for (int64_t t = 0; t < per_line && p < p_end; ++t, p += 64) _mm_prefetch(p, _MM_HINT_T0);
+    else
+      for (int64_t t = 0; t < per_line && p < p_end; ++t, p += 64) _mm_prefetch(p, _MM_HINT_T1);
     if (pf.ahead > 0 && qc + pf.ahead + (RW - 1) * kb < pf.end)
       for (int j = 0; j < RW; ++j)
         _mm_prefetch(reinterpret_cast<const char*>(qc + pf.ahead + j * kb), _MM_HINT_T0);
@@ -234,25 +249,107 @@ GLMRT_QLINEAR_AVX2 void tile_avx2(const float* x, int64_t ldx, const int8_t* q, 
     for (int j = 0; j < RW; ++j) sums[i * RW + j] = horizontal_sum(acc[i][j]);
 }
 
+// ---- AVX-512 path ----------------------------------------------------------------------------
+// Where the CPU has AVX-512 (F, BW, VL, DQ): 16 lanes over steps of 16 stored bytes, lane t
+// taking the bytes c ≡ t (mod 16) in order (INT4: its even column, then its odd column, from an
+// x copy laid out per step of 16 bytes); lanes t and t + 8 added, then the AVX2 path's 8-lane
+// sum. One order again, which the portable loop reproduces with 16 lanes. Twice the weights per
+// instruction: the AVX2 INT4 kernel, 6 instructions per 8 stored bytes, fell behind memory on
+// two Zen 5 cores (bench/RESULTS.md).
+#define GLMRT_QLINEAR_AVX512 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+
+// One step: acc[i][j] += the 16 stored bytes at q + j·kb (the first r, zero-padded, in a tail
+// step) against x row i.
+template <int BITS, int RX, int RW, bool TAIL = false>
+GLMRT_QLINEAR_AVX512 inline void qstep16(__m512 (&acc)[RX][RW], const float* x, int64_t ldx,
+                                         const int8_t* q, int64_t kb, int64_t r = 16) {
+  for (int j = 0; j < RW; ++j) {
+    const __m128i b =
+        TAIL ? _mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << r) - 1), q + j * kb)
+             : _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + j * kb));
+    // (The maskz forms of these intrinsics: the plain ones trip GCC 12's -Wmaybe-uninitialized.)
+    const __m512i v = _mm512_maskz_cvtepi8_epi32(0xFFFF, b);
+    if constexpr (BITS == 8) {
+      __m512 wv = _mm512_maskz_cvtepi32_ps(0xFFFF, v);
+      if constexpr (RX > 1) asm("" : "+v"(wv));
+      for (int i = 0; i < RX; ++i)
+        acc[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x + i * ldx), wv, acc[i][j]);
+    } else {
+      __m512 hi = _mm512_maskz_cvtepi32_ps(0xFFFF, _mm512_and_si512(v, _mm512_set1_epi32(-16)));
+      __m512 lo = _mm512_maskz_cvtepi32_ps(0xFFFF, _mm512_maskz_slli_epi32(0xFFFF, v, 28));
+      if constexpr (RX > 1) asm("" : "+v"(hi), "+v"(lo));
+      for (int i = 0; i < RX; ++i) {
+        acc[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x + i * ldx), hi, acc[i][j]);
+        acc[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x + i * ldx + 16), lo, acc[i][j]);
+      }
+    }
+  }
+}
+
+// tile_avx2 with 16 lanes (steps of 16 bytes), the same prefetching.
+template <int BITS, int RX, int RW>
+GLMRT_QLINEAR_AVX512 void tile_avx512(const float* x, int64_t ldx, const int8_t* q, int64_t kb,
+                                      float* sums, Prefetch pf) {
+  constexpr int64_t xs = BITS == 8 ? 16 : 32;  // x values per step of 16 bytes
+  const int64_t line_steps = std::max<int64_t>(1, kb / 64);
+  const int64_t per_line = (pf.lines + line_steps - 1) / line_steps;
+  const char* p = pf.begin;
+  const char* const p_end = pf.begin + pf.lines * 64;
+  __m512 acc[RX][RW];
+  for (int i = 0; i < RX; ++i)
+    for (int j = 0; j < RW; ++j) acc[i][j] = _mm512_setzero_ps();
+  const float* xc = x;
+  const int8_t* qc = q;
+  for (const int8_t* const lines_end = q + kb / 64 * 64; qc < lines_end; qc += 64, xc += 4 * xs) {
+    if (pf.to_l1)
+      for (int64_t t = 0; t < per_line && p < p_end; ++t, p += 64) _mm_prefetch(p, _MM_HINT_T0);
+    else
+      for (int64_t t = 0; t < per_line && p < p_end; ++t, p += 64) _mm_prefetch(p, _MM_HINT_T1);
+    if (pf.ahead > 0 && qc + pf.ahead + (RW - 1) * kb < pf.end)
+      for (int j = 0; j < RW; ++j)
+        _mm_prefetch(reinterpret_cast<const char*>(qc + pf.ahead + j * kb), _MM_HINT_T0);
+    for (int s = 0; s < 4; ++s) qstep16<BITS, RX, RW>(acc, xc + s * xs, ldx, qc + 16 * s, kb);
+  }
+  for (; qc + 16 <= q + kb; qc += 16, xc += xs) qstep16<BITS, RX, RW>(acc, xc, ldx, qc, kb);
+  if (qc < q + kb) qstep16<BITS, RX, RW, true>(acc, xc, ldx, qc, kb, q + kb - qc);
+  for (int i = 0; i < RX; ++i)
+    for (int j = 0; j < RW; ++j) {
+      const __m256 low = _mm512_maskz_extractf32x8_ps(0xFF, acc[i][j], 0);
+      const __m256 high = _mm512_maskz_extractf32x8_ps(0xFF, acc[i][j], 1);
+      sums[i * RW + j] = horizontal_sum(_mm256_add_ps(low, high));  // lanes t + (t + 8) first
+    }
+}
+
+// One tile through the AVX2 or (Wide) the AVX-512 kernel.
+template <bool Wide, int BITS, int RX, int RW>
+inline void tile_vec(const float* x, int64_t ldx, const int8_t* q, int64_t kb, float* sums,
+                     Prefetch pf) {
+  if constexpr (Wide) tile_avx512<BITS, RX, RW>(x, ldx, q, kb, sums, pf);
+  else tile_avx2<BITS, RX, RW>(x, ldx, q, kb, sums, pf);
+}
+
 // Weight rows [j0, j0 + RW) against every row of x, in tiles of up to RX_MAX x rows.
 // `prefetch_next`: the next RW weight rows are this thread's next block, worth prefetching.
 // `chunk_start`: the first block of a thread's chunk, whose first stream_ahead_bytes no earlier
 // block of this thread has prefetched.
-template <int BITS, int RW, int RX_MAX>
-GLMRT_QLINEAR_AVX2 void block_avx2(const QOp& op, int64_t j0, bool prefetch_next,
-                                   bool chunk_start) {
+template <int BITS, int RW, int RX_MAX, bool Wide>
+void block_vec(const QOp& op, int64_t j0, bool prefetch_next, bool chunk_start) {
   const int64_t kb = op.kb, tiles = (op.n + RX_MAX - 1) / RX_MAX;
   const int8_t* q = op.q + j0 * kb;
   const auto next = reinterpret_cast<uintptr_t>(q + RW * kb);
   const auto next_line = reinterpret_cast<const char*>(next & ~uintptr_t{63});
+  // One tile: the next block whole into L1 where two blocks fit there (memory serves one
+  // stream per thread better than RW rows interleaved), else each row stream_ahead_bytes ahead.
+  const bool seq = tiles == 1 && fits_l1_twice(RW * kb);
   const int64_t lines =
-      prefetch_next && tiles > 1
+      prefetch_next && (tiles > 1 || seq)
           ? static_cast<int64_t>((next + RW * kb - (next & ~uintptr_t{63}) + 63) / 64)
           : 0;
   auto share = [&](int64_t t) {  // tile t's prefetch
     const int64_t b = t * lines / tiles, e = (t + 1) * lines / tiles;
-    return Prefetch{next_line + b * 64, e - b, tiles == 1 ? stream_ahead_bytes : 0,
-                    op.q + op.m * kb};
+    return Prefetch{next_line + b * 64, e - b, tiles == 1 && !seq ? stream_ahead_bytes : 0,
+                    op.q + op.m * kb, seq};
   };
   if (chunk_start && tiles == 1) {
     const int8_t* const end = std::min(q + stream_ahead_bytes, op.q + op.m * kb);
@@ -268,7 +365,7 @@ GLMRT_QLINEAR_AVX2 void block_avx2(const QOp& op, int64_t j0, bool prefetch_next
   float sums[RX_MAX * RW];
   int64_t i = 0;
   for (; i + RX_MAX <= op.n; i += RX_MAX) {
-    tile_avx2<BITS, RX_MAX, RW>(op.x + i * op.ldx, op.ldx, q, kb, sums, share(i / RX_MAX));
+    tile_vec<Wide, BITS, RX_MAX, RW>(op.x + i * op.ldx, op.ldx, q, kb, sums, share(i / RX_MAX));
     store_tile(op, i, RX_MAX, j0, RW, sums);
   }
   const int rest = static_cast<int>(op.n - i);
@@ -276,33 +373,45 @@ GLMRT_QLINEAR_AVX2 void block_avx2(const QOp& op, int64_t j0, bool prefetch_next
   const float* x = op.x + i * op.ldx;
   const Prefetch pf = share(i / RX_MAX);
   if constexpr (RX_MAX > 3) {
-    if (rest == 3) tile_avx2<BITS, 3, RW>(x, op.ldx, q, kb, sums, pf);
+    if (rest == 3) tile_vec<Wide, BITS, 3, RW>(x, op.ldx, q, kb, sums, pf);
   }
   if constexpr (RX_MAX > 2) {
-    if (rest == 2) tile_avx2<BITS, 2, RW>(x, op.ldx, q, kb, sums, pf);
+    if (rest == 2) tile_vec<Wide, BITS, 2, RW>(x, op.ldx, q, kb, sums, pf);
   }
-  if (rest == 1) tile_avx2<BITS, 1, RW>(x, op.ldx, q, kb, sums, pf);
+  if (rest == 1) tile_vec<Wide, BITS, 1, RW>(x, op.ldx, q, kb, sums, pf);
   store_tile(op, i, rest, j0, RW, sums);
 }
 
 #endif  // GLMRT_QLINEAR_X86
 
+// Which kernels a call runs: the portable loop or a vector kernel, in 8 or 16 lanes.
+struct Kernel {
+  bool vectorized;
+  bool wide;  // 16 lanes (AVX-512)
+};
+
 // Weight rows [j0, j0 + rw) against every row of x; rw is 6 (n = 1), 3 (n > 1) or 1.
 template <int BITS>
 void run_block(const QOp& op, int64_t j0, int rw, bool prefetch_next, bool chunk_start,
-               bool vectorized) {
+               Kernel kernel) {
 #ifdef GLMRT_QLINEAR_X86
-  if (vectorized) {
-    if (rw == 6) return block_avx2<BITS, 6, 1>(op, j0, prefetch_next, chunk_start);
-    if (rw == 3) return block_avx2<BITS, 3, 4>(op, j0, prefetch_next, chunk_start);
-    return block_avx2<BITS, 1, 4>(op, j0, false, false);
+  if (kernel.vectorized && kernel.wide) {
+    if (rw == 6) return block_vec<BITS, 6, 1, true>(op, j0, prefetch_next, chunk_start);
+    if (rw == 3) return block_vec<BITS, 3, 4, true>(op, j0, prefetch_next, chunk_start);
+    return block_vec<BITS, 1, 4, true>(op, j0, false, false);
+  }
+  if (kernel.vectorized) {
+    if (rw == 6) return block_vec<BITS, 6, 1, false>(op, j0, prefetch_next, chunk_start);
+    if (rw == 3) return block_vec<BITS, 3, 4, false>(op, j0, prefetch_next, chunk_start);
+    return block_vec<BITS, 1, 4, false>(op, j0, false, false);
   }
 #endif
-  block_scalar<BITS>(op, j0, rw);
+  if (kernel.wide) block_scalar<BITS, 16>(op, j0, rw);
+  else block_scalar<BITS, 8>(op, j0, rw);
 }
 
 template <int BITS>
-void run_small(const QOp& op, bool vectorized) {
+void run_small(const QOp& op, Kernel kernel) {
   const int rw = op.n == 1 ? 6 : 3;
   const int64_t blocks = op.m / rw;                  // full blocks of rw weight rows
   const int64_t units = blocks + op.m - blocks * rw;  // then one unit per remaining row
@@ -312,9 +421,12 @@ void run_small(const QOp& op, bool vectorized) {
 #pragma omp parallel for schedule(dynamic, per_chunk) if (parallel)
   for (int64_t u = 0; u < units; ++u) {
     if (u < blocks) {
-      run_block<BITS>(op, u * rw, rw, u + 1 < blocks, u % per_chunk == 0, vectorized);
+      // (schedule(dynamic, c) hands out the units [i·c, (i + 1)·c): the next block is this
+      // thread's unless it starts a chunk.)
+      run_block<BITS>(op, u * rw, rw, u + 1 < blocks && (u + 1) % per_chunk != 0,
+                      u % per_chunk == 0, kernel);
     } else {
-      run_block<BITS>(op, blocks * rw + (u - blocks), 1, false, false, vectorized);
+      run_block<BITS>(op, blocks * rw + (u - blocks), 1, false, false, kernel);
     }
   }
 }
@@ -326,11 +438,13 @@ void run_small(const QOp& op, bool vectorized) {
 constexpr float int4_even_scale = 0x1p-4f, int4_odd_scale = 0x1p-28f;
 constexpr float int4_exact_min = 0x1p-98f;
 
-// The n rows of x (k values of type T each) in the kernel's F32 layout (ldx floats a row,
-// zero-padded); `scaled`: the AVX2 INT4 kernel's scaled x. Returns false when a scaled value
-// is not exact (some nonzero |x| < 2^-98), the layout then being unusable.
+// The n rows of x (k values of type T each) in the kernel's F32 layout for steps of `lanes`
+// stored bytes (ldx floats a row, zero-padded; INT4: per step the even columns, then the odd
+// ones); `scaled`: the vector INT4 kernels' scaled x. Returns false when a scaled value is not
+// exact (some nonzero |x| < 2^-98), the layout then being unusable.
 template <class T>
-bool lay_out_x(const T* x, int64_t n, int64_t k, int bits, bool scaled, float* out, int64_t ldx) {
+bool lay_out_x(const T* x, int64_t n, int64_t k, int bits, int lanes, bool scaled, float* out,
+               int64_t ldx) {
   const float even = scaled ? int4_even_scale : 1.0f, odd = scaled ? int4_odd_scale : 1.0f;
   bool exact = true;
   for (int64_t i = 0; i < n; ++i) {
@@ -345,8 +459,8 @@ bool lay_out_x(const T* x, int64_t n, int64_t k, int bits, bool scaled, float* o
         if (scaled)
           exact = exact && (a == 0 || !(std::abs(a) < int4_exact_min)) &&
                   (b == 0 || !(std::abs(b) < int4_exact_min));
-        dst[c / 8 * 16 + c % 8] = a * even;
-        dst[c / 8 * 16 + 8 + c % 8] = b * odd;
+        dst[c / lanes * 2 * lanes + c % lanes] = a * even;
+        dst[c / lanes * 2 * lanes + lanes + c % lanes] = b * odd;
       }
     }
   }
@@ -354,23 +468,25 @@ bool lay_out_x(const T* x, int64_t n, int64_t k, int bits, bool scaled, float* o
 }
 
 void small_path(const Tensor& x, const Tensor& q, const Tensor& scale, int bits, const Tensor* bias,
-                Tensor& y, bool vectorized) {
+                Tensor& y, Kernel kernel) {
   const int64_t n = x.rows(), k = x.cols(), m = q.dim(0), kb = q.dim(1);
-  const int64_t steps = (kb + 7) / 8, ldx = steps * (bits == 8 ? 8 : 16);
-  // The calling thread keeps the buffer between calls.
+  const int lanes = kernel.wide ? 16 : 8;
+  const int64_t steps = (kb + lanes - 1) / lanes, ldx = steps * (bits == 8 ? lanes : 2 * lanes);
+  // The calling thread keeps the buffer between calls (64-byte aligned).
   thread_local std::vector<float> x_buf;
-  x_buf.resize(static_cast<size_t>(n * ldx + 8));
-  float* px = x_buf.data() + (8 - reinterpret_cast<uintptr_t>(x_buf.data()) / 4 % 8) % 8;
+  x_buf.resize(static_cast<size_t>(n * ldx + 16));
+  float* px = x_buf.data() + (16 - reinterpret_cast<uintptr_t>(x_buf.data()) / 4 % 16) % 16;
   auto lay_out = [&](bool scaled) {
     switch (x.dtype()) {
-      case DType::F32: return lay_out_x(x.data_as<float>(), n, k, bits, scaled, px, ldx);
-      case DType::BF16: return lay_out_x(x.data_as<bf16>(), n, k, bits, scaled, px, ldx);
-      default: return lay_out_x(x.data_as<f16>(), n, k, bits, scaled, px, ldx);
+      case DType::F32: return lay_out_x(x.data_as<float>(), n, k, bits, lanes, scaled, px, ldx);
+      case DType::BF16: return lay_out_x(x.data_as<bf16>(), n, k, bits, lanes, scaled, px, ldx);
+      default: return lay_out_x(x.data_as<f16>(), n, k, bits, lanes, scaled, px, ldx);
     }
   };
-  // INT4 with some |x| < 2^-98 (not seen in practice): the portable loop, which needs no scaling.
-  if (!lay_out(vectorized && bits == 4)) {
-    vectorized = false;
+  // INT4 with some |x| < 2^-98 (not seen in practice): the portable loop (the same lanes), which
+  // needs no scaling.
+  if (!lay_out(kernel.vectorized && bits == 4)) {
+    kernel.vectorized = false;
     lay_out(false);
   }
   const bool has_bias = bias && bias->defined();
@@ -385,8 +501,8 @@ void small_path(const Tensor& x, const Tensor& q, const Tensor& scale, int bits,
                y.dtype(),
                n,
                m};
-  if (bits == 8) run_small<8>(op, vectorized);
-  else run_small<4>(op, vectorized);
+  if (bits == 8) run_small<8>(op, kernel);
+  else run_small<4>(op, kernel);
 }
 
 // Weight rows [j0, j0 + rows) as their integer values in F32: out[r, l] = q[j0 + r, l].
@@ -497,19 +613,34 @@ bool quantized_linear_vectorized() {
 #endif
 }
 
+bool quantized_linear_avx512() {
+#ifdef GLMRT_QLINEAR_X86
+  static const bool supported =
+      quantized_linear_vectorized() && __builtin_cpu_supports("avx512f") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq");
+  return supported;
+#else
+  return false;
+#endif
+}
+
 void quantized_linear_forward_impl(const Tensor& x, const Tensor& q, const Tensor& scale, int bits,
-                                   const Tensor* bias, Tensor& y, bool allow_vectorized) {
+                                   const Tensor* bias, Tensor& y, bool allow_vectorized,
+                                   bool allow_avx512) {
   check_operands(x, q, scale, bits, bias, y);
   if (x.rows() == 0 || q.dim(0) == 0) return;
   if (x.rows() <= small_gemm_max_rows || x.cols() == 0)
-    small_path(x, q, scale, bits, bias, y, allow_vectorized && quantized_linear_vectorized());
+    small_path(x, q, scale, bits, bias, y,
+               Kernel{allow_vectorized && quantized_linear_vectorized(),
+                      allow_avx512 && quantized_linear_avx512()});
   else
     prefill_path(x, q, scale, bits, bias, y);
 }
 
 void quantized_linear_forward(const Tensor& x, const Tensor& q, const Tensor& scale, int bits,
                               const Tensor* bias, Tensor& y) {
-  quantized_linear_forward_impl(x, q, scale, bits, bias, y, true);
+  quantized_linear_forward_impl(x, q, scale, bits, bias, y, true, true);
 }
 
 }  // namespace glmrt::cpu

@@ -59,14 +59,6 @@ constexpr int64_t chunk_bytes_memory_bound = int64_t{1} << 20;
 // How far ahead of its loads a memory-bound tile prefetches each weight row.
 constexpr int64_t rows_ahead_bytes = 256;
 
-// Whether two blocks of this many bytes fit in the L1 data cache (32 KiB where unknown).
-bool fits_l1_twice(int64_t block_bytes) {
-  static const int64_t l1 = [] {
-    const long v = ::sysconf(_SC_LEVEL1_DCACHE_SIZE);
-    return v > 0 ? int64_t{v} : int64_t{32} << 10;
-  }();
-  return 2 * block_bytes <= l1;
-}
 
 template <class T>
 T narrow(float v);
@@ -596,6 +588,14 @@ bool small_gemm_vectorized() {
 #else
   return false;
 #endif
+}
+
+bool fits_l1_twice(int64_t block_bytes) {
+  static const int64_t l1 = [] {
+    const long v = ::sysconf(_SC_LEVEL1_DCACHE_SIZE);
+    return v > 0 ? int64_t{v} : int64_t{32} << 10;
+  }();
+  return 2 * block_bytes <= l1;
 }
 
 bool small_gemm_avx512() {
