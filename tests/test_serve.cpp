@@ -771,19 +771,32 @@ TEST(ServeHttp, MetricsCountRequestsQueriesAndTokens) {
   const int64_t generated = static_cast<int64_t>(g1["spans"][0].size()) + c2["usage"]["completion_tokens"].get<int64_t>();
   const int64_t prompt = 3 + c2["usage"]["prompt_tokens"].get<int64_t>();
 
-  const auto r = f.client.Get("/metrics");
-  ASSERT_TRUE(r);
-  ASSERT_EQ(r->status, 200);
-  EXPECT_EQ(r->get_header_value("Content-Type").rfind("text/plain; version=0.0.4", 0), 0u);
-  std::map<std::string, double> values;
-  std::istringstream lines(r->body);
+  // A response is counted by the server's logger after its last byte, so the client can read
+  // it before it is counted: scrape until the four responses above are all in.
   const std::regex sample(R"(^([a-z_]+(\{[^}]*\})?) (-?[0-9.]+(e[-+]?[0-9]+)?)$)");
-  for (std::string line; std::getline(lines, line);) {
-    if (line.rfind("# HELP ", 0) == 0 || line.rfind("# TYPE ", 0) == 0) continue;
-    std::smatch m;
-    ASSERT_TRUE(std::regex_match(line, m, sample)) << "not a Prometheus sample: " << line;
-    values[m[1]] = std::stod(m[3]);
-  }
+  std::map<std::string, double> values;
+  auto scrape = [&] {
+    const auto r = f.client.Get("/metrics");
+    EXPECT_TRUE(r && r->status == 200);
+    if (!r || r->status != 200) return false;
+    EXPECT_EQ(r->get_header_value("Content-Type").rfind("text/plain; version=0.0.4", 0), 0u);
+    values.clear();
+    std::istringstream lines(r->body);
+    for (std::string line; std::getline(lines, line);) {
+      if (line.rfind("# HELP ", 0) == 0 || line.rfind("# TYPE ", 0) == 0) continue;
+      std::smatch m;
+      EXPECT_TRUE(std::regex_match(line, m, sample)) << "not a Prometheus sample: " << line;
+      if (m.size() > 3) values[m[1]] = std::stod(m[3]);
+    }
+    double counted = 0;
+    for (const char* key : {R"(glmrt_http_requests_total{path="/generate",status="200"})",
+                            R"(glmrt_http_requests_total{path="/generate",status="400"})",
+                            R"(glmrt_http_requests_total{path="/v1/completions",status="200"})",
+                            R"(glmrt_http_requests_total{path="other",status="404"})"})
+      counted += values[key];
+    return counted >= 4;
+  };
+  ASSERT_TRUE(wait_until(scrape, std::chrono::seconds(5))) << "the four responses were not all counted";
   EXPECT_EQ(values[R"(glmrt_http_requests_total{path="/generate",status="200"})"], 1);
   EXPECT_EQ(values[R"(glmrt_http_requests_total{path="/generate",status="400"})"], 1);
   EXPECT_EQ(values[R"(glmrt_http_requests_total{path="/v1/completions",status="200"})"], 1);
