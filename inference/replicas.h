@@ -101,9 +101,9 @@ class ReplicaRouter {
     bool cancel_sent = false;
   };
   void run();  // the routing thread
-  void read_events();
+  bool read_events();  // whether any event came
   void send_cancels();
-  void route(std::chrono::milliseconds wait);
+  bool route(std::chrono::microseconds wait);  // whether any request was routed
   int pick_replica();  // -1 when every replica is full
   void rethrow();
 

@@ -45,7 +45,7 @@ class RequestQueue {
     return true;
   }
   // Up to `max` requests; waits up to `wait` when none is queued (returns early on close).
-  std::vector<PendingRequest> take(size_t max, std::chrono::milliseconds wait) {
+  std::vector<PendingRequest> take(size_t max, std::chrono::microseconds wait) {
     std::unique_lock<std::mutex> lock(mu_);
     if (queue_.empty() && !closed_) cv_.wait_for(lock, wait, [&] { return !queue_.empty() || closed_; });
     std::vector<PendingRequest> out;
