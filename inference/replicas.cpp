@@ -293,12 +293,7 @@ std::vector<PendingRequest> ReplicaRouter::take(size_t max, bool idle) {
   if (idle)
     cv_.wait_for(lock, kIdleWait, [&] { return !local_.empty() || local_closed_ || error_; });
   if (error_) std::rethrow_exception(error_);
-  std::vector<PendingRequest> out;
-  while (!local_.empty() && out.size() < max) {
-    out.push_back(std::move(local_.front()));
-    local_.pop_front();
-  }
-  return out;
+  return take_front(local_, max);
 }
 
 bool ReplicaRouter::exhausted() {
@@ -372,12 +367,7 @@ std::vector<PendingRequest> ReplicaClient::take(size_t max, bool idle) {
     std::this_thread::sleep_for(backoff.next());
     read_commands();
   }
-  std::vector<PendingRequest> out;
-  while (!pending_.empty() && out.size() < max) {
-    out.push_back(std::move(pending_.front()));
-    pending_.pop_front();
-  }
-  return out;
+  return take_front(pending_, max);
 }
 
 void ReplicaClient::finish() {

@@ -32,6 +32,16 @@ struct PendingRequest {
   std::function<bool()> cancelled;
 };
 
+// Up to `max` requests from the front of `from`, in order.
+inline std::vector<PendingRequest> take_front(std::deque<PendingRequest>& from, size_t max) {
+  std::vector<PendingRequest> out;
+  while (!from.empty() && out.size() < max) {
+    out.push_back(std::move(from.front()));
+    from.pop_front();
+  }
+  return out;
+}
+
 class RequestQueue {
  public:
   // Returns false (and leaves `r` unused) when the queue is closed.
@@ -48,12 +58,7 @@ class RequestQueue {
   std::vector<PendingRequest> take(size_t max, std::chrono::microseconds wait) {
     std::unique_lock<std::mutex> lock(mu_);
     if (queue_.empty() && !closed_) cv_.wait_for(lock, wait, [&] { return !queue_.empty() || closed_; });
-    std::vector<PendingRequest> out;
-    while (!queue_.empty() && out.size() < max) {
-      out.push_back(std::move(queue_.front()));
-      queue_.pop_front();
-    }
-    return out;
+    return take_front(queue_, max);
   }
   // No more pushes; take() still drains what is queued.
   void close() {

@@ -218,22 +218,20 @@ struct Prefetch {
   bool to_l1 = false;
 };
 
-// sums[i·RW + j] = x row i · q row j (unscaled) for RX rows of x and RW weight rows (kb bytes
-// apart). Goes a cache line (64 bytes) of each weight row at a time.
-template <int BITS, int RX, int RW>
-GLMRT_QLINEAR_AVX2 void tile_avx2(const float* x, int64_t ldx, const int8_t* q, int64_t kb,
-                                  float* sums, Prefetch pf) {
-  constexpr int64_t xs = BITS == 8 ? 8 : 16;  // x values per step of 8 bytes
-  const int64_t line_steps = std::max<int64_t>(1, kb / 64);
-  const int64_t per_line = (pf.lines + line_steps - 1) / line_steps;  // L2 prefetches per line
-  const char* p = pf.begin;
-  const char* const p_end = pf.begin + pf.lines * 64;
-  __m256 acc[RX][RW];
-  for (int i = 0; i < RX; ++i)
-    for (int j = 0; j < RW; ++j) acc[i][j] = _mm256_setzero_ps();
-  const float* xc = x;  // x at the step of qc
-  const int8_t* qc = q;
-  for (const int8_t* const lines_end = q + kb / 64 * 64; qc < lines_end; qc += 64, xc += 8 * xs) {
+// A tile's prefetching as it walks its weight rows a cache line at a time (shared by the AVX2
+// and AVX-512 tiles): `at(qc)` before the line at qc of the first row.
+template <int RW>
+struct PrefetchWalk {
+  Prefetch pf;
+  int64_t kb;
+  int64_t per_line;  // block lines prefetched per line step
+  const char* p;
+  const char* p_end;
+  PrefetchWalk(Prefetch pf_, int64_t kb_)
+      : pf(pf_), kb(kb_),
+        per_line((pf_.lines + std::max<int64_t>(1, kb_ / 64) - 1) / std::max<int64_t>(1, kb_ / 64)),
+        p(pf_.begin), p_end(pf_.begin + pf_.lines * 64) {}
+  void at(const int8_t* qc) {
     if (pf.to_l1)
       for (int64_t t = 0; t < per_line && p < p_end; ++t, p += 64) _mm_prefetch(p, _MM_HINT_T0);
     else
@@ -241,6 +239,23 @@ GLMRT_QLINEAR_AVX2 void tile_avx2(const float* x, int64_t ldx, const int8_t* q, 
     if (pf.ahead > 0 && qc + pf.ahead + (RW - 1) * kb < pf.end)
       for (int j = 0; j < RW; ++j)
         _mm_prefetch(reinterpret_cast<const char*>(qc + pf.ahead + j * kb), _MM_HINT_T0);
+  }
+};
+
+// sums[i·RW + j] = x row i · q row j (unscaled) for RX rows of x and RW weight rows (kb bytes
+// apart). Goes a cache line (64 bytes) of each weight row at a time.
+template <int BITS, int RX, int RW>
+GLMRT_QLINEAR_AVX2 void tile_avx2(const float* x, int64_t ldx, const int8_t* q, int64_t kb,
+                                  float* sums, Prefetch pf) {
+  constexpr int64_t xs = BITS == 8 ? 8 : 16;  // x values per step of 8 bytes
+  PrefetchWalk<RW> prefetch(pf, kb);
+  __m256 acc[RX][RW];
+  for (int i = 0; i < RX; ++i)
+    for (int j = 0; j < RW; ++j) acc[i][j] = _mm256_setzero_ps();
+  const float* xc = x;  // x at the step of qc
+  const int8_t* qc = q;
+  for (const int8_t* const lines_end = q + kb / 64 * 64; qc < lines_end; qc += 64, xc += 8 * xs) {
+    prefetch.at(qc);
     for (int s = 0; s < 8; ++s) qstep<BITS, RX, RW>(acc, xc + s * xs, ldx, qc + 8 * s, kb);
   }
   for (; qc + 8 <= q + kb; qc += 8, xc += xs) qstep<BITS, RX, RW>(acc, xc, ldx, qc, kb);
@@ -292,23 +307,14 @@ template <int BITS, int RX, int RW>
 GLMRT_QLINEAR_AVX512 void tile_avx512(const float* x, int64_t ldx, const int8_t* q, int64_t kb,
                                       float* sums, Prefetch pf) {
   constexpr int64_t xs = BITS == 8 ? 16 : 32;  // x values per step of 16 bytes
-  const int64_t line_steps = std::max<int64_t>(1, kb / 64);
-  const int64_t per_line = (pf.lines + line_steps - 1) / line_steps;
-  const char* p = pf.begin;
-  const char* const p_end = pf.begin + pf.lines * 64;
+  PrefetchWalk<RW> prefetch(pf, kb);
   __m512 acc[RX][RW];
   for (int i = 0; i < RX; ++i)
     for (int j = 0; j < RW; ++j) acc[i][j] = _mm512_setzero_ps();
   const float* xc = x;
   const int8_t* qc = q;
   for (const int8_t* const lines_end = q + kb / 64 * 64; qc < lines_end; qc += 64, xc += 4 * xs) {
-    if (pf.to_l1)
-      for (int64_t t = 0; t < per_line && p < p_end; ++t, p += 64) _mm_prefetch(p, _MM_HINT_T0);
-    else
-      for (int64_t t = 0; t < per_line && p < p_end; ++t, p += 64) _mm_prefetch(p, _MM_HINT_T1);
-    if (pf.ahead > 0 && qc + pf.ahead + (RW - 1) * kb < pf.end)
-      for (int j = 0; j < RW; ++j)
-        _mm_prefetch(reinterpret_cast<const char*>(qc + pf.ahead + j * kb), _MM_HINT_T0);
+    prefetch.at(qc);
     for (int s = 0; s < 4; ++s) qstep16<BITS, RX, RW>(acc, xc + s * xs, ldx, qc + 16 * s, kb);
   }
   for (; qc + 16 <= q + kb; qc += 16, xc += xs) qstep16<BITS, RX, RW>(acc, xc, ldx, qc, kb);
@@ -615,11 +621,7 @@ bool quantized_linear_vectorized() {
 
 bool quantized_linear_avx512() {
 #ifdef GLMRT_QLINEAR_X86
-  static const bool supported =
-      quantized_linear_vectorized() && __builtin_cpu_supports("avx512f") &&
-      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512dq");
-  return supported;
+  return quantized_linear_vectorized() && small_gemm_avx512();  // the same CPU features
 #else
   return false;
 #endif
