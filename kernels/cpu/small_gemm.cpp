@@ -6,7 +6,8 @@
 // memory once. A block is multiplied with the rows of x in tiles of up to 4 x rows: the tile
 // keeps rx × rw accumulators of 8 fp32 lanes in registers and, for each step of 8 along k, loads
 // rw weight vectors (widening BF16 / F16 in registers) and one x vector per x row, so each weight
-// load feeds rx FMAs and each x load rw. x is F32 (16-bit x is converted once per call: n·k values, small next to m·k).
+// load feeds rx FMAs and each x load rw. x is F32 (16-bit x is converted once per call: n·k
+// values, small next to m·k).
 //
 // n = 1..4 (one tile of x rows) is bound by memory. The tile reads its rw rows side by side, but
 // memory delivers a single sequential stream faster than rw interleaved ones (on a Zen 5 host,
@@ -14,9 +15,10 @@
 // bench/RESULTS.md). So where two blocks fit in L1 the tile prefetches the thread's next block
 // from start to end, into L1, spread over its steps, and works on a block that is already in
 // cache: memory sees one stream. The first block of a thread's chunk, which nothing prefetched,
-// and blocks too large for this prefetch each of their rows a few lines ahead instead. With more rows each block is read by several tiles and the call is bound
-// by feeding the FMAs; the tiles of a block then share out the next block's lines into L2, so
-// that the first tile of a block does not wait on memory. F32 weights with more rows go through
+// and blocks too large for this prefetch each of their rows a few lines ahead instead. With
+// more rows each block is read by several tiles and the call is bound by feeding the FMAs; the
+// tiles of a block then share out the next block's lines into L2, so that the first tile of a
+// block does not wait on memory. F32 weights with more rows go through
 // block_f32_chunked instead (k in L1-sized chunks, an assembly tile; see there).
 //
 // The AVX2/FMA/F16C kernels are compiled with target attributes and chosen at run time, so the
@@ -52,13 +54,12 @@ constexpr int64_t parallel_min_work = int64_t{1} << 18;
 // Threads take the weight rows in chunks of about this many bytes: long enough sequential runs
 // for the memory system, short enough that a thread the OS delays does not hold up the call.
 // Memory-bound calls (n ≤ 4) take longer chunks while each thread still gets four or more: a
-// chunk's first block is read without the next-block prefetch (one with 1 MiB chunks of
-// 8192 × 2048 BF16 weights took 0.92-0.94× the time of 128 KiB ones).
+// chunk's first block is read without the next-block prefetch (on 8192 × 2048 BF16 weights,
+// 1 MiB chunks took about 0.9× the time of 128 KiB ones).
 constexpr int64_t chunk_bytes = int64_t{128} << 10;
 constexpr int64_t chunk_bytes_memory_bound = int64_t{1} << 20;
 // How far ahead of its loads a memory-bound tile prefetches each weight row.
 constexpr int64_t rows_ahead_bytes = 256;
-
 
 template <class T>
 T narrow(float v);
@@ -520,14 +521,14 @@ GLMRT_AVX2_FMA void block_f32_chunked(const Operands<float>& op, int64_t j0, boo
 
 #endif  // GLMRT_SMALL_GEMM_X86
 
-
 // Weight rows [j0, j0 + rw) against every row of x; rw is 6, 3 or 1 (see run).
 template <class T>
-void run_block(const Operands<T>& op, int64_t j0, int rw, bool prefetch_next, bool first, Path path) {
+void run_block(const Operands<T>& op, int64_t j0, int rw, bool prefetch_next, bool first,
+               Path path) {
 #ifdef GLMRT_SMALL_GEMM_X86
   if (path == Path::Avx512) {
     if (rw == 6 && op.n == 1) return block_vec<6, 1, true>(op, j0, prefetch_next, first);
-    if (rw == 6) return block_vec<6, 4, true>(op, j0, prefetch_next, first);  // 24 accumulators of 32
+    if (rw == 6) return block_vec<6, 4, true>(op, j0, prefetch_next, first);  // 24 of 32 registers
     if (rw == 3) return block_vec<3, 4, true>(op, j0, prefetch_next, first);
     return block_vec<1, 4, true>(op, j0, prefetch_next, first);
   }
