@@ -13,7 +13,7 @@
 // then the 8 odd columns times 2^-28, so that the nibbles meet their x values lane for lane
 // without shuffles and each product is the same real number x·value (exact power-of-two scaling,
 // see lay_out_x). The only tile of a block (n ≤ 4, memory-bound) prefetches its thread's next
-// block whole into L1, in address order, where two blocks fit there (as in small_gemm.cpp: one
+// block whole into L1, in address order, where a block fits there (as in small_gemm.cpp: one
 // memory stream per thread), else each weight row stream_ahead_bytes ahead (a chunk's first
 // block also its first stream_ahead_bytes); several tiles share out prefetching the next block
 // into L2. CPUs with AVX-512 take 16-lane twins of the tiles (see the AVX-512 section).
@@ -345,9 +345,9 @@ void block_vec(const QOp& op, int64_t j0, bool prefetch_next, bool chunk_start) 
   const int8_t* q = op.q + j0 * kb;
   const auto next = reinterpret_cast<uintptr_t>(q + RW * kb);
   const auto next_line = reinterpret_cast<const char*>(next & ~uintptr_t{63});
-  // One tile: the next block whole into L1 where two blocks fit there (memory serves one
-  // stream per thread better than RW rows interleaved), else each row stream_ahead_bytes ahead.
-  const bool seq = tiles == 1 && fits_l1_twice(RW * kb);
+  // One tile: the next block whole into L1 where a block fits there (memory serves one stream
+  // per thread better than RW rows interleaved), else each row stream_ahead_bytes ahead.
+  const bool seq = tiles == 1 && fits_l1(RW * kb);
   const int64_t lines =
       prefetch_next && (tiles > 1 || seq)
           ? static_cast<int64_t>((next + RW * kb - (next & ~uintptr_t{63}) + 63) / 64)

@@ -12,7 +12,7 @@
 // n = 1..4 (one tile of x rows) is bound by memory. The tile reads its rw rows side by side, but
 // memory delivers a single sequential stream faster than rw interleaved ones (on a Zen 5 host,
 // 48 against 31-35 GB/s for plain reads of 6 rows of 4 KiB, prefetched a few lines ahead or not;
-// bench/RESULTS.md). So where two blocks fit in L1 the tile prefetches the thread's next block
+// bench/RESULTS.md). So where a block fits in L1 the tile prefetches the thread's next block
 // from start to end, into L1, spread over its steps, and works on a block that is already in
 // cache: memory sees one stream. The first block of a thread's chunk, which nothing prefetched,
 // and blocks too large for this prefetch each of their rows a few lines ahead instead. With
@@ -312,9 +312,9 @@ inline void tile_vec(const float* x, int64_t ldx, const T* w, int64_t k, float* 
 template <int RW, int RX_MAX, bool Wide, class T>
 void block_vec(const Operands<T>& op, int64_t j0, bool prefetch_next, bool first) {
   const int64_t k = op.k, tiles = (op.n + RX_MAX - 1) / RX_MAX;
-  // One tile: the next block whole into L1 where it fits there beside this one, else each row a
-  // few lines ahead.
-  const bool sequential = tiles == 1 && fits_l1_twice(RW * k * static_cast<int64_t>(sizeof(T)));
+  // One tile: the next block whole into L1 where a block fits there, else each row a few lines
+  // ahead.
+  const bool sequential = tiles == 1 && fits_l1(RW * k * static_cast<int64_t>(sizeof(T)));
   const T* w = op.w + j0 * k;
   // The tiles share out the next block's lines, from the one holding its first byte.
   const auto next = reinterpret_cast<uintptr_t>(w + RW * k);
@@ -548,18 +548,17 @@ void run_block(const Operands<T>& op, int64_t j0, int rw, bool prefetch_next, bo
 
 template <class T>
 void run(const Operands<T>& op, Path path) {
-  // Weight rows per block. One x row: 3 where two blocks of 3 fit in L1 (this block and the
-  // next, prefetched beside it; on Zen 5 at k = 2048, 3 BF16 rows took 0.94-0.96× the time of
-  // 6, whose two blocks fill the 48 KiB L1, and 3 F32 rows 0.80-0.86× that of 6 read row by
-  // row), else 6 (rows of 8 KiB or more, read each a few lines ahead: at k = 5461, whole-block
-  // prefetching gained nothing that held over runs, BF16 0.86-1.02× the time of row by row,
-  // F32 1.05-1.17×).
+  // Weight rows per block. One x row: 3 where a block of 3 fits in L1, its successor then
+  // prefetched whole (on Zen 5 at k = 2048, 3 BF16 rows took 0.94-0.96× the time of 6, whose
+  // two blocks fill the 48 KiB L1, and 3 F32 rows 0.80-0.86× that of 6 read row by row; at
+  // k = 5461, 3 BF16 rows of 11 KiB 0.90× that of 6 read row by row), else 6, each row read a
+  // few lines ahead (3 F32 rows of 22 KiB prefetched whole took 1.05-1.09× that time).
   // More x rows: 3 (6 with AVX-512's 32 registers and F32 weights: 4 × 6 tiles, each weight
   // load used 4 times, each x load 6 times).
   constexpr bool f32 = std::is_same_v<T, float>;
   const int64_t row_bytes = op.k * static_cast<int64_t>(sizeof(T));
   const int rw = op.n > 1 ? (path == Path::Avx512 && f32 ? 6 : 3)
-                           : (fits_l1_twice(3 * row_bytes) ? 3 : 6);
+                           : (fits_l1(3 * row_bytes) ? 3 : 6);
   const int64_t blocks = op.m / rw;                  // full blocks of rw weight rows
   const int64_t units = blocks + op.m - blocks * rw;  // then one unit per remaining row
   const int64_t block_bytes = rw * row_bytes;
@@ -591,12 +590,12 @@ bool small_gemm_vectorized() {
 #endif
 }
 
-bool fits_l1_twice(int64_t block_bytes) {
+bool fits_l1(int64_t block_bytes) {
   static const int64_t l1 = [] {
     const long v = ::sysconf(_SC_LEVEL1_DCACHE_SIZE);
     return v > 0 ? int64_t{v} : int64_t{32} << 10;
   }();
-  return 2 * block_bytes <= l1;
+  return block_bytes <= l1;
 }
 
 bool small_gemm_avx512() {

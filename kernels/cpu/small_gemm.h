@@ -34,9 +34,9 @@ bool small_gemm_vectorized();
 // True when the AVX-512 kernels (F, BW, VL, DQ) run on this CPU.
 bool small_gemm_avx512();
 
-// Whether two blocks of this many bytes fit in the L1 data cache (32 KiB where the size is not
+// Whether a block of this many bytes fits in the L1 data cache (32 KiB where the size is not
 // known): a memory-bound decoding tile then prefetches its thread's next block of weight rows
-// whole, beside the one it computes (see small_gemm.cpp).
-bool fits_l1_twice(int64_t block_bytes);
+// whole while it computes this one (see small_gemm.cpp).
+bool fits_l1(int64_t block_bytes);
 
 }  // namespace glmrt::cpu
