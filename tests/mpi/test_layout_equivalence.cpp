@@ -18,6 +18,7 @@ namespace glmrt {
 namespace {
 
 using testing::g_layout;
+using testing::layout_model;
 
 GlmConfig model_config() {
   GlmConfig c = testing::small_glm_config(4);
@@ -110,10 +111,7 @@ TEST_P(LayoutEquivalence, TrainingStepsEqualTheSingleRankRun) {
   const Topology& topo = groups->topo;
   const auto counts = stage_layer_counts(c.num_layers, g_layout.pipeline, {});
   const ModelShard shard = ModelShard::of_rank(topo, counts);
-  const int64_t pad = zero ? g_layout.data * 64 : 1;
-  GlmParams params = GlmParams::allocate(c, DType::F32, Device::cpu(), shard, pad);
-  init_glm_params(params, c, 5);
-  GlmModel model(c, std::move(params), {groups->tp.get(), shard.tp_rank, shard.tp_size});
+  GlmModel model = layout_model(c, *groups, 5, zero ? g_layout.data * 64 : 1);
   TrainerOptions opts;
   opts.groups = groups.get();
   opts.zero = zero;
@@ -171,11 +169,7 @@ TEST(LayoutForward, LogitsEqualTheSingleRankRun) {
 
   auto groups = ProcessGroups::create(g_layout, std::chrono::seconds(60));
   const Topology& topo = groups->topo;
-  const auto counts = stage_layer_counts(c.num_layers, g_layout.pipeline, {});
-  const ModelShard shard = ModelShard::of_rank(topo, counts);
-  GlmParams params = GlmParams::allocate(c, DType::F32, Device::cpu(), shard);
-  init_glm_params(params, c, 9);
-  GlmModel model(c, std::move(params), {groups->tp.get(), shard.tp_rank, shard.tp_size});
+  GlmModel model = layout_model(c, *groups, 9);
   const Tensor got = pipeline_forward(model, *groups, batch);
   if (topo.rank() == 0) {
     ASSERT_EQ(got.shape(), want.shape());
@@ -208,10 +202,7 @@ TEST(MemoryAccount, PeakAllocationMatchesTheAccount) {
     const size_t before = allocated_bytes(Device::Kind::CPU);
     reset_peak_allocated_bytes(Device::Kind::CPU);
     {
-      const int64_t pad = zero ? g_layout.data * 64 : 1;
-      GlmParams params = GlmParams::allocate(c, DType::F32, Device::cpu(), shard, pad);
-      init_glm_params(params, c, 5);
-      GlmModel model(c, std::move(params), {groups->tp.get(), shard.tp_rank, shard.tp_size});
+      GlmModel model = layout_model(c, *groups, 5, zero ? g_layout.data * 64 : 1);
       TrainerOptions opts;
       opts.groups = groups.get();
       opts.zero = zero;

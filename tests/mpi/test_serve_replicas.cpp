@@ -24,6 +24,7 @@ namespace glmrt {
 namespace {
 
 using testing::g_layout;
+using testing::layout_model;
 
 constexpr int32_t kMask = 56, kGmask = 57, kSmask = 58;
 
@@ -88,11 +89,7 @@ TEST(ServeReplicas, EveryQueryAnsweredAsGenerateAnswersIt) {
   const GlmConfig c = serve_config();
   auto groups = ProcessGroups::create(g_layout, std::chrono::seconds(60));
   const Topology& topo = groups->topo;
-  const auto counts = stage_layer_counts(c.num_layers, g_layout.pipeline, {});
-  const ModelShard shard = ModelShard::of_rank(topo, counts);
-  GlmParams params = GlmParams::allocate(c, DType::F32, Device::cpu(), shard);
-  init_glm_params(params, c, 9);
-  GlmModel model(c, std::move(params), {groups->tp.get(), shard.tp_rank, shard.tp_size});
+  GlmModel model = layout_model(c, *groups, 9);
   // One query in flight per replica (two cache rows, for the beam queries): a replica is full
   // while it streams, and its tokens must still reach rank 0 step by step (the cancelled queries
   // below run to their end otherwise).
