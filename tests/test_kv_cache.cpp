@@ -203,18 +203,20 @@ TEST(KvCache, SixteenBitCachesMatchTheSixteenBitFullForward) {
   }
 }
 
-// Decoding rows of at least as many queries as threads walk their cache rows across all heads
-// (one task per row); fewer take one task per (row, head). Both are the same FMAs in the same
-// order: bit-identical, for F32 and BF16 caches, beams sharing a context included; and near the
-// float64 GEMM path.
-TEST(KvCache, RowWalkAndPerHeadDecodingAgreeBitForBit) {
-  const int64_t heads = 4, d = 16, hl = heads * d, slots = 6, cap = 24, rows = 6;
+// Decoding cuts each token's keys into fixed chunks of 32, spread over the threads (with heads
+// grouped when chunks are few) and combined per head. A token's result is bit-identical for any
+// thread count and whatever else is in the batch, for F32 and BF16 caches, beams sharing a
+// context included, with visible key counts around the chunk size; and near the float64 GEMM
+// path.
+TEST(KvCache, ChunkedDecodingIsBitIdenticalForAnyThreadsAndBatch) {
+  const int64_t heads = 4, d = 16, hl = heads * d, slots = 7, cap = 104, rows = 7;
+  const std::vector<int32_t> visible = {70, 97, 64, 1, 31, 32, 33};  // beams write past 40
   std::vector<int32_t> table(static_cast<size_t>(rows * cap));
-  for (int64_t r = 0; r < rows; ++r)  // rows 0-2: beams sharing slot 0's first 8 positions
+  for (int64_t r = 0; r < rows; ++r)  // rows 0-2: beams sharing slot 0's first 40 positions
     for (int64_t j = 0; j < cap; ++j)
-      table[static_cast<size_t>(r * cap + j)] = static_cast<int32_t>(r < 3 && j < 8 ? 0 : r);
+      table[static_cast<size_t>(r * cap + j)] = static_cast<int32_t>(r < 3 && j < 40 ? 0 : r);
   std::vector<int32_t> index;
-  for (int32_t r = 0; r < rows; ++r) index.insert(index.end(), {r, 14 + r, 15 + r});
+  for (int32_t r = 0; r < rows; ++r) index.insert(index.end(), {r, visible[r] - 1, visible[r]});
   const Tensor idx = Tensor::from_ints(index, {rows, 3}), tab = Tensor::from_ints(table, {rows, cap});
   const Tensor qkv64 = random_tensor({rows, 3 * hl}, 3, DType::F64, 1.0);
   const Tensor k64 = random_tensor({slots, cap, hl}, 4, DType::F64, 1.0);
@@ -223,17 +225,28 @@ TEST(KvCache, RowWalkAndPerHeadDecodingAgreeBitForBit) {
   attention_cached_forward(qkv64, idx, tab, heads, d, 1.0f, kr, vr, ref);
   const int threads = omp_get_max_threads();
   for (DType dt : {DType::F32, DType::BF16}) {
-    Tensor out[2];
-    for (int pass = 0; pass < 2; ++pass) {
-      omp_set_num_threads(pass == 0 ? 2 : 16);  // 6 rows: walked by rows, then per (row, head)
-      Tensor kc = k64.to(dt), vc = v64.to(dt);
-      out[pass] = Tensor::empty({rows, hl}, dt);
-      attention_cached_forward(qkv64.to(dt), idx, tab, heads, d, 1.0f, kc, vc, out[pass]);
+    std::vector<Tensor> outs;
+    for (int t : {1, 2, 3, 16}) {
+      omp_set_num_threads(t);
+      Tensor kc = k64.to(dt), vc = v64.to(dt), out = Tensor::empty({rows, hl}, dt);
+      attention_cached_forward(qkv64.to(dt), idx, tab, heads, d, 1.0f, kc, vc, out);
+      outs.push_back(out.to(DType::F64));
+    }
+    // Each row alone, on 2 threads.
+    omp_set_num_threads(2);
+    Tensor alone = Tensor::empty({rows, hl}, DType::F64);
+    for (int64_t r = 0; r < rows; ++r) {
+      Tensor kc = k64.to(dt), vc = v64.to(dt), out = Tensor::empty({1, hl}, dt);
+      const Tensor q = qkv64.slice_rows(r, r + 1).to(dt);
+      const Tensor i1 = Tensor::from_ints({0, visible[static_cast<size_t>(r)] - 1, visible[static_cast<size_t>(r)]}, {1, 3});
+      const std::vector<int32_t> t1(table.begin() + r * cap, table.begin() + (r + 1) * cap);
+      attention_cached_forward(q, i1, Tensor::from_ints(t1, {1, cap}), heads, d, 1.0f, kc, vc, out);
+      alone.slice_rows(r, r + 1).copy_from(out.to(DType::F64));
     }
     omp_set_num_threads(threads);
-    const Tensor a = out[0].to(DType::F64), b = out[1].to(DType::F64);
-    EXPECT_EQ(max_rel_diff(a, b), 0.0) << dtype_name(dt);
-    EXPECT_LE(max_rel_diff(a, ref), dt == DType::F32 ? 1e-5 : 0.05) << dtype_name(dt);
+    for (size_t i = 1; i < outs.size(); ++i) EXPECT_EQ(max_rel_diff(outs[i], outs[0]), 0.0) << dtype_name(dt) << " " << i;
+    EXPECT_EQ(max_rel_diff(alone, outs[0]), 0.0) << dtype_name(dt);
+    EXPECT_LE(max_rel_diff(outs[0], ref), dt == DType::F32 ? 1e-5 : 0.05) << dtype_name(dt);
   }
 }
 

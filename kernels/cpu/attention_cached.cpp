@@ -7,13 +7,12 @@
 // arithmetic is fp32 (the CPU backend's convention for F16/BF16).
 //
 // Decoding (a group of at most direct_max_tokens tokens, fp32 arithmetic) takes direct loops
-// instead: per token, the scores are dot products with each visible key and the context a
-// weighted sum of the values, both read in place in their stored dtype through the slot table
-// (16-bit values widened in registers); with AVX2 and at least as many rows as threads, one task
-// per cache row walks the row key by key across all heads (a sequential stream), else one task
-// per (row, head). The two GEMM calls cost more in packing than in arithmetic for one token
-// against a few hundred keys (~10% of a 16-row decoding step of the 1b model), and the gathered
-// fp32 copy of 16-bit caches was a third pass over them.
+// instead (decode_chunked below): a token's keys are cut into fixed chunks, each scored, softmaxed
+// and summed against its values by one task that walks whole key rows (all heads: a sequential
+// stream), read in place in their stored dtype through the slot table (16-bit values widened in
+// registers); the chunks are then combined per head. The two GEMM calls cost more in packing
+// than in arithmetic for one token against a few hundred keys (~10% of a 16-row decoding step of
+// the 1b model), and the gathered fp32 copy of 16-bit caches was a third pass over them.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -69,163 +68,207 @@ void dispatch_storage(DType dtype, Fn&& fn) {
   }
 }
 
-// ---- Direct decoding loops -------------------------------------------------------------------
-// One token against the keys/values of its cache row: key j of head `hoff / d` is at
-// cache + (slot_of[j] · capacity + j) · hl + hoff. probs [visible] receives the softmax, ctx [d]
-// the context.
-struct DirectArgs {
-  const float* q;           // [d], the token's query (F32)
-  const int32_t* slot_of;   // the row's slot table
-  int64_t capacity, hl, hoff, visible, d;
+// ---- Decoding: the keys in fixed chunks ---------------------------------------------------
+// A decoding token's visible keys are cut into chunks of key_chunk keys (the last one shorter).
+// One work item = (token, chunk, group of heads): it walks the chunk's key rows (key j of all
+// heads is one contiguous run of hl values, so a chunk of one cache slot is one sequential read),
+// scores them, takes a softmax within the chunk (the chunk's max m and sum l), and accumulates the
+// chunk's un-normalised context from its value rows. Then, per (token, head), the chunks are
+// combined in order: M = max m_c, w_c = exp(m_c - M), context = (Σ_c w_c · ctx_c) / Σ_c w_c · l_c.
+// The chunks are fixed by the key count alone and heads are independent, so a token's result
+// does not depend on the thread count, on how heads are grouped, or on the other rows of the
+// batch: bit-identical however it is run. Work items spread one row's keys over every thread
+// (batch 1: one task per head read 256 bytes out of every 4 KiB key row, at ~14 GB/s).
+constexpr int64_t key_chunk = 32;
+
+struct ChunkArgs {
+  const float* q;          // [heads · d]: the token's query, fp32
+  const int32_t* slot_of;  // the row's slot table
+  int64_t capacity, hl, d, h0, h1, j0, j1;  // heads [h0, h1), keys [j0, j1)
   float scale;
-  float* probs;             // [visible]
-  float* ctx;               // [d]
+  float* s;    // scratch [(h1 - h0) · key_chunk]
+  float* m;    // the part's [heads] chunk maxima,
+  float* l;    //            [heads] sums of exp(score - m),
+  float* ctx;  //            [heads · d] Σ exp(score - m) · value (heads h0..h1 written)
 };
 
-inline int64_t key_offset(const DirectArgs& a, int64_t j) {
-  return (static_cast<int64_t>(a.slot_of[j]) * a.capacity + j) * a.hl + a.hoff;
+inline int64_t row_offset(const ChunkArgs& a, int64_t j) {
+  return (static_cast<int64_t>(a.slot_of[j]) * a.capacity + j) * a.hl;
 }
 
-// probs[0 .. visible) = softmax(probs) in place (fp32, max subtracted).
-inline void softmax_in_place(float* s, int64_t visible) {
-  const float sum = exp_shifted_sum(s, visible, max_of(s, visible));
-  const float inv = 1.0f / sum;
-  for (int64_t j = 0; j < visible; ++j) s[j] *= inv;
+// Chunk softmax pieces of heads [h0, h1): s becomes exp(s - m), m and l are stored.
+inline void chunk_softmax(const ChunkArgs& a) {
+  const int64_t n = a.j1 - a.j0;
+  for (int64_t h = a.h0; h < a.h1; ++h) {
+    float* s = a.s + (h - a.h0) * key_chunk;
+    a.m[h] = max_of(s, n);
+    a.l[h] = exp_shifted_sum(s, n, a.m[h]);
+  }
 }
 
 template <class S>
-void attend_direct_scalar(const DirectArgs& a, const S* kc, const S* vc) {
-  for (int64_t j = 0; j < a.visible; ++j) {
-    const S* k = kc + key_offset(a, j);
-    float dot = 0;
-    for (int64_t i = 0; i < a.d; ++i) dot += a.q[i] * load_as<float>(k + i);
-    a.probs[j] = a.scale * dot;
+void attend_chunk_scalar(const ChunkArgs& a, const S* kc, const S* vc) {
+  const int64_t d = a.d;
+  for (int64_t j = a.j0; j < a.j1; ++j) {
+    const S* k = kc + row_offset(a, j);
+    for (int64_t h = a.h0; h < a.h1; ++h) {
+      float dot = 0;
+      for (int64_t i = 0; i < d; ++i) dot += a.q[h * d + i] * load_as<float>(k + h * d + i);
+      a.s[(h - a.h0) * key_chunk + (j - a.j0)] = a.scale * dot;
+    }
   }
-  softmax_in_place(a.probs, a.visible);
-  std::fill(a.ctx, a.ctx + a.d, 0.0f);
-  for (int64_t j = 0; j < a.visible; ++j) {
-    const S* v = vc + key_offset(a, j);
-    for (int64_t i = 0; i < a.d; ++i) a.ctx[i] += a.probs[j] * load_as<float>(v + i);
+  chunk_softmax(a);
+  std::fill(a.ctx + a.h0 * d, a.ctx + a.h1 * d, 0.0f);
+  for (int64_t j = a.j0; j < a.j1; ++j) {
+    const S* v = vc + row_offset(a, j);
+    for (int64_t h = a.h0; h < a.h1; ++h) {
+      const float p = a.s[(h - a.h0) * key_chunk + (j - a.j0)];
+      for (int64_t i = 0; i < d; ++i) a.ctx[h * d + i] += p * load_as<float>(v + h * d + i);
+    }
   }
 }
 
 #ifdef GLMRT_ATTN_X86
-// Fetches the d values of key/value row j (when there is one) into the cache: rows are
-// hl values apart in the cache, too far for the hardware prefetcher to follow.
+// d a multiple of 8. A head's score is one 8-lane FMA chain over its d values; four heads of a
+// key row go side by side (independent chains). The context accumulates in place (in L1).
 template <class S>
-GLMRT_AVX2_FMA inline void prefetch_row(const DirectArgs& a, const S* cache, int64_t j) {
-  if (j >= a.visible) return;
-  const char* p = reinterpret_cast<const char*>(cache + key_offset(a, j));
-  const int64_t bytes = a.d * static_cast<int64_t>(sizeof(S));
-  for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
-}
-
-// How many rows ahead of its reads the direct loop prefetches.
-constexpr int64_t rows_ahead = 8;
-
-// d a multiple of 8. Scores four keys at a time (four independent FMA chains); the context in
-// chunks of 64 values (eight accumulators) over every visible value row, the first chunk
-// prefetching the rows ahead (later chunks find them in L2).
-template <class S>
-GLMRT_AVX2_FMA void attend_direct_avx2(const DirectArgs& a, const S* kc, const S* vc) {
+GLMRT_AVX2_FMA void attend_chunk_avx2(const ChunkArgs& a, const S* kc, const S* vc) {
   const int64_t d = a.d;
-  for (int64_t j = 0; j < rows_ahead; ++j) prefetch_row(a, kc, j);
-  int64_t j = 0;
-  for (; j + 4 <= a.visible; j += 4) {
-    for (int64_t t = 0; t < 4; ++t) prefetch_row(a, kc, j + rows_ahead + t);
-    const S* k0 = kc + key_offset(a, j);
-    const S* k1 = kc + key_offset(a, j + 1);
-    const S* k2 = kc + key_offset(a, j + 2);
-    const S* k3 = kc + key_offset(a, j + 3);
-    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-    for (int64_t i = 0; i < d; i += 8) {
-      const __m256 q = _mm256_loadu_ps(a.q + i);
-      s0 = _mm256_fmadd_ps(q, load8(k0 + i), s0);
-      s1 = _mm256_fmadd_ps(q, load8(k1 + i), s1);
-      s2 = _mm256_fmadd_ps(q, load8(k2 + i), s2);
-      s3 = _mm256_fmadd_ps(q, load8(k3 + i), s3);
+  auto score = [&](const S* k, int64_t h) {
+    __m256 s = _mm256_setzero_ps();
+    for (int64_t i = 0; i < d; i += 8)
+      s = _mm256_fmadd_ps(_mm256_loadu_ps(a.q + h * d + i), load8(k + h * d + i), s);
+    return s;
+  };
+  for (int64_t j = a.j0; j < a.j1; ++j) {
+    const S* k = kc + row_offset(a, j);
+    float* s = a.s + (j - a.j0);
+    int64_t h = a.h0;
+    for (; h + 4 <= a.h1; h += 4) {
+      __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+      for (int64_t i = 0; i < d; i += 8) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.q + h * d + i), load8(k + h * d + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.q + (h + 1) * d + i), load8(k + (h + 1) * d + i), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a.q + (h + 2) * d + i), load8(k + (h + 2) * d + i), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a.q + (h + 3) * d + i), load8(k + (h + 3) * d + i), s3);
+      }
+      s[(h - a.h0) * key_chunk] = a.scale * horizontal_sum(s0);
+      s[(h + 1 - a.h0) * key_chunk] = a.scale * horizontal_sum(s1);
+      s[(h + 2 - a.h0) * key_chunk] = a.scale * horizontal_sum(s2);
+      s[(h + 3 - a.h0) * key_chunk] = a.scale * horizontal_sum(s3);
     }
-    a.probs[j] = a.scale * horizontal_sum(s0);
-    a.probs[j + 1] = a.scale * horizontal_sum(s1);
-    a.probs[j + 2] = a.scale * horizontal_sum(s2);
-    a.probs[j + 3] = a.scale * horizontal_sum(s3);
+    for (; h < a.h1; ++h) s[(h - a.h0) * key_chunk] = a.scale * horizontal_sum(score(k, h));
   }
-  for (; j < a.visible; ++j) {
-    const S* k = kc + key_offset(a, j);
-    __m256 s0 = _mm256_setzero_ps();
-    for (int64_t i = 0; i < d; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.q + i), load8(k + i), s0);
-    a.probs[j] = a.scale * horizontal_sum(s0);
-  }
-  for (int64_t t = 0; t < rows_ahead; ++t) prefetch_row(a, vc, t);
-  softmax_in_place(a.probs, a.visible);
-  int64_t i0 = 0;
-  for (; i0 + 64 <= d; i0 += 64) {
-    __m256 c[8];
-    for (int u = 0; u < 8; ++u) c[u] = _mm256_setzero_ps();
-    for (int64_t t = 0; t < a.visible; ++t) {
-      if (i0 == 0) prefetch_row(a, vc, t + rows_ahead);
-      const S* v = vc + key_offset(a, t) + i0;
-      const __m256 p = _mm256_set1_ps(a.probs[t]);
-      for (int u = 0; u < 8; ++u) c[u] = _mm256_fmadd_ps(p, load8(v + 8 * u), c[u]);
-    }
-    for (int u = 0; u < 8; ++u) _mm256_storeu_ps(a.ctx + i0 + 8 * u, c[u]);
-  }
-  for (; i0 < d; i0 += 8) {
-    __m256 c0 = _mm256_setzero_ps();
-    for (int64_t t = 0; t < a.visible; ++t)
-      c0 = _mm256_fmadd_ps(_mm256_set1_ps(a.probs[t]), load8(vc + key_offset(a, t) + i0), c0);
-    _mm256_storeu_ps(a.ctx + i0, c0);
-  }
-}
-
-// One token against every head of its cache row, walking the row key by key: key j of all heads
-// is one contiguous run of hl = heads · d values, so the keys and then the values are read as
-// one sequential stream, where the per-head loops above read d values out of every hl (16
-// decoding rows of the 1b model streamed their K and V at ~10-16 GB/s that way, ~20-25 GB/s this
-// way). The same FMAs in the same order per head as attend_direct_avx2: bit-identical.
-// q, ctx: [heads · d] (ctx accumulated in place, in L1); probs [heads · visible].
-struct RowArgs {
-  const float* q;
-  const int32_t* slot_of;
-  int64_t capacity, hl, heads, visible, d;
-  float scale;
-  float* probs;
-  float* ctx;
-};
-
-template <class S>
-GLMRT_AVX2_FMA void attend_row_avx2(const RowArgs& a, const S* kc, const S* vc) {
-  const int64_t d = a.d, H = a.heads, vis = a.visible;
-  for (int64_t j = 0; j < vis; ++j) {
-    const S* k = kc + (static_cast<int64_t>(a.slot_of[j]) * a.capacity + j) * a.hl;
-    for (int64_t h = 0; h < H; ++h) {
-      __m256 s = _mm256_setzero_ps();
-      for (int64_t i = 0; i < d; i += 8)
-        s = _mm256_fmadd_ps(_mm256_loadu_ps(a.q + h * d + i), load8(k + h * d + i), s);
-      a.probs[h * vis + j] = a.scale * horizontal_sum(s);
-    }
-  }
-  for (int64_t h = 0; h < H; ++h) softmax_in_place(a.probs + h * vis, vis);
-  std::fill(a.ctx, a.ctx + H * d, 0.0f);
-  for (int64_t j = 0; j < vis; ++j) {
-    const S* v = vc + (static_cast<int64_t>(a.slot_of[j]) * a.capacity + j) * a.hl;
-    for (int64_t h = 0; h < H; ++h) {
-      const __m256 p = _mm256_set1_ps(a.probs[h * vis + j]);
+  chunk_softmax(a);
+  std::fill(a.ctx + a.h0 * d, a.ctx + a.h1 * d, 0.0f);
+  for (int64_t j = a.j0; j < a.j1; ++j) {
+    const S* v = vc + row_offset(a, j);
+    for (int64_t h = a.h0; h < a.h1; ++h) {
+      const __m256 p = _mm256_set1_ps(a.s[(h - a.h0) * key_chunk + (j - a.j0)]);
       float* c = a.ctx + h * d;
       for (int64_t i = 0; i < d; i += 8)
         _mm256_storeu_ps(c + i, _mm256_fmadd_ps(p, load8(v + h * d + i), _mm256_loadu_ps(c + i)));
     }
   }
 }
-
 #endif
 
 template <class S>
-void attend_direct(const DirectArgs& a, const S* kc, const S* vc) {
+void attend_chunk(const ChunkArgs& a, const S* kc, const S* vc) {
 #ifdef GLMRT_ATTN_X86
-  if (a.d % 8 == 0 && vec_math_vectorized()) return attend_direct_avx2(a, kc, vc);
+  if (a.d % 8 == 0 && vec_math_vectorized()) return attend_chunk_avx2(a, kc, vc);
 #endif
-  attend_direct_scalar(a, kc, vc);
+  attend_chunk_scalar(a, kc, vc);
+}
+
+// Decodes tokens `tokens` (each in a group of at most direct_max_tokens of its row): every
+// (token, chunk, head group) item, then every (token, head) combination.
+template <class S>
+void decode_chunked(const std::vector<int64_t>& tokens, const S* src, const int32_t* ti,
+                    const int32_t* tab, int64_t capacity, int64_t heads, int64_t d, float scale,
+                    const S* kc, const S* vc, S* out) {
+  const int64_t hl = heads * d, nt = static_cast<int64_t>(tokens.size());
+  // Part p of token i is first_part[i] + chunk; a part holds m [heads], l [heads], ctx [hl].
+  const int64_t part_floats = 2 * heads + hl;
+  std::vector<int64_t> first_part(static_cast<size_t>(nt + 1), 0);
+  for (int64_t i = 0; i < nt; ++i) {
+    const int64_t visible = ti[3 * tokens[static_cast<size_t>(i)] + 2];
+    first_part[static_cast<size_t>(i + 1)] =
+        first_part[static_cast<size_t>(i)] + (visible + key_chunk - 1) / key_chunk;
+  }
+  const int64_t parts = first_part[static_cast<size_t>(nt)];
+  // Head groups only where the chunks alone would leave threads idle.
+  const int64_t threads = omp_get_max_threads();
+  int64_t groups = 1;
+  while (parts * groups < 2 * threads && groups < heads) groups *= 2;
+  groups = std::min(groups, heads);
+  const int64_t per_group = (heads + groups - 1) / groups;
+  groups = (heads + per_group - 1) / per_group;
+  struct Item {
+    int64_t token, part, j0, j1, h0, h1;
+  };
+  std::vector<Item> items;
+  items.reserve(static_cast<size_t>(parts * groups));
+  for (int64_t i = 0; i < nt; ++i) {
+    const int64_t visible = ti[3 * tokens[static_cast<size_t>(i)] + 2];
+    for (int64_t p = first_part[static_cast<size_t>(i)], j0 = 0; j0 < visible; ++p, j0 += key_chunk)
+      for (int64_t g = 0; g < groups; ++g)
+        items.push_back({i, p, j0, std::min(visible, j0 + key_chunk), g * per_group,
+                         std::min(heads, (g + 1) * per_group)});
+  }
+  // Reused between calls (one decoding step calls this once per layer).
+  thread_local std::vector<float> q_buf, part_buf;
+  if (q_buf.size() < static_cast<size_t>(nt * hl)) q_buf.resize(static_cast<size_t>(nt * hl));
+  if (part_buf.size() < static_cast<size_t>(parts * part_floats))
+    part_buf.resize(static_cast<size_t>(parts * part_floats));
+  float* q = q_buf.data();
+  float* part = part_buf.data();
+  const int64_t nitems = static_cast<int64_t>(items.size());
+#pragma omp parallel if (nitems > 1)
+  {
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < nt; ++i) {
+      const int64_t t = tokens[static_cast<size_t>(i)];
+      for (int64_t h = 0; h < heads; ++h)
+        for (int64_t e = 0; e < d; ++e)
+          q[i * hl + h * d + e] = load_as<float>(src + t * 3 * hl + 3 * h * d + e);
+    }
+    std::vector<float> s(static_cast<size_t>(per_group * key_chunk));
+#pragma omp for schedule(dynamic)
+    for (int64_t it = 0; it < nitems; ++it) {
+      const Item& w = items[static_cast<size_t>(it)];
+      const int64_t t = tokens[static_cast<size_t>(w.token)];
+      float* pp = part + w.part * part_floats;
+      const ChunkArgs a{q + w.token * hl, tab + ti[3 * t] * capacity, capacity, hl, d, w.h0, w.h1,
+                        w.j0, w.j1, scale, s.data(), pp, pp + heads, pp + 2 * heads};
+      attend_chunk(a, kc, vc);
+    }
+#pragma omp for schedule(static)
+    for (int64_t th = 0; th < nt * heads; ++th) {
+      const int64_t i = th / heads, h = th % heads, t = tokens[static_cast<size_t>(i)];
+      const int64_t p0 = first_part[static_cast<size_t>(i)], p1 = first_part[static_cast<size_t>(i + 1)];
+      float mx = -std::numeric_limits<float>::infinity();
+      for (int64_t p = p0; p < p1; ++p) mx = std::max(mx, part[p * part_floats + h]);
+      float sum = 0;
+      float acc[512];
+      float* c = d <= 512 ? acc : nullptr;
+      std::vector<float> big;
+      if (!c) {
+        big.resize(static_cast<size_t>(d));
+        c = big.data();
+      }
+      std::fill(c, c + d, 0.0f);
+      for (int64_t p = p0; p < p1; ++p) {
+        const float* pp = part + p * part_floats;
+        const float w = std::exp(pp[h] - mx);
+        sum += w * pp[heads + h];
+        const float* cp = pp + 2 * heads + h * d;
+        for (int64_t e = 0; e < d; ++e) c[e] += w * cp[e];
+      }
+      const float inv = 1.0f / sum;
+      for (int64_t e = 0; e < d; ++e) store_from(out + t * hl + h * d + e, c[e] * inv);
+    }
+  }
 }
 
 }  // namespace
@@ -301,67 +344,33 @@ void attention_cached_forward(const Tensor& qkv, const Tensor& token_index, cons
       }
     }
     const T scale = T(1) / std::sqrt(static_cast<T>(d));
-#ifdef GLMRT_ATTN_X86
-    // 2a. Decoding rows of at least as many queries as threads: one task per row group, every
-    // head at once, walking the row's keys and values as one stream (attend_row_avx2). Fewer
-    // rows take the per-(row, head) tasks of 2b, which keep every thread busy (one row walked
-    // on one thread, or its heads split between two, measured level to 5% slower over a whole
-    // batch-1 step; 16 rows: the attention 1.3-3x faster).
+    // 2a. Decoding tokens (groups of at most direct_max_tokens, fp32 arithmetic): the keys in
+    // fixed chunks spread over every thread (decode_chunked).
+    std::vector<RowGroup> gemm_groups;
     if constexpr (std::is_same_v<T, float>) {
-      const int64_t ngroups = static_cast<int64_t>(groups.size());
-      const bool decoding = std::all_of(groups.begin(), groups.end(),
-                                        [](const RowGroup& g) { return g.count <= direct_max_tokens; });
-      if (decoding && d % 8 == 0 && vec_math_vectorized() && ngroups >= omp_get_max_threads()) {
-#pragma omp parallel
-        {
-          std::vector<float> q(static_cast<size_t>(hl)), ctx(static_cast<size_t>(hl)), probs;
-#pragma omp for schedule(dynamic)
-          for (int64_t gi = 0; gi < ngroups; ++gi) {
-            const RowGroup& g = groups[static_cast<size_t>(gi)];
-            for (int64_t r = 0; r < g.count; ++r) {
-              const int64_t t = g.first + r, visible = ti[3 * t + 2];
-              for (int64_t h = 0; h < num_heads; ++h)
-                for (int64_t i = 0; i < d; ++i)
-                  q[static_cast<size_t>(h * d + i)] = load_as<float>(src + t * 3 * hl + 3 * h * d + i);
-              probs.resize(static_cast<size_t>(num_heads * visible));
-              const RowArgs a{q.data(), tab + g.row * capacity, capacity, hl, num_heads, visible, d,
-                              scale, probs.data(), ctx.data()};
-              attend_row_avx2(a, kc, vc);
-              for (int64_t i = 0; i < hl; ++i) store_from(out + t * hl + i, ctx[static_cast<size_t>(i)]);
-            }
-          }
+      std::vector<int64_t> decode;
+      for (const RowGroup& g : groups) {
+        if (g.count > direct_max_tokens) {
+          gemm_groups.push_back(g);
+          continue;
         }
-        return;
+        for (int64_t r = 0; r < g.count; ++r) decode.push_back(g.first + r);
       }
+      if (!decode.empty()) decode_chunked(decode, src, ti, tab, capacity, num_heads, d, scale, kc, vc, out);
+    } else {
+      gemm_groups = groups;
     }
-#endif
-    // 2b. Attend, one task per (row group, head).
-    const int64_t tasks = static_cast<int64_t>(groups.size()) * num_heads;
+    // 2b. The other groups (prefill, F64): one task per (row group, head), two GEMMs.
+    const int64_t tasks = static_cast<int64_t>(gemm_groups.size()) * num_heads;
+    if (tasks == 0) return;
 #pragma omp parallel
     {
       std::vector<T> q, kbuf, vbuf, probs, ctx;
 #pragma omp for schedule(dynamic)
       for (int64_t task = 0; task < tasks; ++task) {
-        const RowGroup& g = groups[static_cast<size_t>(task / num_heads)];
+        const RowGroup& g = gemm_groups[static_cast<size_t>(task / num_heads)];
         const int64_t h = task % num_heads, m = g.count, vis = g.max_visible;
         const int32_t* slot_of = tab + g.row * capacity;
-        if constexpr (std::is_same_v<T, float>) {
-          if (m <= direct_max_tokens) {  // decoding: direct loops, keys and values in place
-            q.resize(static_cast<size_t>(d));
-            probs.resize(static_cast<size_t>(vis));
-            ctx.resize(static_cast<size_t>(d));
-            for (int64_t r = 0; r < m; ++r) {
-              const S* qs = src + (g.first + r) * 3 * hl + 3 * h * d;
-              for (int64_t i = 0; i < d; ++i) q[static_cast<size_t>(i)] = load_as<T>(qs + i);
-              const DirectArgs a{q.data(), slot_of, capacity, hl, h * d,
-                                 ti[3 * (g.first + r) + 2], d, scale, probs.data(), ctx.data()};
-              attend_direct(a, kc, vc);
-              for (int64_t i = 0; i < d; ++i)
-                store_from(out + (g.first + r) * hl + h * d + i, ctx[static_cast<size_t>(i)]);
-            }
-            continue;
-          }
-        }
         // Keys and values in place when possible.
         const T* K = nullptr;
         const T* V = nullptr;
