@@ -1,7 +1,9 @@
 // The few-rows linear kernel (kernels/cpu/small_gemm): against a double-precision reference for
 // odd sizes, F32/BF16/F16, with and without bias; 16-bit outputs are exactly the round-to-nearest-
-// even of the F32 kernel's result on the same values; results do not depend on the thread count,
-// on n or on the tile a row falls in; the op-level linear_forward takes this path for a few rows.
+// even of the F32 kernel's result on the same values (AVX2 and portable paths), and the AVX-512
+// kernels exactly a scalar model of their documented order; results do not depend on the thread
+// count, on n or on the tile a row falls in; the op-level linear_forward takes this path for a
+// few rows.
 #include <omp.h>
 
 #include <cmath>
@@ -61,6 +63,53 @@ void expect_near_reference(const Tensor& x, const Tensor& w, const Tensor* bias,
 // The F32 tensor holding the same values as `t`.
 Tensor widened(const Tensor& t) { return t.dtype() == DType::F32 ? t : t.to(DType::F32); }
 
+// x·w in the AVX-512 kernels' order (small_gemm.cpp, tile_avx512_impl): 16 lanes, `chains`
+// accumulators (2 for 16-bit weights, 1 for F32) over steps of 16·chains values, the masked
+// tail, then the chains added lane by lane, lanes t and t + 8 added, and the 8 lanes summed as
+// ((0+4)+(2+6))+((1+5)+(3+7)). Every lane takes a fused multiply-add per step (zeros where masked).
+float avx512_order(const float* x, const float* w, int64_t k, int chains) {
+  float acc[2][16] = {};
+  auto step = [&](int c, int64_t l, int64_t r) {
+    for (int64_t t = 0; t < 16; ++t)
+      acc[c][t] = std::fma(t < r ? x[l + t] : 0.0f, t < r ? w[l + t] : 0.0f, acc[c][t]);
+  };
+  int64_t l = 0;
+  for (; l + 16 * chains <= k; l += 16 * chains) {
+    step(0, l, 16);
+    if (chains == 2) step(1, l + 16, 16);
+  }
+  if (chains == 2 && k - l >= 16) {
+    step(0, l, 16);
+    l += 16;
+    if (l < k) step(1, l, k - l);
+  } else if (l < k) {
+    step(0, l, k - l);
+  }
+  float h[8];
+  for (int t = 0; t < 8; ++t) {
+    const float lo = chains == 2 ? acc[0][t] + acc[1][t] : acc[0][t];
+    const float hi = chains == 2 ? acc[0][t + 8] + acc[1][t + 8] : acc[0][t + 8];
+    h[t] = lo + hi;
+  }
+  return ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]));
+}
+
+// y = x·wᵀ + bias in that order, rounded once to y's dtype.
+Tensor avx512_model(const Tensor& x, const Tensor& w, const Tensor* bias, DType dt) {
+  const int64_t n = x.rows(), k = w.dim(1), m = w.dim(0);
+  const Tensor xf = widened(x), wf = widened(w);
+  const float* xp = xf.data_as<float>();
+  const float* wp = wf.data_as<float>();
+  std::vector<float> y(static_cast<size_t>(n * m));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < m; ++j) {
+      float v = avx512_order(xp + i * k, wp + j * k, k, dt == DType::F32 ? 1 : 2);
+      if (bias) v += static_cast<float>(bias->item(j));
+      y[static_cast<size_t>(i * m + j)] = v;
+    }
+  return Tensor::from_floats(y, {n, m}, dt);
+}
+
 class SmallGemm : public ::testing::TestWithParam<DType> {
  protected:
   DType dt() const { return GetParam(); }
@@ -92,7 +141,10 @@ void check_sizes(DType dt, bool allow_vectorized, bool allow_avx512 = true) {
       ASSERT_TRUE(cpu::small_linear_forward(x32, w32, with_bias ? &b32 : nullptr, y32, allow_vectorized,
                                             allow_avx512));
       expect_near_reference(x32, w32, with_bias ? &b32 : nullptr, y32, "F32 kernel");
-      if (dt != DType::F32) {
+      if (allow_vectorized && allow_avx512 && cpu::small_gemm_avx512()) {
+        EXPECT_TRUE(same_bits(y, avx512_model(x, w, with_bias ? &bias : nullptr, dt)))
+            << "not the AVX-512 order";
+      } else if (dt != DType::F32) {
         EXPECT_TRUE(same_bits(y, y32.to(dt))) << "not the RNE of the fp32 sum";
       }
     }

@@ -9,23 +9,28 @@
 // load feeds rx FMAs and each x load rw. x is F32 (16-bit x is converted once per call: n·k
 // values, small next to m·k).
 //
-// n = 1..4 (one tile of x rows) is bound by memory. The tile reads its rw rows side by side, but
-// memory delivers a single sequential stream faster than rw interleaved ones (on a Zen 5 host,
-// 48 against 31-35 GB/s for plain reads of 6 rows of 4 KiB, prefetched a few lines ahead or not;
-// bench/RESULTS.md). So where a block fits in L1 the tile prefetches the thread's next block
-// from start to end, into L1, spread over its steps, and works on a block that is already in
-// cache: memory sees one stream. The first block of a thread's chunk, which nothing prefetched,
-// and blocks too large for this prefetch each of their rows a few lines ahead instead. With
-// more rows each block is read by several tiles and the call is bound by feeding the FMAs; the
-// tiles of a block then share out the next block's lines into L2, so that the first tile of a
-// block does not wait on memory. F32 weights with more rows go through
-// block_f32_chunked instead (k in L1-sized chunks, an assembly tile; see there).
+// n = 1..4 (one tile of x rows) is bound by memory, and memory delivers one sequential stream
+// per core faster than any interleaving of rows: on a Zen 5 host a plain read of 6 rows of 4 KiB
+// side by side ran at 0.56 of a sequential read, 0.79 with the thread's next block prefetched
+// whole (bench/RESULTS.md). Where the CPU has AVX-512 a thread therefore reads its weight rows
+// one after another (stream_rows), each row's lines 4 KiB ahead prefetched into L2, with two
+// FMA chains per row for 16-bit weights; the 1b model's layers then ran within a few % of a plain
+// sum over the same bytes. The AVX2 tiles have too few lanes for one row to keep up with memory
+// on one chain; they read blocks of rw rows side by side, and where a block fits in L1 prefetch
+// the thread's next block from start to end, into L1, spread over their steps, so that memory
+// sees one stream. The first block of a thread's chunk, which nothing prefetched, and blocks too
+// large for this prefetch each of their rows a few lines ahead instead. With more rows each block
+// is read by several tiles and the call is bound by feeding the FMAs; the tiles of a block then
+// share out the next block's lines into L2, so that the first tile of a block does not wait on
+// memory. F32 weights with more rows go through block_f32_chunked on AVX2 (k in L1-sized
+// chunks, an assembly tile; see there).
 //
 // The AVX2/FMA/F16C kernels are compiled with target attributes and chosen at run time, so the
 // file builds without -march flags; other CPUs take a scalar loop with the same per-element order
 // (a product rounded before the add where the vector code fuses them). CPUs with AVX-512 take
 // 16-lane twins of the tiles instead (and 4 × 6 tiles for F32 with more rows in place of the
-// chunked assembly tile): one order again on such a CPU (see the AVX-512 section).
+// chunked assembly tile), with two accumulators per pair for 16-bit weights: one order again on
+// such a CPU (see the AVX-512 section).
 #include "kernels/cpu/small_gemm.h"
 
 #include <omp.h>
@@ -60,6 +65,9 @@ constexpr int64_t chunk_bytes = int64_t{128} << 10;
 constexpr int64_t chunk_bytes_memory_bound = int64_t{1} << 20;
 // How far ahead of its loads a memory-bound tile prefetches each weight row.
 constexpr int64_t rows_ahead_bytes = 256;
+// How far ahead of its loads the AVX-512 one-row kernel (n ≤ 4) prefetches its stream into L2
+// (4 and 8 KiB measured alike on Zen 5; 256 bytes, into L1, ~5% slower).
+constexpr int64_t stream_ahead_bytes = 4096;
 
 template <class T>
 T narrow(float v);
@@ -179,6 +187,9 @@ struct Prefetch {
   // page, and a row of 2048 16-bit weights is one.
   bool rows_ahead = false;
   bool into_next_block = false;
+  // One weight row read as a stream (AVX-512, n ≤ 4): each line `stream_ahead_bytes` ahead of
+  // the loads, into L2.
+  bool stream = false;
 };
 
 // A tile's prefetching as it walks k a cache line of each weight row at a time (the part shared
@@ -200,6 +211,7 @@ struct PrefetchWalk {
       for (int64_t q = 0; q < per_line && p < p_end; ++q, p += 64) _mm_prefetch(p, _MM_HINT_T0);
     else
       for (int64_t q = 0; q < per_line && p < p_end; ++q, p += 64) _mm_prefetch(p, _MM_HINT_T1);
+    if (pf.stream) _mm_prefetch(reinterpret_cast<const char*>(w + l) + stream_ahead_bytes, _MM_HINT_T1);
     if (pf.rows_ahead && (l + ahead < k || pf.into_next_block)) {
       const int64_t a = l + ahead < k ? l + ahead : l + ahead + (RW - 1) * k;
       for (int j = 0; j < RW; ++j) _mm_prefetch(reinterpret_cast<const char*>(w + j * k + a), _MM_HINT_T0);
@@ -264,9 +276,9 @@ GLMRT_AVX512 inline float horizontal_sum16(__m512 v) {
       _mm256_add_ps(_mm512_maskz_extractf32x8_ps(0xFF, v, 0), _mm512_maskz_extractf32x8_ps(0xFF, v, 1)));
 }
 
-// acc[i][j] += x row i · w row j over the 16 values at l (r < 16: the first r, zero-padded).
-template <int RX, int RW, class T>
-GLMRT_AVX512 inline void fma_step16(__m512 (&acc)[RX][RW], const float* x, int64_t ldx, const T* w,
+// acc[i][j][H] += x row i · w row j over the 16 values at l (r < 16: the first r, zero-padded).
+template <int H, int RX, int RW, class T>
+GLMRT_AVX512 inline void fma_step16(__m512 (&acc)[RX][RW][2], const float* x, int64_t ldx, const T* w,
                                     int64_t k, int64_t l, int64_t r = 16) {
   __m512 wv[RW];
   for (int j = 0; j < RW; ++j) {
@@ -275,29 +287,91 @@ GLMRT_AVX512 inline void fma_step16(__m512 (&acc)[RX][RW], const float* x, int64
   }
   for (int i = 0; i < RX; ++i) {
     const __m512 xv = r == 16 ? _mm512_loadu_ps(x + i * ldx + l) : load16_first(x + i * ldx + l, r);
-    for (int j = 0; j < RW; ++j) acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
+    for (int j = 0; j < RW; ++j) acc[i][j][H] = _mm512_fmadd_ps(xv, wv[j], acc[i][j][H]);
   }
 }
 
-// tile_avx2 with 16 lanes: sums[i·RW + j] = x row i · w row j, the same prefetching.
+// Accumulators per (x row, weight row) pair of the AVX-512 tiles: two for 16-bit weights, one
+// for F32. With one, a weight row is one chain of FMAs, each waiting on the last: ~32 GB/s per
+// core at 32 bytes of 16-bit weights per FMA, below what memory delivers to one stream (n ≤ 4
+// reads one row at a time), while an F32 FMA takes 64 bytes. F32 keeps one because its batch
+// tiles need them all: 4 × 6 tiles of one accumulator ran its batch-16 rate ~1.15× that of
+// 4 × 3 tiles of two (k in L1-sized chunks or not).
+template <class T>
+inline constexpr int avx512_chains = sizeof(T) == 2 ? 2 : 1;
+
+// sums[i·RW + j] = x row i · w row j with 16 lanes and C = avx512_chains<T> accumulators per
+// pair: steps of 16·C values (one cache line of weights), the c-th 16 into accumulator c; then
+// (C = 2) a last k % 32 of 16 or more takes a full step of 16 into accumulator 0 and the rest,
+// masked, into 1, a shorter one goes masked into 0 (C = 1: the last k % 16, masked). The
+// accumulators are added lane by lane and summed as in horizontal_sum16. Stream: prefetch the
+// weights stream_ahead_bytes ahead into L2 (one weight row); otherwise through `walk`.
+template <bool Stream, int RX, int RW, class T>
+GLMRT_AVX512 inline __attribute__((always_inline)) void tile_avx512_impl(
+    const float* x, int64_t ldx, const T* w, int64_t k, float* sums, PrefetchWalk<RW, T>* walk) {
+  constexpr int C = avx512_chains<T>;
+  __m512 acc[RX][RW][2];
+  for (int i = 0; i < RX; ++i)
+    for (int j = 0; j < RW; ++j) acc[i][j][0] = acc[i][j][1] = _mm512_setzero_ps();
+  const char* ahead = reinterpret_cast<const char*>(w) + stream_ahead_bytes;
+  int64_t l = 0;
+  for (; l + 16 * C <= k; l += 16 * C) {
+    if constexpr (Stream) _mm_prefetch(ahead + l * static_cast<int64_t>(sizeof(T)), _MM_HINT_T1);
+    else walk->at(l);
+    fma_step16<0>(acc, x, ldx, w, k, l);
+    if constexpr (C == 2) fma_step16<1>(acc, x, ldx, w, k, l + 16);
+  }
+  if (C == 2 && k - l >= 16) {
+    fma_step16<0>(acc, x, ldx, w, k, l);
+    l += 16;
+    if (l < k) fma_step16<1>(acc, x, ldx, w, k, l, k - l);
+  } else if (l < k) {
+    fma_step16<0>(acc, x, ldx, w, k, l, k - l);
+  }
+  for (int i = 0; i < RX; ++i)
+    for (int j = 0; j < RW; ++j)
+      sums[i * RW + j] =
+          horizontal_sum16(C == 2 ? _mm512_add_ps(acc[i][j][0], acc[i][j][1]) : acc[i][j][0]);
+}
+
 template <int RX, int RW, class T>
 GLMRT_AVX512 void tile_avx512(const float* x, int64_t ldx, const T* w, int64_t k, float* sums,
                               Prefetch pf) {
-  constexpr int64_t line = PrefetchWalk<RW, T>::line;
   PrefetchWalk<RW, T> prefetch(w, k, pf);
-  __m512 acc[RX][RW];
-  for (int i = 0; i < RX; ++i)
-    for (int j = 0; j < RW; ++j) acc[i][j] = _mm512_setzero_ps();
-  int64_t l = 0;
-  for (; l + line <= k; l += line) {
-    prefetch.at(l);
-    for (int64_t s = 0; s < line; s += 16) fma_step16(acc, x, ldx, w, k, l + s);
-  }
-  for (; l + 16 <= k; l += 16) fma_step16(acc, x, ldx, w, k, l);
-  if (l < k) fma_step16(acc, x, ldx, w, k, l, k - l);
-  for (int i = 0; i < RX; ++i)
-    for (int j = 0; j < RW; ++j) sums[i * RW + j] = horizontal_sum16(acc[i][j]);
+  tile_avx512_impl<false, RX, RW>(x, ldx, w, k, sums, &prefetch);
 }
+
+// Weight rows [j0, j1) one at a time against the n ≤ 4 rows of x (one tile), each row read as
+// one stream with the lines 4 KiB ahead prefetched into L2, the same arithmetic as tile_avx512.
+// On Zen 5 the 1b model's BF16 layers ran at 0.90× the time of 3-row blocks with the next block
+// prefetched whole into L1 (within a few % of a plain sum over the same weights;
+// bench/RESULTS.md): memory delivers one stream per core faster than any interleaving of rows,
+// however it is prefetched.
+template <int RX, class T>
+GLMRT_AVX512 void stream_rows_avx512(const Operands<T>& op, int64_t j0, int64_t j1) {
+  const int64_t k = op.k;
+  const auto* begin = reinterpret_cast<const char*>(op.w + j0 * k);
+  for (int64_t b = 0; b < stream_ahead_bytes; b += 64) _mm_prefetch(begin + b, _MM_HINT_T1);
+  const int64_t bias_size = static_cast<int64_t>(dtype_size(op.bias_dtype));
+  float sums[RX];
+  for (int64_t j = j0; j < j1; ++j) {
+    if (op.bias && j % 16 == 0)  // the bias line 64 rows ahead
+      _mm_prefetch(static_cast<const char*>(op.bias) + (j + 64) * bias_size, _MM_HINT_T0);
+    tile_avx512_impl<true, RX, 1, T>(op.x, op.ldx, op.w + j * k, k, sums, nullptr);
+    store_tile(op, 0, RX, j, 1, sums);
+  }
+}
+
+template <class T>
+void stream_rows(const Operands<T>& op, int64_t j0, int64_t j1) {
+  switch (op.n) {
+    case 1: return stream_rows_avx512<1>(op, j0, j1);
+    case 2: return stream_rows_avx512<2>(op, j0, j1);
+    case 3: return stream_rows_avx512<3>(op, j0, j1);
+    default: return stream_rows_avx512<4>(op, j0, j1);
+  }
+}
+
 
 // One tile through the AVX2 or (Wide) the AVX-512 kernel.
 template <bool Wide, int RX, int RW, class T>
@@ -526,9 +600,10 @@ template <class T>
 void run_block(const Operands<T>& op, int64_t j0, int rw, bool prefetch_next, bool first,
                Path path) {
 #ifdef GLMRT_SMALL_GEMM_X86
-  if (path == Path::Avx512) {
-    if (rw == 6 && op.n == 1) return block_vec<6, 1, true>(op, j0, prefetch_next, first);
-    if (rw == 6) return block_vec<6, 4, true>(op, j0, prefetch_next, first);  // 24 of 32 registers
+  if (path == Path::Avx512) {  // n > 4 (stream_rows takes fewer rows); 24 of 32 registers
+    if constexpr (avx512_chains<T> == 1) {
+      if (rw == 6) return block_vec<6, 4, true>(op, j0, prefetch_next, first);
+    }
     if (rw == 3) return block_vec<3, 4, true>(op, j0, prefetch_next, first);
     return block_vec<1, 4, true>(op, j0, prefetch_next, first);
   }
@@ -548,26 +623,38 @@ void run_block(const Operands<T>& op, int64_t j0, int rw, bool prefetch_next, bo
 
 template <class T>
 void run(const Operands<T>& op, Path path) {
-  // Weight rows per block. One x row: 3 where a block of 3 fits in L1, its successor then
-  // prefetched whole (on Zen 5 at k = 2048, 3 BF16 rows took 0.94-0.96× the time of 6, whose
-  // two blocks fill the 48 KiB L1, and 3 F32 rows 0.80-0.86× that of 6 read row by row; at
-  // k = 5461, 3 BF16 rows of 11 KiB 0.90× that of 6 read row by row), else 6, each row read a
-  // few lines ahead (3 F32 rows of 22 KiB prefetched whole took 1.05-1.09× that time).
-  // More x rows: 3 (6 with AVX-512's 32 registers and F32 weights: 4 × 6 tiles, each weight
-  // load used 4 times, each x load 6 times).
-  constexpr bool f32 = std::is_same_v<T, float>;
   const int64_t row_bytes = op.k * static_cast<int64_t>(sizeof(T));
-  const int rw = op.n > 1 ? (path == Path::Avx512 && f32 ? 6 : 3)
-                           : (fits_l1(3 * row_bytes) ? 3 : 6);
+  const bool parallel = op.n * op.m * op.k >= parallel_min_work;
+  // Memory-bound calls (n ≤ 4) take chunks of up to 1 MiB while each thread still gets four or
+  // more.
+  auto chunk_for = [&](int64_t bytes) {
+    return op.n <= 4 && parallel
+               ? std::clamp(bytes / (4 * omp_get_max_threads()), chunk_bytes, chunk_bytes_memory_bound)
+               : chunk_bytes;
+  };
+#ifdef GLMRT_SMALL_GEMM_X86
+  if (path == Path::Avx512 && op.n <= 4) {  // one weight row at a time, read as a stream
+    const int64_t per_chunk = std::max<int64_t>(1, chunk_for(op.m * row_bytes) / row_bytes);
+    const int64_t chunks = (op.m + per_chunk - 1) / per_chunk;
+#pragma omp parallel for schedule(dynamic) if (parallel)
+    for (int64_t c = 0; c < chunks; ++c)
+      stream_rows(op, c * per_chunk, std::min(op.m, (c + 1) * per_chunk));
+    return;
+  }
+#endif
+  // Otherwise weight rows in blocks. One x row (AVX2): 3 where a block of 3 fits in L1, its
+  // successor then prefetched whole (on Zen 5 at k = 2048, 3 BF16 rows took 0.94-0.96× the time
+  // of 6, whose two blocks fill the 48 KiB L1, and 3 F32 rows 0.80-0.86× that of 6 read row by
+  // row; at k = 5461, 3 BF16 rows of 11 KiB 0.90× that of 6 read row by row), else 6, each row
+  // read a few lines ahead (3 F32 rows of 22 KiB prefetched whole took 1.05-1.09× that time).
+  // More x rows: 3 (AVX-512: 24 of the 32 registers as 4 × 3 tiles of two accumulators, or for
+  // F32 weights 4 × 6 of one, each weight load used 4 times, each x load 6 times).
+  const int rw = op.n == 1 ? (fits_l1(3 * row_bytes) ? 3 : 6)
+                 : path == Path::Avx512 && avx512_chains<T> == 1 ? 6 : 3;
   const int64_t blocks = op.m / rw;                  // full blocks of rw weight rows
   const int64_t units = blocks + op.m - blocks * rw;  // then one unit per remaining row
   const int64_t block_bytes = rw * row_bytes;
-  const bool parallel = op.n * op.m * op.k >= parallel_min_work;
-  int64_t chunk = chunk_bytes;
-  if (op.n <= 4 && parallel)
-    chunk = std::clamp(blocks * block_bytes / (4 * omp_get_max_threads()), chunk_bytes,
-                       chunk_bytes_memory_bound);
-  const int64_t per_chunk = std::max<int64_t>(1, chunk / block_bytes);
+  const int64_t per_chunk = std::max<int64_t>(1, chunk_for(blocks * block_bytes) / block_bytes);
   // schedule(dynamic, c) hands out the units [i·c, (i + 1)·c): a block's successor is the same
   // thread's next block unless it starts a chunk.
 #pragma omp parallel for schedule(dynamic, per_chunk) if (parallel)

@@ -4,10 +4,11 @@
 // cores (OpenMP over blocks of output columns = weight rows), and each loaded weight vector is
 // used for every row of x. Computes and accumulates in fp32 and rounds y once, to nearest even.
 //
-// Every output element has one fixed summation order (8 fp32 lanes over k in steps of 8, or 16
-// lanes in steps of 16 on a CPU with AVX-512, then a fixed horizontal sum, then + bias), whatever
-// the thread count, the tile it falls in, n or m: on one CPU the results are bit-identical for any
-// number of OpenMP threads and any batch.
+// Every output element has one fixed summation order (8 fp32 lanes over k in steps of 8; on a CPU
+// with AVX-512 16 lanes in steps of 16, with two accumulators over alternate steps for 16-bit
+// weights; then a fixed horizontal sum, then + bias), whatever the thread count, the tile it falls
+// in, n or m: on one CPU the results are bit-identical for any number of OpenMP threads and any
+// batch.
 #pragma once
 
 #include <cstdint>
