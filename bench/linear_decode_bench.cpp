@@ -202,6 +202,12 @@ int main(int argc, char** argv) {
       for (int i = 0; i < copies; ++i) call();  // warm-up: thread pool, page tables
       const std::string what = std::string(dtype_name(dt)) + " n=" + std::to_string(n);
       print_row(what, time_calls(iterations, call), w_bytes, floor_s, n, m, k);
+      if (dt == DType::BF16 && cpu::small_gemm_bf16_units()) {  // widening instead of VDPBF16PS
+        auto widening = [&] {
+          cpu::small_linear_forward(x, weights[next++ % copies], nullptr, y, true, true, false);
+        };
+        print_row("  (widening AVX-512)", time_calls(iterations, widening), w_bytes, floor_s, n, m, k);
+      }
       if (cpu::small_gemm_avx512()) {  // the same kernels at 8 lanes, as on a CPU without AVX-512
         auto avx2 = [&] { cpu::small_linear_forward(x, weights[next++ % copies], nullptr, y, true, false); };
         print_row("  (AVX2 kernels)", time_calls(iterations, avx2), w_bytes, floor_s, n, m, k);

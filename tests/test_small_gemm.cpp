@@ -94,8 +94,28 @@ float avx512_order(const float* x, const float* w, int64_t k, int chains) {
   return ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]));
 }
 
-// y = x·wᵀ + bias in that order, rounded once to y's dtype.
-Tensor avx512_model(const Tensor& x, const Tensor& w, const Tensor* bias, DType dt) {
+// x·w in the order of the AVX-512 BF16 units (small_gemm.cpp, tile_dp_impl): 16 lanes over steps
+// of 32 values alternating between two accumulators; lane t of a step takes value 2t + 1, then
+// 2t, each a fused multiply-add with denormal inputs read as 0 and a denormal result flushed to
+// 0 (VDPBF16PS); zeros past k; then the accumulators added and summed as in avx512_order.
+float bf16_units_order(const float* x, const float* w, int64_t k) {
+  auto flush = [](float v) { return std::fpclassify(v) == FP_SUBNORMAL ? std::copysign(0.0f, v) : v; };
+  float acc[2][16] = {};
+  for (int64_t l = 0, step = 0; l < k; l += 32, ++step) {
+    float* a = acc[step % 2];
+    for (int64_t t = 0; t < 16; ++t)
+      for (const int64_t e : {l + 2 * t + 1, l + 2 * t}) {
+        const float xv = e < k ? flush(x[e]) : 0.0f, wv = e < k ? flush(w[e]) : 0.0f;
+        a[t] = flush(std::fma(xv, wv, flush(a[t])));
+      }
+  }
+  float h[8];
+  for (int t = 0; t < 8; ++t) h[t] = (acc[0][t] + acc[1][t]) + (acc[0][t + 8] + acc[1][t + 8]);
+  return ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]));
+}
+
+// y = x·wᵀ + bias in that order, rounded once to y's dtype (`bf16_units`: BF16 on the BF16 units).
+Tensor avx512_model(const Tensor& x, const Tensor& w, const Tensor* bias, DType dt, bool bf16_units) {
   const int64_t n = x.rows(), k = w.dim(1), m = w.dim(0);
   const Tensor xf = widened(x), wf = widened(w);
   const float* xp = xf.data_as<float>();
@@ -103,7 +123,8 @@ Tensor avx512_model(const Tensor& x, const Tensor& w, const Tensor* bias, DType 
   std::vector<float> y(static_cast<size_t>(n * m));
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < m; ++j) {
-      float v = avx512_order(xp + i * k, wp + j * k, k, dt == DType::F32 ? 1 : 2);
+      float v = bf16_units ? bf16_units_order(xp + i * k, wp + j * k, k)
+                           : avx512_order(xp + i * k, wp + j * k, k, dt == DType::F32 ? 1 : 2);
       if (bias) v += static_cast<float>(bias->item(j));
       y[static_cast<size_t>(i * m + j)] = v;
     }
@@ -117,7 +138,7 @@ class SmallGemm : public ::testing::TestWithParam<DType> {
 
 // Every size and bias combination, on the vectorized kernels (AVX-512 where the CPU has it unless
 // `allow_avx512` is false) or the portable loop.
-void check_sizes(DType dt, bool allow_vectorized, bool allow_avx512 = true) {
+void check_sizes(DType dt, bool allow_vectorized, bool allow_avx512 = true, bool allow_bf16_units = true) {
   const Case cases[] = {{1, 72, 33},  {2, 100, 257}, {3, 2053, 33}, {7, 72, 257}, {16, 100, 33},
                         {17, 2053, 1}, {32, 72, 1},   {1, 2053, 257}, {16, 2053, 257},
                         {32, 100, 257}, {2, 72, 1},   {3, 100, 1},    {7, 2053, 33},
@@ -133,7 +154,7 @@ void check_sizes(DType dt, bool allow_vectorized, bool allow_avx512 = true) {
       Tensor bias = random_tensor({c.m}, seed++, dt);
       Tensor y = Tensor::empty({c.n, c.m}, dt);
       ASSERT_TRUE(cpu::small_linear_forward(x, w, with_bias ? &bias : nullptr, y, allow_vectorized,
-                                            allow_avx512))
+                                            allow_avx512, allow_bf16_units))
           << "the fast path declined";
       // The F32 kernel on the same values: the 16-bit result must be exactly its rounding.
       Tensor x32 = widened(x), w32 = widened(w), b32 = widened(bias);
@@ -142,8 +163,9 @@ void check_sizes(DType dt, bool allow_vectorized, bool allow_avx512 = true) {
                                             allow_avx512));
       expect_near_reference(x32, w32, with_bias ? &b32 : nullptr, y32, "F32 kernel");
       if (allow_vectorized && allow_avx512 && cpu::small_gemm_avx512()) {
-        EXPECT_TRUE(same_bits(y, avx512_model(x, w, with_bias ? &bias : nullptr, dt)))
-            << "not the AVX-512 order";
+        const bool units = dt == DType::BF16 && allow_bf16_units && cpu::small_gemm_bf16_units();
+        EXPECT_TRUE(same_bits(y, avx512_model(x, w, with_bias ? &bias : nullptr, dt, units)))
+            << (units ? "not the BF16 units' order" : "not the AVX-512 order");
       } else if (dt != DType::F32) {
         EXPECT_TRUE(same_bits(y, y32.to(dt))) << "not the RNE of the fp32 sum";
       }
@@ -161,6 +183,13 @@ TEST_P(SmallGemm, Avx2KernelsMatchReferenceWhereAvx512Runs) {
   check_sizes(dt(), true, false);
 }
 
+// A CPU with the AVX-512 BF16 units runs BF16 on them; the widening AVX-512 kernels are checked
+// on it too.
+TEST(SmallGemmBf16, WideningKernelsMatchReferenceWhereBf16UnitsRun) {
+  if (!cpu::small_gemm_bf16_units()) GTEST_SKIP() << "no AVX-512 BF16: BF16 ran the widening kernels";
+  check_sizes(DType::BF16, true, true, false);
+}
+
 TEST_P(SmallGemm, BiasInF32WithSixteenBitTensors) {
   Tensor x = random_tensor({3, 100}, 40, dt()), w = random_tensor({33, 100}, 41, dt());
   Tensor bias16 = random_tensor({33}, 42, dt()), bias32 = widened(bias16);
@@ -170,7 +199,7 @@ TEST_P(SmallGemm, BiasInF32WithSixteenBitTensors) {
   EXPECT_TRUE(same_bits(a, b));
 }
 
-void check_batch_independence(DType dt, bool allow_avx512) {
+void check_batch_independence(DType dt, bool allow_avx512, bool allow_bf16_units) {
   const int saved = omp_get_max_threads();
   for (const Case& c : {Case{1, 2053, 257}, Case{16, 2053, 257}, Case{7, 1000, 301},
                         Case{13, 1037, 31}}) {
@@ -179,25 +208,31 @@ void check_batch_independence(DType dt, bool allow_avx512) {
     Tensor bias = random_tensor({c.m}, 52, dt);
     Tensor one = Tensor::empty({c.n, c.m}, dt), two = Tensor::empty({c.n, c.m}, dt);
     omp_set_num_threads(1);
-    ASSERT_TRUE(cpu::small_linear_forward(x, w, &bias, one, true, allow_avx512));
+    ASSERT_TRUE(cpu::small_linear_forward(x, w, &bias, one, true, allow_avx512, allow_bf16_units));
     omp_set_num_threads(2);
-    ASSERT_TRUE(cpu::small_linear_forward(x, w, &bias, two, true, allow_avx512));
+    ASSERT_TRUE(cpu::small_linear_forward(x, w, &bias, two, true, allow_avx512, allow_bf16_units));
     EXPECT_TRUE(same_bits(one, two));
     // The last row alone (n = 1 uses other tiles than n > 2).
     Tensor last = Tensor::empty({1, c.m}, dt);
-    ASSERT_TRUE(cpu::small_linear_forward(x.slice_rows(c.n - 1, c.n), w, &bias, last, true, allow_avx512));
+    ASSERT_TRUE(cpu::small_linear_forward(x.slice_rows(c.n - 1, c.n), w, &bias, last, true, allow_avx512,
+                                          allow_bf16_units));
     EXPECT_TRUE(same_bits(last, one.slice_rows(c.n - 1, c.n).clone()));
   }
   omp_set_num_threads(saved);
 }
 
 // Bit-identical on 1 and 2 threads, and a row's result is the same whatever n and tile it is in
-// (on the AVX-512 kernels where they run, and on the AVX2 ones).
+// (on the AVX-512 kernels where they run, BF16 with and without the BF16 units, and on the AVX2
+// ones).
 TEST_P(SmallGemm, IndependentOfThreadCountAndBatch) {
-  for (const bool avx512 : {true, false}) {
-    SCOPED_TRACE(avx512 && cpu::small_gemm_avx512() ? "AVX-512" : "AVX2");
-    check_batch_independence(dt(), avx512);
-  }
+  for (const bool avx512 : {true, false})
+    for (const bool units : {true, false}) {
+      if (!avx512 && !units) continue;
+      SCOPED_TRACE(!avx512 || !cpu::small_gemm_avx512() ? "AVX2"
+                   : units && dt() == DType::BF16 && cpu::small_gemm_bf16_units() ? "BF16 units"
+                                                                                   : "AVX-512");
+      check_batch_independence(dt(), avx512, units);
+    }
 }
 
 
