@@ -233,7 +233,7 @@ void decode_chunked(const std::vector<int64_t>& tokens, const S* src, const int3
         for (int64_t e = 0; e < d; ++e)
           q[i * hl + h * d + e] = load_as<float>(src + t * 3 * hl + 3 * h * d + e);
     }
-    std::vector<float> s(static_cast<size_t>(per_group * key_chunk));
+    std::vector<float> s(static_cast<size_t>(per_group * key_chunk)), acc(static_cast<size_t>(d));
 #pragma omp for schedule(dynamic)
     for (int64_t it = 0; it < nitems; ++it) {
       const Item& w = items[static_cast<size_t>(it)];
@@ -250,13 +250,7 @@ void decode_chunked(const std::vector<int64_t>& tokens, const S* src, const int3
       float mx = -std::numeric_limits<float>::infinity();
       for (int64_t p = p0; p < p1; ++p) mx = std::max(mx, part[p * part_floats + h]);
       float sum = 0;
-      float acc[512];
-      float* c = d <= 512 ? acc : nullptr;
-      std::vector<float> big;
-      if (!c) {
-        big.resize(static_cast<size_t>(d));
-        c = big.data();
-      }
+      float* c = acc.data();
       std::fill(c, c + d, 0.0f);
       for (int64_t p = p0; p < p1; ++p) {
         const float* pp = part + p * part_floats;

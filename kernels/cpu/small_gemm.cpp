@@ -190,9 +190,6 @@ struct Prefetch {
   // page, and a row of 2048 16-bit weights is one.
   bool rows_ahead = false;
   bool into_next_block = false;
-  // One weight row read as a stream (AVX-512, n ≤ 4): each line `stream_ahead_bytes` ahead of
-  // the loads, into L2.
-  bool stream = false;
 };
 
 // A tile's prefetching as it walks k a cache line of each weight row at a time (the part shared
@@ -214,7 +211,6 @@ struct PrefetchWalk {
       for (int64_t q = 0; q < per_line && p < p_end; ++q, p += 64) _mm_prefetch(p, _MM_HINT_T0);
     else
       for (int64_t q = 0; q < per_line && p < p_end; ++q, p += 64) _mm_prefetch(p, _MM_HINT_T1);
-    if (pf.stream) _mm_prefetch(reinterpret_cast<const char*>(w + l) + stream_ahead_bytes, _MM_HINT_T1);
     if (pf.rows_ahead && (l + ahead < k || pf.into_next_block)) {
       const int64_t a = l + ahead < k ? l + ahead : l + ahead + (RW - 1) * k;
       for (int j = 0; j < RW; ++j) _mm_prefetch(reinterpret_cast<const char*>(w + j * k + a), _MM_HINT_T0);
@@ -344,23 +340,32 @@ GLMRT_AVX512 void tile_avx512(const float* x, int64_t ldx, const T* w, int64_t k
   tile_avx512_impl<false, RX, RW>(x, ldx, w, k, sums, &prefetch);
 }
 
+// A stream's first stream_ahead_bytes (from weight row j0) into L2, before it starts.
+template <class T>
+inline void prefetch_stream_start(const Operands<T>& op, int64_t j0) {
+  const auto* begin = reinterpret_cast<const char*>(op.w + j0 * op.k);
+  for (int64_t b = 0; b < stream_ahead_bytes; b += 64) _mm_prefetch(begin + b, _MM_HINT_T1);
+}
+// Before weight row j of a stream: the bias line 64 rows ahead, once per 16 rows.
+template <class T>
+inline void prefetch_bias_ahead(const Operands<T>& op, int64_t j) {
+  if (op.bias && j % 16 == 0)
+    _mm_prefetch(static_cast<const char*>(op.bias) + (j + 64) * dtype_size(op.bias_dtype), _MM_HINT_T0);
+}
+
 // Weight rows [j0, j1) one at a time against the n ≤ 4 rows of x (one tile), each row read as
 // one stream with the lines 4 KiB ahead prefetched into L2, the same arithmetic as tile_avx512.
-// On Zen 5 the 1b model's BF16 layers ran at 0.90× the time of 3-row blocks with the next block
+// On Zen 5 the 1b model's BF16 layers ran at 0.94× the time of 3-row blocks with the next block
 // prefetched whole into L1 (within a few % of a plain sum over the same weights;
 // bench/RESULTS.md): memory delivers one stream per core faster than any interleaving of rows,
 // however it is prefetched.
 template <int RX, class T>
 GLMRT_AVX512 void stream_rows_avx512(const Operands<T>& op, int64_t j0, int64_t j1) {
-  const int64_t k = op.k;
-  const auto* begin = reinterpret_cast<const char*>(op.w + j0 * k);
-  for (int64_t b = 0; b < stream_ahead_bytes; b += 64) _mm_prefetch(begin + b, _MM_HINT_T1);
-  const int64_t bias_size = static_cast<int64_t>(dtype_size(op.bias_dtype));
+  prefetch_stream_start(op, j0);
   float sums[RX];
   for (int64_t j = j0; j < j1; ++j) {
-    if (op.bias && j % 16 == 0)  // the bias line 64 rows ahead
-      _mm_prefetch(static_cast<const char*>(op.bias) + (j + 64) * bias_size, _MM_HINT_T0);
-    tile_avx512_impl<true, RX, 1, T>(op.x, op.ldx, op.w + j * k, k, sums, nullptr);
+    prefetch_bias_ahead(op, j);
+    tile_avx512_impl<true, RX, 1, T>(op.x, op.ldx, op.w + j * op.k, op.k, sums, nullptr);
     store_tile(op, 0, RX, j, 1, sums);
   }
 }
@@ -435,15 +440,11 @@ GLMRT_AVX512_BF16 void tile_dp(const bf16* x, int64_t ldx, const bf16* w, int64_
 // stream_rows_avx512 on the BF16 units.
 template <int RX>
 GLMRT_AVX512_BF16 void stream_rows_dp(const Operands<bf16>& op, int64_t j0, int64_t j1) {
-  const int64_t k = op.k;
-  const auto* begin = reinterpret_cast<const char*>(op.w + j0 * k);
-  for (int64_t b = 0; b < stream_ahead_bytes; b += 64) _mm_prefetch(begin + b, _MM_HINT_T1);
-  const int64_t bias_size = static_cast<int64_t>(dtype_size(op.bias_dtype));
+  prefetch_stream_start(op, j0);
   float sums[RX];
   for (int64_t j = j0; j < j1; ++j) {
-    if (op.bias && j % 16 == 0)  // the bias line 64 rows ahead
-      _mm_prefetch(static_cast<const char*>(op.bias) + (j + 64) * bias_size, _MM_HINT_T0);
-    tile_dp_impl<true, RX, 1>(op.xb, op.ldx, op.w + j * k, k, sums, nullptr);
+    prefetch_bias_ahead(op, j);
+    tile_dp_impl<true, RX, 1>(op.xb, op.ldx, op.w + j * op.k, op.k, sums, nullptr);
     store_tile(op, 0, RX, j, 1, sums);
   }
 }
@@ -467,7 +468,6 @@ void stream_rows(const Operands<T>& op, int64_t j0, int64_t j1, Path path) {
     default: return stream_rows_avx512<4>(op, j0, j1);
   }
 }
-
 
 // One tile of x rows [i, i + RX) through the AVX2, (Wide) the AVX-512 or (Dp, BF16) the AVX-512
 // BF16 kernel.
