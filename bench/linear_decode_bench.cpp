@@ -6,7 +6,9 @@
 // to that floor (both at the median), and GFLOP/s. The calls cycle through enough weight matrices
 // (like the layers of a model) that none is still in cache.
 // For reference it also times the general path on the same shapes: OpenBLAS sgemm for F32, and
-// for BF16 the conversion of w to F32 followed by sgemm (what a 16-bit call cost before).
+// for BF16 the conversion of w to F32 followed by sgemm (what a 16-bit call cost before); on a CPU
+// with AVX-512 the AVX2 kernels, and with the AVX-512 BF16 units the widening AVX-512 kernels
+// (BF16 calls otherwise take the units).
 //
 // A second table times F32 calls at the shapes of a decoding step of bench/configs/decode_1b.yaml
 // (h 2048, F 5461, vocab 32768: QKV, dense, h→4h, 4h→h, output head) for n = 1 and 16, with
