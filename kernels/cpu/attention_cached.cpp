@@ -129,45 +129,57 @@ void attend_chunk_scalar(const ChunkArgs& a, const S* kc, const S* vc) {
 }
 
 #ifdef GLMRT_ATTN_X86
-// d a multiple of 8. A head's score is one 8-lane FMA chain over its d values; four heads of a
-// key row go side by side (independent chains). The context accumulates in place (in L1).
+// d a multiple of 8. A head's score is one 8-lane FMA chain over its d values; eight heads of a
+// key row go side by side (independent chains: four left the FMA units half idle), and the
+// chunk's value rows are prefetched into L2 meanwhile. The context then takes one head at a time,
+// 64 of its values in registers over all the chunk's value rows (where accumulating every head
+// in place, row by row, loaded and stored each context vector once per key). The same FMAs in the
+// same order either way.
 template <class S>
 GLMRT_AVX2_FMA void attend_chunk_avx2(const ChunkArgs& a, const S* kc, const S* vc) {
   const int64_t d = a.d;
-  auto score = [&](const S* k, int64_t h) {
-    __m256 s = _mm256_setzero_ps();
-    for (int64_t i = 0; i < d; i += 8)
-      s = _mm256_fmadd_ps(_mm256_loadu_ps(a.q + h * d + i), load8(k + h * d + i), s);
-    return s;
-  };
+  const int64_t v_bytes = (a.h1 - a.h0) * d * static_cast<int64_t>(sizeof(S));
   for (int64_t j = a.j0; j < a.j1; ++j) {
     const S* k = kc + row_offset(a, j);
+    const char* v = reinterpret_cast<const char*>(vc + row_offset(a, j) + a.h0 * d);
+    for (int64_t b = 0; b < v_bytes; b += 64) _mm_prefetch(v + b, _MM_HINT_T1);
     float* s = a.s + (j - a.j0);
     int64_t h = a.h0;
-    for (; h + 4 <= a.h1; h += 4) {
-      __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-      for (int64_t i = 0; i < d; i += 8) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.q + h * d + i), load8(k + h * d + i), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.q + (h + 1) * d + i), load8(k + (h + 1) * d + i), s1);
-        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a.q + (h + 2) * d + i), load8(k + (h + 2) * d + i), s2);
-        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a.q + (h + 3) * d + i), load8(k + (h + 3) * d + i), s3);
-      }
-      s[(h - a.h0) * key_chunk] = a.scale * horizontal_sum(s0);
-      s[(h + 1 - a.h0) * key_chunk] = a.scale * horizontal_sum(s1);
-      s[(h + 2 - a.h0) * key_chunk] = a.scale * horizontal_sum(s2);
-      s[(h + 3 - a.h0) * key_chunk] = a.scale * horizontal_sum(s3);
+    for (; h + 8 <= a.h1; h += 8) {
+      __m256 acc[8];
+      for (int u = 0; u < 8; ++u) acc[u] = _mm256_setzero_ps();
+      for (int64_t i = 0; i < d; i += 8)
+        for (int u = 0; u < 8; ++u)
+          acc[u] = _mm256_fmadd_ps(_mm256_loadu_ps(a.q + (h + u) * d + i), load8(k + (h + u) * d + i), acc[u]);
+      for (int u = 0; u < 8; ++u) s[(h + u - a.h0) * key_chunk] = a.scale * horizontal_sum(acc[u]);
     }
-    for (; h < a.h1; ++h) s[(h - a.h0) * key_chunk] = a.scale * horizontal_sum(score(k, h));
+    for (; h < a.h1; ++h) {
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t i = 0; i < d; i += 8)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.q + h * d + i), load8(k + h * d + i), acc);
+      s[(h - a.h0) * key_chunk] = a.scale * horizontal_sum(acc);
+    }
   }
   chunk_softmax(a);
-  std::fill(a.ctx + a.h0 * d, a.ctx + a.h1 * d, 0.0f);
-  for (int64_t j = a.j0; j < a.j1; ++j) {
-    const S* v = vc + row_offset(a, j);
-    for (int64_t h = a.h0; h < a.h1; ++h) {
-      const __m256 p = _mm256_set1_ps(a.s[(h - a.h0) * key_chunk + (j - a.j0)]);
-      float* c = a.ctx + h * d;
-      for (int64_t i = 0; i < d; i += 8)
-        _mm256_storeu_ps(c + i, _mm256_fmadd_ps(p, load8(v + h * d + i), _mm256_loadu_ps(c + i)));
+  for (int64_t h = a.h0; h < a.h1; ++h) {
+    const float* p = a.s + (h - a.h0) * key_chunk;
+    float* c = a.ctx + h * d;
+    int64_t i0 = 0;
+    for (; i0 + 64 <= d; i0 += 64) {
+      __m256 acc[8];
+      for (int u = 0; u < 8; ++u) acc[u] = _mm256_setzero_ps();
+      for (int64_t j = a.j0; j < a.j1; ++j) {
+        const S* v = vc + row_offset(a, j) + h * d + i0;
+        const __m256 pj = _mm256_set1_ps(p[j - a.j0]);
+        for (int u = 0; u < 8; ++u) acc[u] = _mm256_fmadd_ps(pj, load8(v + 8 * u), acc[u]);
+      }
+      for (int u = 0; u < 8; ++u) _mm256_storeu_ps(c + i0 + 8 * u, acc[u]);
+    }
+    for (; i0 < d; i0 += 8) {
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t j = a.j0; j < a.j1; ++j)
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(p[j - a.j0]), load8(vc + row_offset(a, j) + h * d + i0), acc);
+      _mm256_storeu_ps(c + i0, acc);
     }
   }
 }
