@@ -247,33 +247,7 @@ GLMRT_AVX2_FMA void tile_avx2(const float* x, int64_t ldx, const T* w, int64_t k
 // thread count on such a CPU (its results differ from an AVX2 CPU's in the last bits). Half the
 // instructions per weight: at 50-84 GB/s two AVX2 cores widening 16-bit weights fall behind
 // memory (a Zen 5 host, bench/RESULTS.md).
-#define GLMRT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
-
-GLMRT_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-GLMRT_AVX512 inline __m512 widen16(__m256i bf16_bits) {
-  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, _mm512_maskz_cvtepu16_epi32(0xFFFF, bf16_bits), 16));
-}
-GLMRT_AVX512 inline __m512 load16(const bf16* p) {
-  return widen16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-GLMRT_AVX512 inline __m512 load16(const f16* p) {
-  return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-// The first r < 16 values, zeros after them.
-GLMRT_AVX512 inline __m512 load16_first(const float* p, int64_t r) {
-  return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << r) - 1), p);
-}
-GLMRT_AVX512 inline __m512 load16_first(const bf16* p, int64_t r) {
-  return widen16(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << r) - 1), p));
-}
-GLMRT_AVX512 inline __m512 load16_first(const f16* p, int64_t r) {
-  return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << r) - 1), p));
-}
-GLMRT_AVX512 inline float horizontal_sum16(__m512 v) {
-  // (The maskz forms of these intrinsics: the plain ones trip GCC 12's -Wmaybe-uninitialized.)
-  return horizontal_sum(
-      _mm256_add_ps(_mm512_maskz_extractf32x8_ps(0xFF, v, 0), _mm512_maskz_extractf32x8_ps(0xFF, v, 1)));
-}
+#define GLMRT_AVX512 GLMRT_VEC_MATH_AVX512  // load16, load16_first, horizontal_sum16: vec_math.h
 
 // acc[i][j][H] += x row i · w row j over the 16 values at l (r < 16: the first r, zero-padded).
 template <int H, int RX, int RW, class T>
@@ -790,10 +764,7 @@ bool fits_l1(int64_t block_bytes) {
 
 bool small_gemm_avx512() {
 #ifdef GLMRT_SMALL_GEMM_X86
-  static const bool supported = small_gemm_vectorized() && __builtin_cpu_supports("avx512f") &&
-                                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-                                __builtin_cpu_supports("avx512dq");
-  return supported;
+  return vec_math_avx512();
 #else
   return false;
 #endif

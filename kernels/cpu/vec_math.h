@@ -1,7 +1,7 @@
 // 8-lane fp32 helpers of the CPU kernels (AVX2/FMA/F16C, compiled with target attributes and
 // chosen at run time through vec_math_vectorized(); callers keep a scalar loop for other CPUs and
 // for F64): loads of 8 F32/BF16/F16 values as fp32 lanes, a fixed-order horizontal sum, and exp
-// and erf (GeGLU, softmax).
+// and erf (GeGLU, softmax); and their 16-lane AVX-512 loads and sum (vec_math_avx512()).
 //
 // exp8: Cephes' expf (range reduction by ln 2 in two parts, degree-5 polynomial, 2^n put in the
 // exponent bits): within 2 ulp of the correctly rounded result over the normal range; inputs
@@ -106,9 +106,47 @@ GLMRT_VEC_MATH_TARGET inline void store_first(float* p, __m256 v, int64_t r) {
   for (int64_t i = 0; i < r; ++i) p[i] = t[i];
 }
 
+// ---- 16 lanes (AVX-512 F, BW, VL, DQ; callers check vec_math_avx512() first) ----
+#define GLMRT_VEC_MATH_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+
+inline bool vec_math_avx512() {
+  static const bool supported = vec_math_vectorized() && __builtin_cpu_supports("avx512f") &&
+                                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                                __builtin_cpu_supports("avx512dq");
+  return supported;
+}
+
+// 16 consecutive values as fp32 lanes (16-bit ones widened in registers).
+GLMRT_VEC_MATH_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+GLMRT_VEC_MATH_AVX512 inline __m512 widen16(__m256i bf16_bits) {
+  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, _mm512_maskz_cvtepu16_epi32(0xFFFF, bf16_bits), 16));
+}
+GLMRT_VEC_MATH_AVX512 inline __m512 load16(const bf16* p) {
+  return widen16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+GLMRT_VEC_MATH_AVX512 inline __m512 load16(const f16* p) {
+  return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+// The first r < 16 values, zeros after them.
+GLMRT_VEC_MATH_AVX512 inline __m512 load16_first(const float* p, int64_t r) {
+  return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << r) - 1), p);
+}
+GLMRT_VEC_MATH_AVX512 inline __m512 load16_first(const bf16* p, int64_t r) {
+  return widen16(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << r) - 1), p));
+}
+GLMRT_VEC_MATH_AVX512 inline __m512 load16_first(const f16* p, int64_t r) {
+  return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << r) - 1), p));
+}
+GLMRT_VEC_MATH_AVX512 inline float horizontal_sum16(__m512 v) {
+  // (The maskz forms of these intrinsics: the plain ones trip GCC 12's -Wmaybe-uninitialized.)
+  return horizontal_sum(
+      _mm256_add_ps(_mm512_maskz_extractf32x8_ps(0xFF, v, 0), _mm512_maskz_extractf32x8_ps(0xFF, v, 1)));
+}
+
 #else
 
 inline bool vec_math_vectorized() { return false; }
+inline bool vec_math_avx512() { return false; }
 
 #endif
 
