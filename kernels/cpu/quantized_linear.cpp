@@ -271,8 +271,7 @@ GLMRT_QLINEAR_AVX2 void tile_avx2(const float* x, int64_t ldx, const int8_t* q, 
 // sum. One order again, which the portable loop reproduces with 16 lanes. Twice the weights per
 // instruction: the AVX2 INT4 kernel, 6 instructions per 8 stored bytes, fell behind memory on
 // two Zen 5 cores (bench/RESULTS.md).
-#define GLMRT_QLINEAR_AVX512 \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+#define GLMRT_QLINEAR_AVX512 GLMRT_VEC_MATH_AVX512
 
 // One step: acc[i][j] += the 16 stored bytes at q + j·kb (the first r, zero-padded, in a tail
 // step) against x row i.
@@ -320,11 +319,7 @@ GLMRT_QLINEAR_AVX512 void tile_avx512(const float* x, int64_t ldx, const int8_t*
   for (; qc + 16 <= q + kb; qc += 16, xc += xs) qstep16<BITS, RX, RW>(acc, xc, ldx, qc, kb);
   if (qc < q + kb) qstep16<BITS, RX, RW, true>(acc, xc, ldx, qc, kb, q + kb - qc);
   for (int i = 0; i < RX; ++i)
-    for (int j = 0; j < RW; ++j) {
-      const __m256 low = _mm512_maskz_extractf32x8_ps(0xFF, acc[i][j], 0);
-      const __m256 high = _mm512_maskz_extractf32x8_ps(0xFF, acc[i][j], 1);
-      sums[i * RW + j] = horizontal_sum(_mm256_add_ps(low, high));  // lanes t + (t + 8) first
-    }
+    for (int j = 0; j < RW; ++j) sums[i * RW + j] = horizontal_sum16(acc[i][j]);  // t + (t + 8) first
 }
 
 // One tile through the AVX2 or (Wide) the AVX-512 kernel.
